@@ -1,0 +1,206 @@
+//! Types shared by the eBPF programs (`agent-ebpf`) and the userspace agent.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so that both sides agree on the layout; the
+//! `const` assertions beside each type catch an accidental change. No `bool`: the BPF side writes
+//! plain integers.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Seccomp actions as counted by the probes (`SeccompKey::action`).
+pub mod action {
+    /// The syscall was skipped and returned an error (SECCOMP_RET_ERRNO, or a USER_NOTIF reply).
+    pub const ERRNO: u32 = 1;
+    /// SECCOMP_RET_TRAP: SIGSYS delivered to a handler.
+    pub const TRAP: u32 = 2;
+    /// SECCOMP_RET_KILL_PROCESS (or KILL_THREAD of the last thread, which the kernel turns into
+    /// the same forced SIGSYS).
+    pub const KILL_PROCESS: u32 = 3;
+    /// SECCOMP_RET_KILL_THREAD of a thread that was not the last one.
+    pub const KILL_THREAD: u32 = 4;
+}
+
+/// Why a process (thread group) exited (`ExitKey::reason`).
+pub mod reason {
+    pub const SUCCESS: u32 = 1;
+    pub const ERROR: u32 = 2;
+    pub const SIGNAL: u32 = 3;
+    pub const OOM_KILL: u32 = 4;
+    pub const SECCOMP_KILL: u32 = 5;
+}
+
+/// Indexes of the `LOST` per-CPU array: events the probes could not record.
+pub mod lost {
+    /// The ring buffer was full.
+    pub const RINGBUF: u32 = 0;
+    /// The seccomp counter map was full.
+    pub const SECCOMP_MAP: u32 = 1;
+    /// The exit counter map was full.
+    pub const EXIT_MAP: u32 = 2;
+    /// The OOM counter map was full.
+    pub const OOM_MAP: u32 = 3;
+    /// The per-task syscall state map refused an insert.
+    pub const TASK_MAP: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Kernel ABI constants that BTF does not carry (they are `#define`s).
+pub mod kabi {
+    /// `SECCOMP_MODE_FILTER`, include/uapi/linux/seccomp.h.
+    pub const SECCOMP_MODE_FILTER: i32 = 2;
+    /// `SECCOMP_MODE_DEAD`, kernel/seccomp.c: `SECCOMP_MODE_FILTER + 1`, set before a kill action.
+    pub const SECCOMP_MODE_DEAD: i32 = 3;
+    /// `SYS_SECCOMP`, the si_code of a seccomp SIGSYS, include/uapi/asm-generic/siginfo.h.
+    pub const SYS_SECCOMP: i32 = 1;
+    pub const SIGKILL: u32 = 9;
+    pub const SIGSYS: u32 = 31;
+}
+
+/// Flags in `KernelConfig::flags`, chosen by the loader from BTF.
+pub mod config_flags {
+    /// `oom:mark_victim` passes the victim's `task_struct *` (kernels >= 6.8); otherwise OOM kills
+    /// are counted at the victim's exit.
+    pub const MARK_VICTIM_HAS_TASK: u32 = 1 << 0;
+    /// `sched:sched_process_exit` passes `group_dead` (kernels >= 6.16); otherwise the thread-group
+    /// exit is found from `signal->live` with a de-duplication map.
+    pub const EXIT_HAS_GROUP_DEAD: u32 = 1 << 1;
+}
+
+/// Kernel structure offsets, read from BTF by the loader and set as the global `KCONFIG` before
+/// the programs load. All offsets are in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// `task_struct.seccomp.mode`.
+    pub task_seccomp_mode: u32,
+    /// `task_struct.exit_code`.
+    pub task_exit_code: u32,
+    /// `task_struct.signal`.
+    pub task_signal: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `task_struct.pid`.
+    pub task_pid: u32,
+    /// `task_struct.thread_pid`.
+    pub task_thread_pid: u32,
+    /// `task_struct.cgroups`.
+    pub task_cgroups: u32,
+    /// `task_struct.group_leader`.
+    pub task_group_leader: u32,
+    /// `task_struct.start_time`.
+    pub task_start_time: u32,
+    /// `signal_struct.live` (an `atomic_t`).
+    pub signal_live: u32,
+    /// `signal_struct.oom_mm`.
+    pub signal_oom_mm: u32,
+    /// `struct pid.level`.
+    pub pid_level: u32,
+    /// `struct pid.numbers`.
+    pub pid_numbers: u32,
+    /// `sizeof(struct upid)`.
+    pub upid_size: u32,
+    /// `struct upid.nr`.
+    pub upid_nr: u32,
+    /// `css_set.dfl_cgrp`.
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `cgroup.root`.
+    pub cgroup_root: u32,
+    /// `cgroup_root.hierarchy_id`.
+    pub cgroup_root_hierarchy_id: u32,
+    /// `kernfs_node.id`.
+    pub kernfs_node_id: u32,
+    /// `pt_regs.orig_ax` (x86_64), the syscall number.
+    pub pt_regs_orig_ax: u32,
+    /// `kernel_siginfo.si_code`.
+    pub siginfo_code: u32,
+    /// `kernel_siginfo._sifields._sigsys._syscall`.
+    pub siginfo_syscall: u32,
+    /// `config_flags::*`.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<KernelConfig>() == 96);
+
+/// Key of the per-CPU seccomp violation counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeccompKey {
+    /// cgroup v2 id (inode of the cgroup directory).
+    pub cgroup_id: u64,
+    /// Syscall number (x86_64 table); negative when unknown.
+    pub syscall_nr: i32,
+    /// `action::*`.
+    pub action: u32,
+}
+const _: () = assert!(size_of::<SeccompKey>() == 16);
+
+/// Key of the exit counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExitKey {
+    pub cgroup_id: u64,
+    /// `reason::*`.
+    pub reason: u32,
+    /// Signal number for `reason::SIGNAL` (and the killing signal for OOM / seccomp), else 0.
+    pub signal: u32,
+    /// 1 when the exiting process was the init (PID 1) of a non-root PID namespace.
+    pub container: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ExitKey>() == 24);
+
+/// Per-thread syscall state for tasks under a seccomp filter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskState {
+    /// 1 between `sys_enter` and `sys_exit`.
+    pub in_syscall: u32,
+    /// 1 when a seccomp TRAP was counted for the syscall now being skipped.
+    pub trap_pending: u32,
+}
+const _: () = assert!(size_of::<TaskState>() == 8);
+
+/// Key of the thread-group exit de-duplication map (kernels without `group_dead`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitDedupKey {
+    pub leader_start_time: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ExitDedupKey>() == 16);
+
+/// Longest cgroup path carried by a `CgroupEvent`; a longer one is resolved by a rescan.
+pub const CGROUP_PATH_MAX: usize = 512;
+
+pub mod cgroup_event {
+    pub const MKDIR: u32 = 1;
+    pub const RMDIR: u32 = 2;
+}
+
+/// Ring-buffer record for cgroup v2 creation and removal, so that the agent can name a cgroup
+/// that lived for less than a rescan interval.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupEvent {
+    pub id: u64,
+    /// `cgroup_event::*`.
+    pub kind: u32,
+    /// Bytes of `path` used, including the NUL; 0 when the path could not be read.
+    pub path_len: u32,
+    pub path: [u8; CGROUP_PATH_MAX],
+}
+const _: () = assert!(size_of::<CgroupEvent>() == 16 + CGROUP_PATH_MAX);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and have explicit padding.
+    unsafe impl aya::Pod for KernelConfig {}
+    unsafe impl aya::Pod for SeccompKey {}
+    unsafe impl aya::Pod for ExitKey {}
+    unsafe impl aya::Pod for TaskState {}
+    unsafe impl aya::Pod for ExitDedupKey {}
+    unsafe impl aya::Pod for CgroupEvent {}
+}

@@ -1,0 +1,18 @@
+//! cgwatch's kernel programs. One file per hook in `probes/`; the loader in `agent` decides which
+//! of them to load and attach (see `agent::probes::PROBES`).
+#![no_std]
+#![no_main]
+
+mod kernel;
+mod maps;
+mod probes;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

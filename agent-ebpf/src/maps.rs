@@ -1,0 +1,81 @@
+//! Maps shared by the probes. Counters are per-CPU hashes: no atomics on the hot path, and
+//! userspace sums the CPUs at scrape time. The loader may resize the counter maps (`--max-cgroups`).
+
+use agent_common::{ExitDedupKey, ExitKey, SeccompKey, TaskState, lost};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+
+/// Syscall state of threads under a seccomp filter, by thread id.
+#[map]
+pub static TASKS: LruHashMap<u32, TaskState> = LruHashMap::with_max_entries(32768, 0);
+
+/// Seccomp violations; per-CPU because a violation storm hits it from every CPU.
+#[map]
+pub static SECCOMP_COUNTS: PerCpuHashMap<SeccompKey, u64> =
+    PerCpuHashMap::with_max_entries(8192, 0);
+
+/// Thread groups killed by a seccomp KILL action, by tgid, until their exit is counted.
+#[map]
+pub static SECCOMP_KILLED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Process and container exits.
+#[map]
+pub static EXIT_COUNTS: PerCpuHashMap<ExitKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// OOM kills by the victim's cgroup v2 id.
+#[map]
+pub static OOM_COUNTS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Thread groups whose exit was counted, on kernels whose exit tracepoint lacks `group_dead`.
+#[map]
+pub static EXIT_DEDUP: LruHashMap<ExitDedupKey, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// cgroup creation / removal records (`CgroupEvent`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Events that could not be recorded, by `lost::*` index.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
+
+#[inline(always)]
+pub fn count_lost(index: u32) {
+    if let Some(p) = LOST.get_ptr_mut(index) {
+        unsafe { *p += 1 };
+    }
+}
+
+/// Adds one to a per-CPU counter, creating it when missing.
+#[inline(always)]
+fn count<K>(map: &PerCpuHashMap<K, u64>, key: &K, lost_index: u32) {
+    if let Some(p) = map.get_ptr_mut(key) {
+        unsafe { *p += 1 };
+        return;
+    }
+    // Another CPU may have created the key meanwhile: NOEXIST fails then, and the lookup finds it.
+    if map.insert(key, 1u64, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    match map.get_ptr_mut(key) {
+        Some(p) => unsafe { *p += 1 },
+        None => count_lost(lost_index),
+    }
+}
+
+#[inline(always)]
+pub fn count_seccomp(key: &SeccompKey) {
+    count(&SECCOMP_COUNTS, key, lost::SECCOMP_MAP);
+}
+
+#[inline(always)]
+pub fn count_exit(key: &ExitKey) {
+    count(&EXIT_COUNTS, key, lost::EXIT_MAP);
+}
+
+#[inline(always)]
+pub fn count_oom(cgroup_id: u64) {
+    count(&OOM_COUNTS, &cgroup_id, lost::OOM_MAP);
+}

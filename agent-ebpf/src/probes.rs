@@ -1,0 +1,11 @@
+//! One module per kernel hook. Each exposes a `tp_btf` entry point (preferred: BTF-typed
+//! arguments, lower overhead) and a `raw_tp` one (fallback) that share the same `try_*` body.
+//! Pointer arguments are read with `bpf_probe_read_kernel` so that both program types accept them.
+
+mod cgroup_mkdir;
+mod cgroup_rmdir;
+mod mark_victim;
+mod sched_process_exit;
+mod signal_generate;
+mod sys_enter;
+mod sys_exit;

@@ -1,0 +1,28 @@
+//! `oom:mark_victim`: an OOM kill, counted in the victim's cgroup (not the cgroup of the task
+//! that ran the OOM killer). Attached only where the tracepoint passes the victim's
+//! `task_struct *` (kernels >= 6.8); elsewhere `sched_process_exit` counts OOM kills.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+
+use crate::{kernel, maps};
+
+#[btf_tracepoint(function = "mark_victim")]
+pub fn mark_victim_btf(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_mark_victim(ctx.arg(0));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "mark_victim")]
+pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_mark_victim(ctx.arg(0));
+    0
+}
+
+#[inline(always)]
+fn try_mark_victim(victim: u64) -> Result<(), i64> {
+    maps::count_oom(kernel::task_cgroup_id(victim)?);
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! `sched:sched_process_exit`: fires for every exiting thread. Cleans up per-thread state, counts
+//! a seccomp KILL_THREAD of a non-last thread (it exits with SIGSYS without any signal), and for
+//! the thread-group exit counts the process exit and, for a PID-namespace init, the container
+//! exit, classified by reason.
+
+use agent_common::{
+    ExitDedupKey, ExitKey, SeccompKey, action, config_flags, kabi, reason,
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+
+use crate::{
+    kernel::{self, kconfig},
+    maps,
+};
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    // The BTF program can ask for the exiting thread's user registers (the syscall a KILL_THREAD
+    // verdict stopped); a raw tracepoint cannot and reports the syscall as unknown.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let _ = try_sched_process_exit(ctx.arg(0), ctx.arg(1), regs);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_sched_process_exit(ctx.arg(0), ctx.arg(1), 0);
+    0
+}
+
+#[inline(always)]
+fn try_sched_process_exit(task: u64, group_dead_arg: u64, regs: u64) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let tgid = (pid_tgid >> 32) as u32;
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let flags = kconfig!(flags);
+    let mode = kernel::seccomp_mode(task)?;
+    let exit_code = kernel::read::<i32>(task, kconfig!(task_exit_code))? as u32;
+    let sig = exit_code & 0x7f;
+
+    if mode == kabi::SECCOMP_MODE_FILTER || mode == kabi::SECCOMP_MODE_DEAD {
+        let _ = maps::TASKS.remove(tid);
+    }
+    // KILL_THREAD of a thread that was not the last: `do_exit(SIGSYS)` straight from the filter.
+    // A KILL_PROCESS (or last-thread KILL_THREAD) went through signal_generate instead and left
+    // its tgid in SECCOMP_KILLED.
+    if mode == kabi::SECCOMP_MODE_DEAD
+        && exit_code == kabi::SIGSYS
+        && maps::SECCOMP_KILLED.get_ptr(tgid).is_none()
+    {
+        let nr = if regs != 0 {
+            kernel::read::<u64>(regs, kconfig!(pt_regs_orig_ax)).unwrap_or(u64::MAX) as i32
+        } else {
+            -1
+        };
+        maps::count_seccomp(&SeccompKey { cgroup_id, syscall_nr: nr, action: action::KILL_THREAD });
+    }
+
+    if !is_group_exit(task, tgid, flags, group_dead_arg)? {
+        return Ok(());
+    }
+
+    let (why, signal) = if sig == 0 {
+        let status = (exit_code >> 8) & 0xff;
+        (if status == 0 { reason::SUCCESS } else { reason::ERROR }, 0)
+    } else if sig == kabi::SIGSYS && maps::SECCOMP_KILLED.remove(tgid).is_ok() {
+        (reason::SECCOMP_KILL, sig)
+    } else if sig == kabi::SIGKILL && is_oom_victim(task)? {
+        if flags & config_flags::MARK_VICTIM_HAS_TASK == 0 {
+            // mark_victim carries only a pid on this kernel: count the OOM kill here.
+            maps::count_oom(cgroup_id);
+        }
+        (reason::OOM_KILL, sig)
+    } else {
+        (reason::SIGNAL, sig)
+    };
+    let mut key = ExitKey { cgroup_id, reason: why, signal, container: 0, _pad: 0 };
+    maps::count_exit(&key);
+    if kernel::is_pidns_init(task)? {
+        key.container = 1;
+        maps::count_exit(&key);
+    }
+    Ok(())
+}
+
+/// True for the last thread of the thread group.
+#[inline(always)]
+fn is_group_exit(task: u64, tgid: u32, flags: u32, group_dead_arg: u64) -> Result<bool, i64> {
+    if flags & config_flags::EXIT_HAS_GROUP_DEAD != 0 {
+        return Ok(group_dead_arg & 0xff != 0);
+    }
+    // Older kernels: `signal->live` reaches 0 at the last thread, but threads exiting together
+    // may all see 0 by the time they reach the tracepoint; count the first one only.
+    let signal = kernel::read::<u64>(task, kconfig!(task_signal))?;
+    if kernel::read::<i32>(signal, kconfig!(signal_live))? != 0 {
+        return Ok(false);
+    }
+    let leader = kernel::read::<u64>(task, kconfig!(task_group_leader))?;
+    let key = ExitDedupKey {
+        leader_start_time: kernel::read::<u64>(leader, kconfig!(task_start_time))?,
+        tgid,
+        _pad: 0,
+    };
+    Ok(maps::EXIT_DEDUP
+        .insert(key, 1u32, aya_ebpf::bindings::BPF_NOEXIST as u64)
+        .is_ok())
+}
+
+/// `task->signal->oom_mm` is set by `mark_oom_victim` and never cleared.
+#[inline(always)]
+fn is_oom_victim(task: u64) -> Result<bool, i64> {
+    let signal = kernel::read::<u64>(task, kconfig!(task_signal))?;
+    Ok(kernel::read::<u64>(signal, kconfig!(signal_oom_mm))? != 0)
+}

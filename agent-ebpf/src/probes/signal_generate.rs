@@ -1,0 +1,79 @@
+//! `signal:signal_generate`: seccomp's SIGSYS (si_code SYS_SECCOMP) for a TRAP or a KILL action.
+//! The kernel sets `seccomp.mode` to SECCOMP_MODE_DEAD before a kill action's signal, which tells
+//! a kill from a trap.
+
+use agent_common::{SeccompKey, TaskState, action, kabi, lost};
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+
+use crate::{
+    kernel::{self, kconfig},
+    maps,
+};
+
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate_btf(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_signal_generate(ctx.arg::<u64>(0) as i32, ctx.arg(1), ctx.arg(2));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_signal_generate(ctx.arg::<u64>(0) as i32, ctx.arg(1), ctx.arg(2));
+    0
+}
+
+#[inline(always)]
+fn try_signal_generate(sig: i32, info: u64, target: u64) -> Result<(), i64> {
+    // SEND_SIG_NOINFO (0) and SEND_SIG_PRIV (1) are not pointers.
+    if sig as u32 != kabi::SIGSYS || info <= 1 {
+        return Ok(());
+    }
+    if kernel::read::<i32>(info, kconfig!(siginfo_code))? != kabi::SYS_SECCOMP {
+        return Ok(());
+    }
+    // Seccomp signals the current task itself.
+    let task = kernel::current_task();
+    if target != task {
+        return Ok(());
+    }
+    let mode = kernel::seccomp_mode(task)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let act = if mode == kabi::SECCOMP_MODE_DEAD {
+        let tgid = (pid_tgid >> 32) as u32;
+        // Remembered so that the exit is reported as `seccomp_kill` and not as a KILL_THREAD.
+        let _ = maps::SECCOMP_KILLED.insert(tgid, 1u32, 0);
+        action::KILL_PROCESS
+    } else if kernel::is_filtered(mode) {
+        match maps::TASKS.get_ptr_mut(tid) {
+            Some(state) => unsafe {
+                // A SIGSYS with SYS_SECCOMP raised from inside a syscall body is a forgery
+                // (rt_sigqueueinfo to itself), not seccomp, which runs before sys_enter.
+                if (*state).in_syscall != 0 {
+                    return Ok(());
+                }
+                (*state).trap_pending = 1;
+            },
+            None => {
+                let state = TaskState { in_syscall: 0, trap_pending: 1 };
+                if maps::TASKS.insert(tid, state, 0).is_err() {
+                    maps::count_lost(lost::TASK_MAP);
+                }
+            }
+        }
+        action::TRAP
+    } else {
+        return Ok(());
+    };
+    let nr = kernel::read::<i32>(info, kconfig!(siginfo_syscall))?;
+    maps::count_seccomp(&SeccompKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        syscall_nr: nr,
+        action: act,
+    });
+    Ok(())
+}

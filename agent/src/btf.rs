@@ -1,0 +1,225 @@
+//! Kernel structure layouts from the running kernel's BTF (`/sys/kernel/btf/vmlinux`), handed to
+//! the eBPF programs as the `KCONFIG` global: the programs never hard-code an offset.
+
+use std::path::{Path, PathBuf};
+
+use agent_common::{KernelConfig, config_flags};
+use btf_rs::{Btf, Type};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "kernel BTF not found at {}: cgwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        path.display()
+    )]
+    Missing { path: PathBuf },
+    #[error("cannot read kernel BTF at {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {strukt} has no member {member}")]
+    NoMember { strukt: String, member: String },
+    #[error("kernel BTF: offset of {0} is not byte-aligned or too large")]
+    BadOffset(String),
+    #[error("kernel BTF: {0}")]
+    Lookup(#[from] btf_rs::Error),
+}
+
+/// The parsed kernel BTF.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    /// Parses `<sysfs>/kernel/btf/vmlinux`.
+    pub fn from_sysfs(sysfs: &Path) -> Result<Self, BtfError> {
+        let path = sysfs.join("kernel/btf/vmlinux");
+        if !path.exists() {
+            return Err(BtfError::Missing { path });
+        }
+        let btf = Btf::from_file(&path).map_err(|source| BtfError::Parse { path, source })?;
+        Ok(Self { btf })
+    }
+
+    fn strukt(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
+        self.btf
+            .resolve_types_by_name(name)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoStruct(name.to_string()))
+    }
+
+    /// Follows typedefs and qualifiers to a struct or union.
+    fn resolve_aggregate(&self, member: &btf_rs::Member) -> Option<btf_rs::Struct> {
+        let mut t = self.btf.resolve_chained_type(member).ok()?;
+        loop {
+            t = match t {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(x) => self.btf.resolve_chained_type(&x).ok()?,
+                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => {
+                    self.btf.resolve_chained_type(&x).ok()?
+                }
+                Type::TypeTag(x) => self.btf.resolve_chained_type(&x).ok()?,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Bit offset of member `name` in `s`, looking through anonymous structs and unions.
+    fn find_member(&self, s: &btf_rs::Struct, name: &str) -> Option<(u32, btf_rs::Member)> {
+        for m in &s.members {
+            let mname = self.btf.resolve_name(m).unwrap_or_default();
+            if mname == name {
+                return Some((m.bit_offset(), m.clone()));
+            }
+            if mname.is_empty()
+                && let Some(inner) = self.resolve_aggregate(m)
+                && let Some((off, found)) = self.find_member(&inner, name)
+            {
+                return Some((m.bit_offset() + off, found));
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `path` (e.g. `["seccomp", "mode"]`) inside struct `strukt`.
+    pub fn offset(&self, strukt: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let mut current = self.strukt(strukt)?;
+        let mut bits = 0u32;
+        for (i, name) in path.iter().enumerate() {
+            let (off, member) =
+                self.find_member(&current, name).ok_or_else(|| BtfError::NoMember {
+                    strukt: strukt.to_string(),
+                    member: path[..=i].join("."),
+                })?;
+            bits += off;
+            if i + 1 < path.len() {
+                current = self.resolve_aggregate(&member).ok_or_else(|| BtfError::NoMember {
+                    strukt: strukt.to_string(),
+                    member: path[..=i + 1].join("."),
+                })?;
+            }
+        }
+        if bits % 8 != 0 {
+            return Err(BtfError::BadOffset(format!("{strukt}.{}", path.join("."))));
+        }
+        Ok(bits / 8)
+    }
+
+    pub fn size_of(&self, strukt: &str) -> Result<u32, BtfError> {
+        let s = self.strukt(strukt)?;
+        u32::try_from(s.size()).map_err(|_| BtfError::BadOffset(strukt.to_string()))
+    }
+
+    /// The arguments of a tracepoint as BTF sees them (`btf_trace_<name>`, whose first parameter
+    /// is the context and is left out). `None` when the kernel has no such tracepoint.
+    pub fn tracepoint_args(&self, name: &str) -> Option<Vec<Type>> {
+        let typedef = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Typedef(t) => Some(t),
+                _ => None,
+            })?;
+        let Type::Ptr(ptr) = self.btf.resolve_chained_type(&typedef).ok()? else {
+            return None;
+        };
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr).ok()? else {
+            return None;
+        };
+        Some(
+            proto
+                .parameters
+                .iter()
+                .skip(1)
+                .filter_map(|p| self.btf.resolve_chained_type(p).ok())
+                .collect(),
+        )
+    }
+
+    /// True when the kernel has the function `name` (fentry/kprobe targets).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .map(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+            .unwrap_or(false)
+    }
+
+    /// Everything the programs need, or the first thing this kernel lacks.
+    pub fn kernel_config(&self) -> Result<KernelConfig, BtfError> {
+        let mut flags = 0;
+        if let Some(args) = self.tracepoint_args("mark_victim")
+            && matches!(args.first(), Some(Type::Ptr(_)))
+        {
+            flags |= config_flags::MARK_VICTIM_HAS_TASK;
+        }
+        if self.tracepoint_args("sched_process_exit").is_some_and(|args| args.len() >= 2) {
+            flags |= config_flags::EXIT_HAS_GROUP_DEAD;
+        }
+        Ok(KernelConfig {
+            task_seccomp_mode: self.offset("task_struct", &["seccomp", "mode"])?,
+            task_exit_code: self.offset("task_struct", &["exit_code"])?,
+            task_signal: self.offset("task_struct", &["signal"])?,
+            task_tgid: self.offset("task_struct", &["tgid"])?,
+            task_pid: self.offset("task_struct", &["pid"])?,
+            task_thread_pid: self.offset("task_struct", &["thread_pid"])?,
+            task_cgroups: self.offset("task_struct", &["cgroups"])?,
+            task_group_leader: self.offset("task_struct", &["group_leader"])?,
+            task_start_time: self.offset("task_struct", &["start_time"])?,
+            signal_live: self.offset("signal_struct", &["live"])?,
+            signal_oom_mm: self.offset("signal_struct", &["oom_mm"])?,
+            pid_level: self.offset("pid", &["level"])?,
+            pid_numbers: self.offset("pid", &["numbers"])?,
+            upid_size: self.size_of("upid")?,
+            upid_nr: self.offset("upid", &["nr"])?,
+            css_set_dfl_cgrp: self.offset("css_set", &["dfl_cgrp"])?,
+            cgroup_kn: self.offset("cgroup", &["kn"])?,
+            cgroup_root: self.offset("cgroup", &["root"])?,
+            cgroup_root_hierarchy_id: self.offset("cgroup_root", &["hierarchy_id"])?,
+            kernfs_node_id: self.offset("kernfs_node", &["id"])?,
+            pt_regs_orig_ax: self.offset("pt_regs", &["orig_ax"])?,
+            siginfo_code: self.offset("kernel_siginfo", &["si_code"])?,
+            siginfo_syscall: self.offset("kernel_siginfo", &["_sifields", "_sigsys", "_syscall"])?,
+            flags,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the running kernel's BTF; the expected values are fixed by the kernel ABI
+    /// (uapi siginfo layout, x86_64 pt_regs) and so hold on every x86_64 kernel.
+    #[test]
+    fn offsets_from_running_kernel() {
+        let Ok(btf) = KernelBtf::from_sysfs(Path::new("/sys")) else {
+            eprintln!("no kernel BTF here; skipping");
+            return;
+        };
+        let cfg = btf.kernel_config().expect("kernel config");
+        assert_eq!(cfg.siginfo_code, 8);
+        assert_eq!(cfg.siginfo_syscall, 24);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(cfg.pt_regs_orig_ax, 120);
+        assert_eq!(cfg.upid_size, 16);
+        assert!(cfg.task_seccomp_mode > 0 && cfg.task_exit_code > 0);
+    }
+
+    #[test]
+    fn missing_btf_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = KernelBtf::from_sysfs(dir.path()).err().expect("must fail");
+        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    }
+}

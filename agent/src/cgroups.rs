@@ -1,0 +1,542 @@
+//! cgroup layout discovery, the id -> path registry (with the `--max-cgroups` bound and the
+//! `--retain` window), and per-cgroup CPU / memory files.
+//!
+//! The eBPF programs identify a cgroup by its v2 id, which is the inode number of its directory
+//! in the cgroup2 mount. The registry learns ids from a walk of that mount and from the
+//! `cgroup_mkdir` / `cgroup_rmdir` probes, so that short-lived cgroups are still named.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+/// Longest cgroup path exported as a label value; longer ones are cut at a char boundary.
+pub const MAX_PATH_LABEL: usize = 1024;
+/// Deepest directory level walked below the cgroup2 mount.
+const MAX_DEPTH: usize = 64;
+/// A v1 `memory.limit_in_bytes` at or above this is "no limit" (the kernel reports
+/// PAGE_COUNTER_MAX pages, just under 2^63 bytes).
+const V1_UNLIMITED: u64 = 1 << 62;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "no cgroup v2 hierarchy at {0}/fs/cgroup or {0}/fs/cgroup/unified (cgwatch needs cgroup v2, \
+         alone or in hybrid mode)"
+    )]
+    NoCgroup2(String),
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where the cgroup hierarchies are mounted.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The cgroup2 mount (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on hybrid).
+    pub v2: PathBuf,
+    /// v1 memory controller mount, on hybrid / legacy hosts.
+    pub memory_v1: Option<PathBuf>,
+    /// v1 cpuacct controller mount, on hybrid / legacy hosts.
+    pub cpuacct_v1: Option<PathBuf>,
+}
+
+impl Layout {
+    pub fn detect(sysfs: &Path) -> Result<Self, CgroupError> {
+        let base = sysfs.join("fs/cgroup");
+        let v2 = if base.join("cgroup.controllers").exists() {
+            base.clone()
+        } else if base.join("unified/cgroup.controllers").exists() {
+            base.join("unified")
+        } else {
+            return Err(CgroupError::NoCgroup2(sysfs.display().to_string()));
+        };
+        let mut layout = Layout { v2, memory_v1: None, cpuacct_v1: None };
+        if layout.v2 != base
+            && let Ok(entries) = fs::read_dir(&base)
+        {
+            // v1 controllers may be co-mounted ("cpu,cpuacct"): recognise them by their files.
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                if dir == layout.v2 || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                if layout.memory_v1.is_none() && dir.join("memory.usage_in_bytes").exists() {
+                    layout.memory_v1 = Some(dir.clone());
+                }
+                if layout.cpuacct_v1.is_none() && dir.join("cpuacct.usage").exists() {
+                    layout.cpuacct_v1 = Some(dir);
+                }
+            }
+        }
+        Ok(layout)
+    }
+
+    fn v2_dir(&self, rel: &str) -> PathBuf {
+        join_rel(&self.v2, rel)
+    }
+
+    /// The controllers enabled for this cgroup in v2 (its `cgroup.controllers`).
+    fn v2_controllers(&self, rel: &str) -> String {
+        fs::read_to_string(self.v2_dir(rel).join("cgroup.controllers")).unwrap_or_default()
+    }
+
+    /// CPU and memory of the cgroup at `rel` (a path relative to the mount, starting with `/`):
+    /// from v2 where the controller is enabled there, else from v1 at the same path.
+    pub fn resources(&self, rel: &str) -> Resources {
+        let controllers = self.v2_controllers(rel);
+        let has = |name: &str| controllers.split_whitespace().any(|c| c == name);
+        let v2 = self.v2_dir(rel);
+
+        let v1_cpu = self.cpuacct_v1.as_ref().map(|m| join_rel(m, rel).join("cpuacct.usage"));
+        let cpu_seconds = if !has("cpu")
+            && let Some(ns) = v1_cpu.as_ref().and_then(|p| read_u64(p))
+        {
+            Some(ns as f64 / 1e9)
+        } else {
+            // cpu.stat's usage_usec is a core v2 file, there even without the cpu controller.
+            read_keyed(&v2.join("cpu.stat"), "usage_usec").map(|us| us as f64 / 1e6)
+        };
+
+        let (memory_bytes, memory_limit_bytes) = if has("memory") {
+            let usage = read_u64(&v2.join("memory.current"));
+            let limit = read_u64(&v2.join("memory.max")); // "max" does not parse: no limit
+            (usage, limit)
+        } else if let Some(m) = &self.memory_v1 {
+            let dir = join_rel(m, rel);
+            let usage = read_u64(&dir.join("memory.usage_in_bytes"));
+            let limit = read_u64(&dir.join("memory.limit_in_bytes")).filter(|&l| l < V1_UNLIMITED);
+            (usage, limit)
+        } else {
+            (None, None)
+        };
+        Resources { cpu_seconds, memory_bytes, memory_limit_bytes }
+    }
+
+    /// Walks the cgroup2 mount. Errors below the root (a cgroup removed during the walk) are
+    /// skipped; an unreadable root is an error.
+    pub fn scan(&self) -> Result<Vec<ScannedCgroup>, CgroupError> {
+        let root_meta = fs::metadata(&self.v2)
+            .map_err(|source| CgroupError::Io { path: self.v2.clone(), source })?;
+        let mut out = vec![ScannedCgroup { id: root_meta.ino(), path: "/".into(), populated: true }];
+        let mut stack = vec![(self.v2.clone(), String::new(), 0usize)];
+        while let Some((dir, rel, depth)) = stack.pop() {
+            if depth >= MAX_DEPTH {
+                continue;
+            }
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                // file_type() does not follow symlinks: only real cgroup directories.
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                let child_rel = format!("{rel}/{}", entry.file_name().to_string_lossy());
+                let path = entry.path();
+                let populated = fs::read_to_string(path.join("cgroup.events"))
+                    .is_ok_and(|s| s.lines().any(|l| l.trim() == "populated 1"));
+                out.push(ScannedCgroup { id: meta.ino(), path: child_rel.clone(), populated });
+                stack.push((path, child_rel, depth + 1));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// CPU and memory of one cgroup; `None` where the file is missing or unreadable.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resources {
+    pub cpu_seconds: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    /// `None` when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedCgroup {
+    pub id: u64,
+    pub path: String,
+    pub populated: bool,
+}
+
+fn join_rel(base: &Path, rel: &str) -> PathBuf {
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() { base.to_path_buf() } else { base.join(rel) }
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn read_keyed(path: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        if k == key { v.trim().parse().ok() } else { None }
+    })
+}
+
+/// Makes an untrusted cgroup path safe as a label value: valid UTF-8, bounded length. The
+/// exposition encoder escapes quotes, backslashes and newlines.
+pub fn sanitize_path(raw: &[u8]) -> Arc<str> {
+    let s = String::from_utf8_lossy(raw);
+    let s = if s.is_empty() { "/" } else { &s };
+    if s.len() <= MAX_PATH_LABEL {
+        return Arc::from(s);
+    }
+    let mut end = MAX_PATH_LABEL;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Arc::from(&s[..end])
+}
+
+/// What a per-cgroup series is labelled with.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Label {
+    Path(Arc<str>),
+    /// Over `--max-cgroups`: summed into one series so that no count is lost.
+    Overflow,
+    /// An id the agent never saw created (its mkdir event was lost and it is gone).
+    Unknown(u64),
+}
+
+impl Label {
+    pub fn as_value(&self) -> String {
+        match self {
+            Label::Path(p) => p.to_string(),
+            Label::Overflow => "(overflow)".to_string(),
+            Label::Unknown(id) => format!("(unknown id {id})"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    path: Arc<str>,
+    populated: bool,
+    removed_at: Option<Instant>,
+    /// Has series of its own (admitted under `--max-cgroups`).
+    shown: bool,
+    /// Has kernel events: such a cgroup is never evicted for a merely populated one.
+    has_events: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<u64, Entry>,
+    shown: usize,
+}
+
+/// Known cgroups, shared by the collectors (scrape) and the background tasks.
+#[derive(Debug)]
+pub struct Registry {
+    state: Mutex<State>,
+    max_shown: usize,
+    retain: Duration,
+}
+
+/// A live cgroup whose resources are exported.
+#[derive(Debug, Clone)]
+pub struct ShownCgroup {
+    pub path: Arc<str>,
+}
+
+impl Registry {
+    pub fn new(max_shown: usize, retain: Duration) -> Self {
+        Self { state: Mutex::new(State::default()), max_shown, retain }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the map inconsistent (no multi-step
+        // invariants), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a full walk of the hierarchy.
+    pub fn apply_scan(&self, scanned: Vec<ScannedCgroup>, now: Instant) {
+        let mut st = self.lock();
+        let mut seen = std::collections::HashSet::with_capacity(scanned.len());
+        for c in scanned {
+            seen.insert(c.id);
+            let path = sanitize_path(c.path.as_bytes());
+            let e = st.entries.entry(c.id).or_insert_with(|| Entry {
+                path: path.clone(),
+                populated: false,
+                removed_at: None,
+                shown: false,
+                has_events: false,
+            });
+            e.path = path;
+            e.populated = c.populated;
+            e.removed_at = None;
+        }
+        for (id, e) in st.entries.iter_mut() {
+            if !seen.contains(id) && e.removed_at.is_none() {
+                e.removed_at = Some(now);
+            }
+        }
+        self.admit_populated(&mut st);
+    }
+
+    /// Admits populated cgroups while there is room (cgroups with events were admitted first).
+    fn admit_populated(&self, st: &mut State) {
+        if st.shown >= self.max_shown {
+            return;
+        }
+        let mut candidates: Vec<(u64, usize)> = st
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.shown && e.populated && e.removed_at.is_none())
+            .map(|(id, e)| (*id, e.path.len()))
+            .collect();
+        // Shallow paths first: slices before the containers inside them.
+        candidates.sort_by_key(|&(id, len)| (len, id));
+        for (id, _) in candidates {
+            if st.shown >= self.max_shown {
+                break;
+            }
+            if let Some(e) = st.entries.get_mut(&id) {
+                e.shown = true;
+                st.shown += 1;
+            }
+        }
+    }
+
+    pub fn cgroup_created(&self, id: u64, raw_path: &[u8]) {
+        let mut st = self.lock();
+        let path = sanitize_path(raw_path);
+        let e = st.entries.entry(id).or_insert_with(|| Entry {
+            path: path.clone(),
+            populated: false,
+            removed_at: None,
+            shown: false,
+            has_events: false,
+        });
+        e.path = path;
+        e.removed_at = None;
+    }
+
+    pub fn cgroup_removed(&self, id: u64, now: Instant) {
+        if let Some(e) = self.lock().entries.get_mut(&id) {
+            e.removed_at.get_or_insert(now);
+        }
+    }
+
+    /// The label for a cgroup that has kernel events; admits it when there is room, evicting a
+    /// cgroup that is only populated if needed.
+    pub fn event_label(&self, id: u64) -> Label {
+        let mut st = self.lock();
+        let max = self.max_shown;
+        let Some(e) = st.entries.get_mut(&id) else { return Label::Unknown(id) };
+        e.has_events = true;
+        if e.shown {
+            return Label::Path(e.path.clone());
+        }
+        if st.shown >= max {
+            let victim = st
+                .entries
+                .iter()
+                .filter(|(vid, v)| v.shown && !v.has_events && **vid != id)
+                .max_by_key(|(vid, v)| (v.path.len(), **vid))
+                .map(|(vid, _)| *vid);
+            match victim {
+                Some(v) => {
+                    if let Some(ve) = st.entries.get_mut(&v) {
+                        ve.shown = false;
+                    }
+                    st.shown -= 1;
+                }
+                None => return Label::Overflow,
+            }
+        }
+        st.shown += 1;
+        match st.entries.get_mut(&id) {
+            Some(e) => {
+                e.shown = true;
+                Label::Path(e.path.clone())
+            }
+            None => Label::Unknown(id),
+        }
+    }
+
+    /// Live, shown cgroups: the ones whose CPU and memory are exported.
+    pub fn shown_live(&self) -> Vec<ShownCgroup> {
+        let st = self.lock();
+        let mut out: Vec<ShownCgroup> = st
+            .entries
+            .values()
+            .filter(|e| e.shown && e.removed_at.is_none())
+            .map(|e| ShownCgroup { path: e.path.clone() })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// Live cgroups (populated or with events) that have no series of their own.
+    pub fn not_shown(&self) -> usize {
+        let st = self.lock();
+        st.entries
+            .values()
+            .filter(|e| !e.shown && e.removed_at.is_none() && (e.populated || e.has_events))
+            .count()
+    }
+
+    /// Forgets cgroups removed more than `--retain` ago and returns their ids, so that their
+    /// kernel counters can be deleted.
+    pub fn purge_expired(&self, now: Instant) -> Vec<u64> {
+        let mut st = self.lock();
+        let retain = self.retain;
+        let expired: Vec<u64> = st
+            .entries
+            .iter()
+            .filter(|(_, e)| e.removed_at.is_some_and(|t| now.duration_since(t) >= retain))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            if let Some(e) = st.entries.remove(id)
+                && e.shown
+            {
+                st.shown -= 1;
+            }
+        }
+        if !expired.is_empty() {
+            self.admit_populated(&mut st);
+        }
+        expired
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scanned(id: u64, path: &str, populated: bool) -> ScannedCgroup {
+        ScannedCgroup { id, path: path.into(), populated }
+    }
+
+    #[test]
+    fn hybrid_fixture_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = dir.path().join("fs/cgroup");
+        fs::create_dir_all(cg.join("unified/app")).unwrap();
+        fs::write(cg.join("unified/cgroup.controllers"), "").unwrap();
+        fs::write(cg.join("unified/app/cgroup.controllers"), "").unwrap();
+        fs::write(cg.join("unified/app/cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        fs::write(cg.join("unified/app/cpu.stat"), "usage_usec 2500000\nuser_usec 1\n").unwrap();
+        fs::create_dir_all(cg.join("memory/app")).unwrap();
+        fs::write(cg.join("memory/memory.usage_in_bytes"), "1").unwrap();
+        fs::write(cg.join("memory/app/memory.usage_in_bytes"), "4096\n").unwrap();
+        fs::write(cg.join("memory/app/memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        fs::create_dir_all(cg.join("cpu,cpuacct/app")).unwrap();
+        fs::write(cg.join("cpu,cpuacct/cpuacct.usage"), "1").unwrap();
+        fs::write(cg.join("cpu,cpuacct/app/cpuacct.usage"), "3000000000\n").unwrap();
+
+        let layout = Layout::detect(dir.path()).unwrap();
+        assert_eq!(layout.v2, cg.join("unified"));
+        assert_eq!(layout.memory_v1, Some(cg.join("memory")));
+        assert_eq!(layout.cpuacct_v1, Some(cg.join("cpu,cpuacct")));
+        let r = layout.resources("/app");
+        assert_eq!(r.cpu_seconds, Some(3.0));
+        assert_eq!(r.memory_bytes, Some(4096));
+        assert_eq!(r.memory_limit_bytes, None, "v1 'unlimited' is no limit");
+
+        let scan = layout.scan().unwrap();
+        assert_eq!(scan.len(), 2);
+        assert_eq!(scan[0].path, "/");
+        assert_eq!(scan[1].path, "/app");
+        assert!(scan[1].populated);
+    }
+
+    #[test]
+    fn unified_fixture_tree_uses_v2_controllers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = dir.path().join("fs/cgroup");
+        fs::create_dir_all(cg.join("svc")).unwrap();
+        fs::write(cg.join("cgroup.controllers"), "cpu memory").unwrap();
+        fs::write(cg.join("svc/cgroup.controllers"), "cpu memory").unwrap();
+        fs::write(cg.join("svc/cpu.stat"), "usage_usec 1500000\n").unwrap();
+        fs::write(cg.join("svc/memory.current"), "8192\n").unwrap();
+        fs::write(cg.join("svc/memory.max"), "max\n").unwrap();
+        let layout = Layout::detect(dir.path()).unwrap();
+        let r = layout.resources("/svc");
+        assert_eq!(r, Resources { cpu_seconds: Some(1.5), memory_bytes: Some(8192), memory_limit_bytes: None });
+        fs::write(cg.join("svc/memory.max"), "1048576\n").unwrap();
+        assert_eq!(layout.resources("/svc").memory_limit_bytes, Some(1048576));
+    }
+
+    #[test]
+    fn no_cgroup2_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Layout::detect(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("no cgroup v2 hierarchy"), "{err}");
+    }
+
+    #[test]
+    fn hostile_paths_are_bounded_and_valid_utf8() {
+        let p = sanitize_path(b"/a\xff\"b\nc");
+        assert_eq!(&*p, "/a\u{fffd}\"b\nc");
+        let long = "é".repeat(2000);
+        let p = sanitize_path(long.as_bytes());
+        assert!(p.len() <= MAX_PATH_LABEL && p.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn max_cgroups_prefers_event_cgroups_and_folds_overflow() {
+        let now = Instant::now();
+        let r = Registry::new(2, Duration::from_secs(60));
+        r.apply_scan(
+            vec![scanned(1, "/", true), scanned(2, "/a", true), scanned(3, "/b", false), scanned(4, "/c", false)],
+            now,
+        );
+        assert_eq!(r.shown_live().len(), 2);
+        // An event cgroup evicts a merely populated one.
+        assert_eq!(r.event_label(3), Label::Path("/b".into()));
+        assert_eq!(r.event_label(4), Label::Path("/c".into()));
+        // Now both shown cgroups have events: a third one is folded, never dropped.
+        assert_eq!(r.event_label(2), Label::Overflow);
+        assert_eq!(r.event_label(99), Label::Unknown(99));
+        assert_eq!(r.not_shown(), 2, "/ and /a are live but not shown");
+    }
+
+    #[test]
+    fn removed_cgroups_are_kept_for_the_retain_window() {
+        let t0 = Instant::now();
+        let r = Registry::new(10, Duration::from_secs(60));
+        r.apply_scan(vec![scanned(1, "/", true), scanned(2, "/x", true)], t0);
+        assert_eq!(r.event_label(2), Label::Path("/x".into()));
+        r.cgroup_removed(2, t0);
+        assert_eq!(r.event_label(2), Label::Path("/x".into()), "still labelled while retained");
+        assert!(r.purge_expired(t0 + Duration::from_secs(59)).is_empty());
+        assert_eq!(r.purge_expired(t0 + Duration::from_secs(60)), vec![2]);
+        assert_eq!(r.event_label(2), Label::Unknown(2));
+    }
+
+    #[test]
+    fn mkdir_events_name_short_lived_cgroups() {
+        let t0 = Instant::now();
+        let r = Registry::new(10, Duration::from_secs(60));
+        r.cgroup_created(7, b"/job/short");
+        r.cgroup_removed(7, t0);
+        assert_eq!(r.event_label(7), Label::Path("/job/short".into()));
+        // A later scan that no longer finds it keeps the first removal time.
+        r.apply_scan(vec![scanned(1, "/", true)], t0 + Duration::from_secs(30));
+        assert_eq!(r.purge_expired(t0 + Duration::from_secs(60)), vec![7]);
+    }
+}

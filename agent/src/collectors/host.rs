@@ -1,0 +1,147 @@
+//! Host CPU and memory: `cgwatch_host_cpu_seconds_total{mode}`, `cgwatch_host_cpu_usage_ratio`,
+//! `cgwatch_host_memory_total_bytes`, `cgwatch_host_memory_available_bytes`,
+//! `cgwatch_host_memory_usage_ratio`. Reads `<procfs>/stat` and `<procfs>/meminfo`.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use procfs::{CpuTime, FromRead, FromReadSI, KernelStats, Meminfo};
+use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
+
+use super::{Labels, counter_family, single_gauge};
+
+/// CPU seconds by mode from `<procfs>/stat`'s first line.
+pub fn read_cpu_seconds(procfs: &Path) -> Option<Vec<(&'static str, f64)>> {
+    let stats = KernelStats::from_file(procfs.join("stat"), procfs::current_system_info()).ok()?;
+    Some(cpu_seconds(&stats.total, procfs::ticks_per_second()))
+}
+
+fn cpu_seconds(t: &CpuTime, tps: u64) -> Vec<(&'static str, f64)> {
+    let tps = tps.max(1) as f64;
+    [
+        ("user", Some(t.user)),
+        ("nice", Some(t.nice)),
+        ("system", Some(t.system)),
+        ("idle", Some(t.idle)),
+        ("iowait", t.iowait),
+        ("irq", t.irq),
+        ("softirq", t.softirq),
+        ("steal", t.steal),
+    ]
+    .into_iter()
+    .filter_map(|(mode, ticks)| ticks.map(|v| (mode, v as f64 / tps)))
+    .collect()
+}
+
+/// Busy share of CPU time between two samples: everything but idle and iowait.
+pub fn usage_ratio(prev: &[(&str, f64)], cur: &[(&str, f64)]) -> Option<f64> {
+    let total = |s: &[(&str, f64)]| s.iter().map(|(_, v)| v).sum::<f64>();
+    let idle = |s: &[(&str, f64)]| {
+        s.iter().filter(|(m, _)| *m == "idle" || *m == "iowait").map(|(_, v)| v).sum::<f64>()
+    };
+    let dt = total(cur) - total(prev);
+    if dt <= 0.0 {
+        return None;
+    }
+    let busy = dt - (idle(cur) - idle(prev));
+    Some((busy / dt).clamp(0.0, 1.0))
+}
+
+/// The CPU usage ratio over the last sampling interval, kept by `crate::tasks::host_sampler`.
+#[derive(Debug, Default)]
+pub struct HostSampler {
+    state: Mutex<SamplerState>,
+}
+
+#[derive(Debug, Default)]
+struct SamplerState {
+    last: Option<Vec<(&'static str, f64)>>,
+    ratio: Option<f64>,
+}
+
+impl HostSampler {
+    pub fn sample(&self, procfs: &Path) {
+        let Some(cur) = read_cpu_seconds(procfs) else { return };
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(prev) = &st.last {
+            st.ratio = usage_ratio(prev, &cur).or(st.ratio);
+        }
+        st.last = Some(cur);
+    }
+
+    pub fn ratio(&self) -> Option<f64> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).ratio
+    }
+}
+
+#[derive(Debug)]
+pub struct HostCollector {
+    pub procfs: PathBuf,
+    pub sampler: Arc<HostSampler>,
+}
+
+impl Collector for HostCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        if let Some(modes) = read_cpu_seconds(&self.procfs) {
+            let series: BTreeMap<Labels, f64> =
+                modes.into_iter().map(|(m, v)| (vec![("mode", m.to_string())], v)).collect();
+            counter_family(&mut encoder, "cgwatch_host_cpu_seconds", "Host CPU time by mode, all CPUs.", &series)?;
+        }
+        if let Some(r) = self.sampler.ratio() {
+            single_gauge(
+                &mut encoder,
+                "cgwatch_host_cpu_usage_ratio",
+                "Share of host CPU time not idle or in iowait over the last sampling interval (0..1).",
+                r,
+            )?;
+        }
+        if let Ok(mem) = Meminfo::from_file(self.procfs.join("meminfo")) {
+            let total = mem.mem_total;
+            // Kernels before 3.14 have no MemAvailable: approximate it with free + page cache.
+            let available = mem.mem_available.unwrap_or(mem.mem_free + mem.cached);
+            single_gauge(&mut encoder, "cgwatch_host_memory_total_bytes", "Host usable RAM.", total as i64)?;
+            single_gauge(
+                &mut encoder,
+                "cgwatch_host_memory_available_bytes",
+                "Host memory available for new work without swapping (MemAvailable).",
+                available as i64,
+            )?;
+            if total > 0 {
+                single_gauge(
+                    &mut encoder,
+                    "cgwatch_host_memory_usage_ratio",
+                    "1 - MemAvailable / MemTotal (0..1).",
+                    (1.0 - available as f64 / total as f64).clamp(0.0, 1.0),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixture_procfs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("stat"),
+            "cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 100 0 100 700 100 0 0 0 0 0\nctxt 1\nbtime 1\nprocesses 1\nprocs_running 1\nprocs_blocked 0\n",
+        )
+        .unwrap();
+        let s = read_cpu_seconds(dir.path()).unwrap();
+        let tps = procfs::ticks_per_second() as f64;
+        assert_eq!(s.iter().find(|(m, _)| *m == "idle").unwrap().1, 700.0 / tps);
+        let later: Vec<_> = s.iter().map(|(m, v)| (*m, if *m == "user" { v + 2.0 } else { v + 0.5 })).collect();
+        // user +2, 7 other modes +0.5 each (idle and iowait among them): busy = 2 + 2.5 = 4.5 of 5.5.
+        let r = usage_ratio(&s, &later).unwrap();
+        assert!((r - 4.5 / 5.5).abs() < 1e-9, "{r}");
+        assert_eq!(usage_ratio(&s, &s), None);
+    }
+}

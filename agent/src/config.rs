@@ -1,0 +1,91 @@
+//! Command line and environment.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// Default listen port: outside the 9100-9999 range that the Prometheus exporter port registry
+/// has fully allocated, and not used by any well-known exporter.
+pub const DEFAULT_PORT: u16 = 19120;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    /// Best available: tracepoints on this kernel.
+    Auto,
+    /// `raw_syscalls` enter/exit plus `signal_generate`: all actions.
+    Tracepoint,
+    /// `signal_generate` and exits only: TRAP and KILL actions, no ERRNO, no per-syscall cost.
+    Signals,
+    /// No seccomp probes.
+    Off,
+}
+
+/// cgwatch: per-cgroup seccomp violations, OOM kills and exits from eBPF probes, with cgroup and
+/// host CPU and memory, as Prometheus metrics.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cgwatch", version, about, long_about = None)]
+pub struct Config {
+    /// Address to serve /metrics on.
+    #[arg(long, env = "CGWATCH_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    pub listen: SocketAddr,
+
+    /// procfs mount point (e.g. /host/proc in a container).
+    #[arg(long = "path.procfs", env = "CGWATCH_PATH_PROCFS", default_value = "/proc")]
+    pub procfs: PathBuf,
+
+    /// sysfs mount point; cgroups are read below <sysfs>/fs/cgroup, BTF at <sysfs>/kernel/btf.
+    #[arg(long = "path.sysfs", env = "CGWATCH_PATH_SYSFS", default_value = "/sys")]
+    pub sysfs: PathBuf,
+
+    /// Most cgroups to export series for; the rest are folded into cgroup="(overflow)".
+    #[arg(long, env = "CGWATCH_MAX_CGROUPS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_cgroups: u32,
+
+    /// How long a removed cgroup keeps its series, so Prometheus sees the final value.
+    #[arg(long, env = "CGWATCH_RETAIN", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub retain: Duration,
+
+    /// How often the cgroup tree is rescanned (populated cgroups, missed events).
+    #[arg(long, env = "CGWATCH_SCAN_INTERVAL", default_value = "15s", value_parser = parse_interval)]
+    pub scan_interval: Duration,
+
+    /// How seccomp violations are observed.
+    #[arg(long, env = "CGWATCH_SECCOMP_MODE", value_enum, default_value_t = SeccompMode::Auto)]
+    pub seccomp_mode: SeccompMode,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, env = "CGWATCH_LOG_LEVEL", default_value = "info")]
+    pub log_level: log::LevelFilter,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::try_parse_from(["cgwatch"]).unwrap();
+        assert_eq!(c.listen.port(), DEFAULT_PORT);
+        assert_eq!(c.max_cgroups, 2000);
+        assert_eq!(c.retain, Duration::from_secs(600));
+        assert_eq!(c.seccomp_mode, SeccompMode::Auto);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Config::try_parse_from(["cgwatch", "--listen", "nope"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--max-cgroups", "0"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--retain", "soon"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--scan-interval", "1ms"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--frobnicate"]).is_err());
+    }
+}

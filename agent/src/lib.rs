@@ -1,0 +1,12 @@
+//! cgwatch: per-cgroup seccomp violations, OOM kills and exits counted by eBPF probes, joined
+//! with cgroup and host CPU / memory, served as Prometheus metrics.
+
+pub mod btf;
+pub mod cgroups;
+pub mod collectors;
+pub mod config;
+pub mod names;
+pub mod privileges;
+pub mod probes;
+pub mod server;
+pub mod tasks;

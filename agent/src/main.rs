@@ -1,0 +1,140 @@
+//! `cgwatch`: start-up, wiring and shutdown. The work is in the library modules.
+
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result};
+use cgwatch::{
+    btf::KernelBtf,
+    cgroups::{Layout, Registry},
+    collectors::{
+        agent::AgentCollector, cgroup_resources::CgroupResourceCollector, exits::ExitCollector,
+        host::{HostCollector, HostSampler},
+        oom::OomCollector, seccomp::SeccompCollector,
+    },
+    config::Config,
+    privileges,
+    probes::{self, MapSizes, ProbeContext},
+    server, tasks,
+};
+use clap::{Parser as _, error::ErrorKind};
+use log::{info, warn};
+
+/// How often the host CPU usage ratio is sampled.
+const HOST_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => {
+            // One line, not clap's multi-line usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+            eprintln!("cgwatch: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::new()
+        .filter_level(config.log_level)
+        .parse_env("RUST_LOG")
+        .format_target(false)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cgwatch: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cgwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<()> {
+    privileges::check()?;
+    if let Err(e) = privileges::raise_memlock() {
+        info!("RLIMIT_MEMLOCK not raised ({e}); fine on kernels >= 5.11, which charge BPF memory to the memory cgroup");
+    }
+    let btf = KernelBtf::from_sysfs(&config.sysfs)?;
+    let kernel = btf.kernel_config().context("reading the kernel layout from BTF")?;
+    drop(btf);
+    let layout = Arc::new(Layout::detect(&config.sysfs)?);
+    let listener = server::bind(config.listen).await?;
+
+    let ctx = ProbeContext {
+        kernel,
+        kernel_version: probes::kernel_version(),
+        seccomp_mode: config.seccomp_mode,
+    };
+    let loaded = probes::load(
+        &config.sysfs.join("kernel/btf/vmlinux"),
+        &ctx,
+        MapSizes::for_max_cgroups(config.max_cgroups),
+    )?;
+    for s in &loaded.status {
+        match (s.attached, s.mode) {
+            (true, mode) => info!("probe {}: attached ({mode})", s.probe),
+            (false, "off") => info!("probe {}: off: {}", s.probe, s.detail),
+            (false, _) => warn!("probe {}: NOT attached, its metrics stay empty: {}", s.probe, s.detail),
+        }
+    }
+    if loaded.status.iter().all(|s| !s.attached) {
+        warn!("no probe attached: serving cgroup and host CPU / memory only");
+    }
+    let probes::LoadedProbes { ebpf: _ebpf, status, maps, events } = loaded;
+    let maps = Arc::new(maps);
+
+    let registry = Arc::new(Registry::new(config.max_cgroups as usize, config.retain));
+    tasks::housekeeping(&layout, &registry, &maps);
+    info!("{} cgroups known under {}", registry.len(), layout.v2.display());
+
+    let sampler = Arc::new(HostSampler::default());
+    sampler.sample(&config.procfs);
+
+    let mut metrics = prometheus_client::registry::Registry::default();
+    metrics.register_collector(Box::new(SeccompCollector { maps: maps.clone(), registry: registry.clone() }));
+    metrics.register_collector(Box::new(OomCollector { maps: maps.clone(), registry: registry.clone() }));
+    metrics.register_collector(Box::new(ExitCollector { maps: maps.clone(), registry: registry.clone() }));
+    metrics.register_collector(Box::new(CgroupResourceCollector {
+        layout: layout.clone(),
+        registry: registry.clone(),
+    }));
+    metrics.register_collector(Box::new(HostCollector { procfs: config.procfs.clone(), sampler: sampler.clone() }));
+    metrics.register_collector(Box::new(AgentCollector {
+        maps: maps.clone(),
+        registry: registry.clone(),
+        probes: status,
+        kernel_release: probes::kernel_release(),
+    }));
+
+    tokio::spawn(tasks::cgroup_events(events, registry.clone()));
+    tokio::spawn(tasks::housekeeping_loop(layout, registry, maps, config.scan_interval));
+    tokio::spawn(tasks::host_sampler(config.procfs.clone(), sampler, HOST_SAMPLE_INTERVAL));
+
+    info!("serving metrics on http://{}/metrics", config.listen);
+    server::serve(listener, Arc::new(metrics), shutdown_signal()).await?;
+    info!("shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot watch SIGTERM ({e}); stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,402 @@
+//! The probe table, and loading / attaching the eBPF programs with graceful degradation: a probe
+//! that cannot attach is reported (log and `cgwatch_probe_attached 0`) and the rest keep working.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    path::Path,
+    sync::{Mutex, MutexGuard},
+};
+
+use agent_common::{ExitKey, KernelConfig, SeccompKey, config_flags, lost};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, RawTracePoint},
+};
+
+use crate::config::SeccompMode;
+
+/// The eBPF object built by `build.rs` from `agent-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
+
+/// How a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// BTF-enabled tracepoint (`tp_btf`), kernel >= 5.5.
+    TpBtf,
+    /// Raw tracepoint (`raw_tp`), kernel >= 4.17.
+    RawTp,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::TpBtf => "tp_btf",
+            Mode::RawTp => "raw_tp",
+        }
+    }
+}
+
+/// What the `disable_if` predicates look at.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeContext {
+    pub kernel: KernelConfig,
+    pub kernel_version: (u32, u32),
+    pub seccomp_mode: SeccompMode,
+}
+
+/// One way to attach one probe. Rows of the same probe are tried in order until one attaches.
+#[derive(Clone, Copy)]
+pub struct ProbeSpec {
+    /// The `probe` label.
+    pub probe: &'static str,
+    /// Tracepoint name.
+    pub hook: &'static str,
+    pub mode: Mode,
+    /// Program name in the eBPF object.
+    pub program: &'static str,
+    /// Oldest kernel (major, minor) this row works on.
+    pub min_kernel: (u32, u32),
+    /// Returns why the probe must not be attached in this configuration, if so.
+    pub disable_if: fn(&ProbeContext) -> Option<&'static str>,
+}
+
+impl fmt::Debug for ProbeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({}, {})", self.probe, self.hook, self.mode.as_str())
+    }
+}
+
+fn never(_: &ProbeContext) -> Option<&'static str> {
+    None
+}
+
+fn unless_syscall_tracking(c: &ProbeContext) -> Option<&'static str> {
+    match c.seccomp_mode {
+        SeccompMode::Auto | SeccompMode::Tracepoint => None,
+        SeccompMode::Signals => Some("--seccomp-mode=signals counts no ERRNO verdicts"),
+        SeccompMode::Off => Some("--seccomp-mode=off"),
+    }
+}
+
+fn unless_seccomp(c: &ProbeContext) -> Option<&'static str> {
+    (c.seccomp_mode == SeccompMode::Off).then_some("--seccomp-mode=off")
+}
+
+fn unless_mark_victim_has_task(c: &ProbeContext) -> Option<&'static str> {
+    (c.kernel.flags & config_flags::MARK_VICTIM_HAS_TASK == 0)
+        .then_some("mark_victim carries only a pid on this kernel; OOM kills are counted at the victim's exit")
+}
+
+macro_rules! probe_rows {
+    ($probe:literal, $hook:literal, $btf:literal, $raw:literal, $disable:expr) => {
+        [
+            ProbeSpec {
+                probe: $probe,
+                hook: $hook,
+                mode: Mode::TpBtf,
+                program: $btf,
+                min_kernel: (5, 5),
+                disable_if: $disable,
+            },
+            ProbeSpec {
+                probe: $probe,
+                hook: $hook,
+                mode: Mode::RawTp,
+                program: $raw,
+                min_kernel: (4, 17),
+                disable_if: $disable,
+            },
+        ]
+    };
+}
+
+/// Every probe, in attach order, each with its modes in order of preference.
+pub static PROBES: [[ProbeSpec; 2]; 7] = [
+    probe_rows!("cgroup_mkdir", "cgroup_mkdir", "cgroup_mkdir_btf", "cgroup_mkdir_raw", never),
+    probe_rows!("cgroup_rmdir", "cgroup_rmdir", "cgroup_rmdir_btf", "cgroup_rmdir_raw", never),
+    probe_rows!("process_exit", "sched_process_exit", "sched_process_exit_btf", "sched_process_exit_raw", never),
+    probe_rows!("oom_mark_victim", "mark_victim", "mark_victim_btf", "mark_victim_raw", unless_mark_victim_has_task),
+    probe_rows!("seccomp_signal", "signal_generate", "signal_generate_btf", "signal_generate_raw", unless_seccomp),
+    probe_rows!("seccomp_sys_enter", "sys_enter", "sys_enter_btf", "sys_enter_raw", unless_syscall_tracking),
+    probe_rows!("seccomp_sys_exit", "sys_exit", "sys_exit_btf", "sys_exit_raw", unless_syscall_tracking),
+];
+
+/// What happened to one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeStatus {
+    pub probe: &'static str,
+    /// The mode it attached with, or the preferred one when it did not attach.
+    pub mode: &'static str,
+    pub attached: bool,
+    /// Why it is not attached (empty when attached).
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot load the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("cannot read kernel BTF for the loader: {0}")]
+    Btf(#[from] aya::BtfError),
+    #[error("the eBPF object has no map {0}")]
+    NoMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("the embedded eBPF object is empty: build with `cargo xtask build` (AYA_BUILD_SKIP was set)")]
+    EmptyObject,
+}
+
+/// Map sizes, derived from `--max-cgroups`.
+#[derive(Debug, Clone, Copy)]
+pub struct MapSizes {
+    pub seccomp: u32,
+    pub exits: u32,
+    pub oom: u32,
+}
+
+impl MapSizes {
+    pub fn for_max_cgroups(max_cgroups: u32) -> Self {
+        // A cgroup usually has a handful of (syscall, action) and (reason, signal) pairs; leave
+        // room for cgroups kept in the retain window too.
+        let base = max_cgroups.clamp(256, 100_000);
+        Self { seccomp: base * 4, exits: base * 4, oom: base }
+    }
+}
+
+/// The loaded object, what attached, and the maps userspace reads.
+pub struct LoadedProbes {
+    /// Owns the programs and their links: dropping it detaches everything.
+    pub ebpf: Ebpf,
+    pub status: Vec<ProbeStatus>,
+    pub maps: KernelMaps,
+    pub events: RingBuf<MapData>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::NoMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// Loads the object with the kernel layout in `KCONFIG` and attaches every probe it can.
+pub fn load(
+    btf_file: &Path,
+    ctx: &ProbeContext,
+    sizes: MapSizes,
+) -> Result<LoadedProbes, ProbeError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(ProbeError::EmptyObject);
+    }
+    let btf = aya::Btf::parse_file(btf_file, aya::Endianness::default())?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("KCONFIG", &ctx.kernel, true)
+        .map_max_entries("SECCOMP_COUNTS", sizes.seccomp)
+        .map_max_entries("EXIT_COUNTS", sizes.exits)
+        .map_max_entries("OOM_COUNTS", sizes.oom)
+        .load(EBPF_OBJECT)?;
+
+    let mut status = Vec::with_capacity(PROBES.len());
+    for rows in &PROBES {
+        status.push(attach_one(&mut ebpf, &btf, rows, ctx));
+    }
+
+    let maps = KernelMaps {
+        seccomp: Mutex::new(take(&mut ebpf, "SECCOMP_COUNTS")?),
+        exits: Mutex::new(take(&mut ebpf, "EXIT_COUNTS")?),
+        oom: Mutex::new(take(&mut ebpf, "OOM_COUNTS")?),
+        lost: Mutex::new(take(&mut ebpf, "LOST")?),
+    };
+    let events = take(&mut ebpf, "EVENTS")?;
+    Ok(LoadedProbes { ebpf, status, maps, events })
+}
+
+fn attach_one(ebpf: &mut Ebpf, btf: &aya::Btf, rows: &[ProbeSpec], ctx: &ProbeContext) -> ProbeStatus {
+    let first = &rows[0];
+    if let Some(why) = (first.disable_if)(ctx) {
+        return ProbeStatus { probe: first.probe, mode: "off", attached: false, detail: why.into() };
+    }
+    let mut errors = Vec::new();
+    for row in rows {
+        if ctx.kernel_version < row.min_kernel {
+            errors.push(format!(
+                "{}: needs kernel {}.{}",
+                row.mode.as_str(),
+                row.min_kernel.0,
+                row.min_kernel.1
+            ));
+            continue;
+        }
+        match attach_row(ebpf, btf, row) {
+            Ok(()) => {
+                return ProbeStatus { probe: row.probe, mode: row.mode.as_str(), attached: true, detail: String::new() };
+            }
+            Err(e) => errors.push(format!("{}: {e}", row.mode.as_str())),
+        }
+    }
+    ProbeStatus { probe: first.probe, mode: first.mode.as_str(), attached: false, detail: errors.join("; ") }
+}
+
+fn attach_row(ebpf: &mut Ebpf, btf: &aya::Btf, row: &ProbeSpec) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(row.program)
+        .ok_or_else(|| format!("program {} missing from the object", row.program))?;
+    match row.mode {
+        Mode::TpBtf => {
+            let p: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            p.load(row.hook, btf).map_err(|e| format!("load: {}", error_chain(&e)))?;
+            p.attach().map_err(|e| format!("attach: {}", error_chain(&e)))?;
+        }
+        Mode::RawTp => {
+            let p: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
+            p.attach(row.hook).map_err(|e| format!("attach: {}", error_chain(&e)))?;
+        }
+    }
+    Ok(())
+}
+
+/// `e` and its sources on one line (verifier logs are cut to their last line).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        out.push_str(": ");
+        out.push_str(last);
+        cur = s.source();
+    }
+    out
+}
+
+/// The counter maps, read at scrape time (values summed over CPUs).
+pub struct KernelMaps {
+    seccomp: Mutex<PerCpuHashMap<MapData, SeccompKey, u64>>,
+    exits: Mutex<PerCpuHashMap<MapData, ExitKey, u64>>,
+    oom: Mutex<PerCpuHashMap<MapData, u64, u64>>,
+    lost: Mutex<PerCpuArray<MapData, u64>>,
+}
+
+impl fmt::Debug for KernelMaps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KernelMaps")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sum_all<K: aya::Pod + Eq + std::hash::Hash>(map: &PerCpuHashMap<MapData, K, u64>) -> Vec<(K, u64)> {
+    // An entry deleted while iterating yields an error for that key only: skip it.
+    map.iter().filter_map(Result::ok).map(|(k, per_cpu)| (k, per_cpu.iter().sum())).collect()
+}
+
+fn forget<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &mut PerCpuHashMap<MapData, K, u64>,
+    dead: impl Fn(&K) -> bool,
+) -> usize {
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| dead(k)).collect();
+    keys.iter().filter(|k| map.remove(k).is_ok()).count()
+}
+
+impl KernelMaps {
+    pub fn seccomp(&self) -> Vec<(SeccompKey, u64)> {
+        sum_all(&lock(&self.seccomp))
+    }
+
+    pub fn exits(&self) -> Vec<(ExitKey, u64)> {
+        sum_all(&lock(&self.exits))
+    }
+
+    pub fn oom(&self) -> Vec<(u64, u64)> {
+        sum_all(&lock(&self.oom))
+    }
+
+    /// Events lost so far, by `agent_common::lost` index.
+    pub fn lost(&self) -> [u64; lost::COUNT as usize] {
+        let map = lock(&self.lost);
+        let mut out = [0u64; lost::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(v) = map.get(&(i as u32), 0) {
+                *slot = v.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Deletes the counters of cgroups that left the retain window.
+    pub fn forget_cgroups(&self, ids: &HashSet<u64>) -> usize {
+        forget(&mut lock(&self.seccomp), |k| ids.contains(&k.cgroup_id))
+            + forget(&mut lock(&self.exits), |k| ids.contains(&k.cgroup_id))
+            + forget(&mut lock(&self.oom), |k| ids.contains(k))
+    }
+}
+
+/// Running kernel version (major, minor), from uname.
+pub fn kernel_version() -> (u32, u32) {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parse_kernel_version(&release)
+}
+
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn parse_kernel_version(release: &str) -> (u32, u32) {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let major = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let minor = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v782"), (6, 18));
+        assert_eq!(parse_kernel_version("5.10.0-28-cloud-amd64"), (5, 10));
+        assert_eq!(parse_kernel_version("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn probe_table_is_consistent() {
+        let mut names = HashSet::new();
+        for rows in &PROBES {
+            assert!(names.insert(rows[0].probe), "duplicate probe {}", rows[0].probe);
+            assert!(rows.iter().all(|r| r.probe == rows[0].probe && r.hook == rows[0].hook));
+            assert_eq!(rows[0].mode, Mode::TpBtf, "tp_btf is preferred");
+        }
+    }
+
+    #[test]
+    fn seccomp_modes_disable_the_right_probes() {
+        let mut ctx = ProbeContext {
+            kernel: KernelConfig::default(),
+            kernel_version: (6, 18),
+            seccomp_mode: SeccompMode::Signals,
+        };
+        let disabled = |ctx: &ProbeContext| -> Vec<&str> {
+            PROBES.iter().filter(|r| (r[0].disable_if)(ctx).is_some()).map(|r| r[0].probe).collect()
+        };
+        assert_eq!(disabled(&ctx), ["oom_mark_victim", "seccomp_sys_enter", "seccomp_sys_exit"]);
+        ctx.seccomp_mode = SeccompMode::Off;
+        ctx.kernel.flags = config_flags::MARK_VICTIM_HAS_TASK;
+        assert_eq!(disabled(&ctx), ["seccomp_signal", "seccomp_sys_enter", "seccomp_sys_exit"]);
+    }
+}

@@ -1,0 +1,111 @@
+//! Background work, off the scrape path: cgroup events from the ring buffer, periodic rescans
+//! and purges of the cgroup registry, and the host CPU sampler.
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use agent_common::{CgroupEvent, cgroup_event};
+use aya::maps::{MapData, RingBuf};
+use log::{debug, warn};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    cgroups::{Layout, Registry},
+    collectors::host::HostSampler,
+    probes::KernelMaps,
+};
+
+/// Applies one `CgroupEvent` record to the registry.
+pub fn apply_cgroup_event(registry: &Registry, bytes: &[u8], now: Instant) {
+    if bytes.len() < size_of::<CgroupEvent>() {
+        warn!("short cgroup event record ({} bytes)", bytes.len());
+        return;
+    }
+    // SAFETY: the record is a `CgroupEvent` written by the probe; read unaligned from the ring.
+    let ev: CgroupEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    match ev.kind {
+        cgroup_event::MKDIR => {
+            let len = (ev.path_len as usize).min(ev.path.len());
+            let path = ev.path[..len].split(|&b| b == 0).next().unwrap_or_default();
+            if path.is_empty() {
+                debug!("cgroup {} created, path unreadable; the next scan names it", ev.id);
+                return;
+            }
+            registry.cgroup_created(ev.id, path);
+        }
+        cgroup_event::RMDIR => registry.cgroup_removed(ev.id, now),
+        other => warn!("unknown cgroup event kind {other}"),
+    }
+}
+
+/// Reads cgroup mkdir / rmdir records as they arrive.
+pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>) {
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as it lives,
+    // and the AsyncFd owns the RingBuf.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("cannot poll the cgroup event ring buffer ({}); cgroups are named by rescans only", e.into_parts().1);
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!("cgroup event ring buffer: {e}; cgroups are named by rescans only");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        let now = Instant::now();
+        while let Some(item) = ring.next() {
+            apply_cgroup_event(&registry, &item, now);
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Rescans the hierarchy and purges cgroups past the retain window, with their counters.
+pub fn housekeeping(layout: &Layout, registry: &Registry, maps: &KernelMaps) {
+    let now = Instant::now();
+    match layout.scan() {
+        Ok(scanned) => registry.apply_scan(scanned, now),
+        Err(e) => warn!("cgroup scan failed: {e}"),
+    }
+    let expired: HashSet<u64> = registry.purge_expired(now).into_iter().collect();
+    if !expired.is_empty() {
+        let deleted = maps.forget_cgroups(&expired);
+        debug!("purged {} cgroups past the retain window ({deleted} counters)", expired.len());
+    }
+}
+
+pub async fn housekeeping_loop(
+    layout: Arc<Layout>,
+    registry: Arc<Registry>,
+    maps: Arc<KernelMaps>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (l, r, m) = (layout.clone(), registry.clone(), maps.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || housekeeping(&l, &r, &m)).await {
+            warn!("housekeeping task failed: {e}");
+        }
+    }
+}
+
+pub async fn host_sampler(procfs: PathBuf, sampler: Arc<HostSampler>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sampler.sample(&procfs);
+    }
+}
