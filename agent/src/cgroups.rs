@@ -228,6 +228,14 @@ struct Entry {
     shown: bool,
     /// Has kernel events: such a cgroup is never evicted for a merely populated one.
     has_events: bool,
+    /// Last time a scan or a mkdir event saw it.
+    seen_at: Instant,
+}
+
+impl Entry {
+    fn new(path: Arc<str>, seen_at: Instant) -> Self {
+        Entry { path, populated: false, removed_at: None, shown: false, has_events: false, seen_at }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -261,26 +269,24 @@ impl Registry {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies a full walk of the hierarchy.
-    pub fn apply_scan(&self, scanned: Vec<ScannedCgroup>, now: Instant) {
+    /// Applies a full walk of the hierarchy that started at `started`. A cgroup it did not find
+    /// is marked removed only if nothing saw it after the walk began (a mkdir event can race
+    /// with the walk).
+    pub fn apply_scan(&self, scanned: Vec<ScannedCgroup>, started: Instant) {
+        let now = Instant::now().max(started);
         let mut st = self.lock();
         let mut seen = std::collections::HashSet::with_capacity(scanned.len());
         for c in scanned {
             seen.insert(c.id);
             let path = sanitize_path(c.path.as_bytes());
-            let e = st.entries.entry(c.id).or_insert_with(|| Entry {
-                path: path.clone(),
-                populated: false,
-                removed_at: None,
-                shown: false,
-                has_events: false,
-            });
+            let e = st.entries.entry(c.id).or_insert_with(|| Entry::new(path.clone(), started));
             e.path = path;
             e.populated = c.populated;
             e.removed_at = None;
+            e.seen_at = e.seen_at.max(started);
         }
         for (id, e) in st.entries.iter_mut() {
-            if !seen.contains(id) && e.removed_at.is_none() {
+            if !seen.contains(id) && e.removed_at.is_none() && e.seen_at < started {
                 e.removed_at = Some(now);
             }
         }
@@ -311,18 +317,13 @@ impl Registry {
         }
     }
 
-    pub fn cgroup_created(&self, id: u64, raw_path: &[u8]) {
+    pub fn cgroup_created(&self, id: u64, raw_path: &[u8], now: Instant) {
         let mut st = self.lock();
         let path = sanitize_path(raw_path);
-        let e = st.entries.entry(id).or_insert_with(|| Entry {
-            path: path.clone(),
-            populated: false,
-            removed_at: None,
-            shown: false,
-            has_events: false,
-        });
+        let e = st.entries.entry(id).or_insert_with(|| Entry::new(path.clone(), now));
         e.path = path;
         e.removed_at = None;
+        e.seen_at = e.seen_at.max(now);
     }
 
     pub fn cgroup_removed(&self, id: u64, now: Instant) {
@@ -529,10 +530,26 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_racing_with_mkdir_does_not_remove_the_new_cgroup() {
+        let t0 = Instant::now();
+        let r = Registry::new(10, Duration::from_secs(60));
+        r.apply_scan(vec![scanned(1, "/", true)], t0);
+        let scan_started = t0 + Duration::from_millis(10);
+        // The mkdir event arrives while the walk (which missed the new directory) runs.
+        r.cgroup_created(5, b"/new", scan_started + Duration::from_millis(1));
+        r.apply_scan(vec![scanned(1, "/", true)], scan_started);
+        assert_eq!(r.event_label(5), Label::Path("/new".into()));
+        assert_eq!(r.shown_live().iter().filter(|c| &*c.path == "/new").count(), 1);
+        // A later walk that still does not find it does remove it.
+        r.apply_scan(vec![scanned(1, "/", true)], scan_started + Duration::from_secs(1));
+        assert!(r.shown_live().iter().all(|c| &*c.path != "/new"));
+    }
+
+    #[test]
     fn mkdir_events_name_short_lived_cgroups() {
         let t0 = Instant::now();
         let r = Registry::new(10, Duration::from_secs(60));
-        r.cgroup_created(7, b"/job/short");
+        r.cgroup_created(7, b"/job/short", t0);
         r.cgroup_removed(7, t0);
         assert_eq!(r.event_label(7), Label::Path("/job/short".into()));
         // A later scan that no longer finds it keeps the first removal time.

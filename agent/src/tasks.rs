@@ -35,7 +35,7 @@ pub fn apply_cgroup_event(registry: &Registry, bytes: &[u8], now: Instant) {
                 debug!("cgroup {} created, path unreadable; the next scan names it", ev.id);
                 return;
             }
-            registry.cgroup_created(ev.id, path);
+            registry.cgroup_created(ev.id, path, now);
         }
         cgroup_event::RMDIR => registry.cgroup_removed(ev.id, now),
         other => warn!("unknown cgroup event kind {other}"),
@@ -72,11 +72,12 @@ pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>) {
 
 /// Rescans the hierarchy and purges cgroups past the retain window, with their counters.
 pub fn housekeeping(layout: &Layout, registry: &Registry, maps: &KernelMaps) {
-    let now = Instant::now();
+    let started = Instant::now();
     match layout.scan() {
-        Ok(scanned) => registry.apply_scan(scanned, now),
+        Ok(scanned) => registry.apply_scan(scanned, started),
         Err(e) => warn!("cgroup scan failed: {e}"),
     }
+    let now = Instant::now();
     let expired: HashSet<u64> = registry.purge_expired(now).into_iter().collect();
     if !expired.is_empty() {
         let deleted = maps.forget_cgroups(&expired);

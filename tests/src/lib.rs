@@ -1,1 +1,400 @@
+//! Harness for cgwatch's integration tests: start the real agent, make real cgroups, run real
+//! workloads in them, scrape /metrics over HTTP.
+//!
+//! The agent binary is `target/release/cgwatch` (built by `cargo xtask test`), or `$CGWATCH_BIN`.
 
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead as _, BufReader, Read as _},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use cgwatch::cgroups::Layout;
+
+/// The release binaries under test.
+pub fn bin(name: &str) -> PathBuf {
+    let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(var) {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let release = root.join("target/release").join(name);
+    if release.exists() {
+        return release;
+    }
+    root.join("target/debug").join(name)
+}
+
+pub fn cgwatch_bin() -> PathBuf {
+    bin("cgwatch")
+}
+
+/// The workload binary, built with the tests: next to the `deps/` directory of the running test.
+pub fn workload_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CGWATCH_WORKLOAD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    profile_dir.join("cgwatch-workload")
+}
+
+/// A free loopback port (bound and released; the agent binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running agent, killed on drop.
+pub struct Agent {
+    child: Child,
+    pub port: u16,
+    stderr_log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Agent {
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let stderr_log = dir.path().join("agent.log");
+            let port = free_port();
+            let listen = format!("127.0.0.1:{port}");
+            let mut args = vec!["--listen", &listen, "--scan-interval", "500ms"];
+            args.extend_from_slice(extra);
+            let child = Command::new(cgwatch_bin())
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(&stderr_log).unwrap())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", cgwatch_bin().display()));
+            let mut agent = Agent { child, port, stderr_log, _dir: dir };
+            if agent.wait_ready() {
+                return agent;
+            }
+            let log = agent.log();
+            if !log.contains("cannot listen") {
+                panic!("agent did not come up:\n{log}");
+            }
+        }
+        panic!("agent could not find a free port");
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if self.try_scrape().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn try_scrape(&self) -> Result<String, ureq::Error> {
+        ureq::get(&format!("http://127.0.0.1:{}/metrics", self.port))
+            .call()?
+            .body_mut()
+            .read_to_string()
+    }
+
+    pub fn scrape(&self) -> Metrics {
+        let text = self.try_scrape().unwrap_or_else(|e| panic!("scrape failed: {e}\n{}", self.log()));
+        Metrics::parse(&text)
+    }
+
+    /// Scrapes until `check` passes or `timeout` elapses; returns the last scrape.
+    pub fn scrape_until(&self, timeout: Duration, check: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.scrape();
+            if check(&m) || Instant::now() >= deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One parsed sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed exposition.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    pub text: String,
+}
+
+impl Metrics {
+    /// Parses the text format, unescaping label values.
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            samples.push(parse_line(line).unwrap_or_else(|| panic!("bad exposition line: {line:?}")));
+        }
+        Metrics { samples, text: text.to_string() }
+    }
+
+    /// Samples named `name` whose labels include all of `want`.
+    pub fn find(&self, name: &str, want: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .collect()
+    }
+
+    /// Sum of the matching samples (0 when none).
+    pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.find(name, want).iter().map(|s| s.value).sum()
+    }
+
+    /// The one matching sample's value, or `None`.
+    pub fn get(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+        let found = self.find(name, want);
+        assert!(found.len() <= 1, "more than one {name} {want:?}: {found:?}");
+        found.first().map(|s| s.value)
+    }
+}
+
+fn parse_line(line: &str) -> Option<Sample> {
+    let split = line.find(['{', ' '])?;
+    let name = line[..split].to_string();
+    let mut labels = BTreeMap::new();
+    let mut rest = &line[split..];
+    if let Some(body) = rest.strip_prefix('{') {
+        let mut chars = body.char_indices();
+        let mut key = String::new();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '}' => break i + 1,
+                ',' | ' ' => {}
+                '=' => {
+                    if chars.next()?.1 != '"' {
+                        return None;
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next()?.1 {
+                            '\\' => match chars.next()?.1 {
+                                'n' => value.push('\n'),
+                                other => value.push(other),
+                            },
+                            '"' => break,
+                            c => value.push(c),
+                        }
+                    }
+                    labels.insert(std::mem::take(&mut key), value);
+                }
+                c => key.push(c),
+            }
+        };
+        rest = &body[end..];
+    }
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some(Sample { name, labels, value })
+}
+
+/// A fresh cgroup (v2, plus v1 memory and cpuacct at the same path on hybrid hosts), removed on
+/// drop after killing whatever still runs in it.
+pub struct TestCgroup {
+    /// Path relative to the cgroup2 mount, as the agent labels it.
+    pub rel: String,
+    pub v2: PathBuf,
+    pub memory_v1: Option<PathBuf>,
+    pub cpuacct_v1: Option<PathBuf>,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub fn layout() -> Layout {
+    Layout::detect(Path::new("/sys")).expect("cgroup layout")
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> TestCgroup {
+        Self::with_dir_name(&format!("{name}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    /// A cgroup whose directory name is exactly `dir` (below `/cgwatch-test`).
+    pub fn with_dir_name(dir: &str) -> TestCgroup {
+        let layout = layout();
+        let rel = format!("/cgwatch-test/{dir}");
+        let mk = |root: &Path| {
+            let p = root.join(rel.trim_start_matches('/'));
+            fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+            p
+        };
+        TestCgroup {
+            v2: mk(&layout.v2),
+            memory_v1: layout.memory_v1.as_deref().map(mk),
+            cpuacct_v1: layout.cpuacct_v1.as_deref().map(mk),
+            rel,
+        }
+    }
+
+    /// Sets a memory limit where this host enforces it (v2 memory.max if the controller is on,
+    /// else v1 memory.limit_in_bytes).
+    pub fn set_memory_limit(&self, bytes: u64) {
+        let v2max = self.v2.join("memory.max");
+        if v2max.exists() {
+            fs::write(&v2max, bytes.to_string()).unwrap();
+            let _ = fs::write(self.v2.join("memory.swap.max"), "0");
+        } else {
+            let m = self.memory_v1.as_ref().expect("no memory controller on this host");
+            fs::write(m.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+            let _ = fs::write(m.join("memory.memsw.limit_in_bytes"), bytes.to_string());
+        }
+    }
+
+    fn procs_files(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.v2.join("cgroup.procs")];
+        v.extend(self.memory_v1.iter().map(|p| p.join("cgroup.procs")));
+        v.extend(self.cpuacct_v1.iter().map(|p| p.join("cgroup.procs")));
+        v
+    }
+
+    /// The workload command, joining this cgroup before running `args`.
+    pub fn workload(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(workload_bin());
+        for f in self.procs_files() {
+            cmd.arg("--join").arg(f);
+        }
+        cmd.args(args);
+        cmd
+    }
+
+    /// Runs the workload to completion.
+    pub fn run(&self, args: &[&str]) -> ExitStatus {
+        self.workload(args).stdout(Stdio::null()).status().expect("run workload")
+    }
+
+    /// Starts the workload and waits for it to print "ready".
+    pub fn start_ready(&self, args: &[&str]) -> Child {
+        let mut child = self.workload(args).stdout(Stdio::piped()).spawn().expect("spawn workload");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "workload did not get ready");
+        child
+    }
+
+    /// CPU seconds from the file the agent must use on this host.
+    pub fn cpu_seconds_from_files(&self) -> f64 {
+        let controllers = fs::read_to_string(self.v2.join("cgroup.controllers")).unwrap_or_default();
+        if !controllers.split_whitespace().any(|c| c == "cpu")
+            && let Some(p) = &self.cpuacct_v1
+        {
+            return read_num(&p.join("cpuacct.usage")) / 1e9;
+        }
+        let stat = fs::read_to_string(self.v2.join("cpu.stat")).unwrap();
+        let usec = stat.lines().find_map(|l| l.strip_prefix("usage_usec ")).unwrap();
+        usec.trim().parse::<f64>().unwrap() / 1e6
+    }
+
+    pub fn memory_bytes_from_files(&self) -> f64 {
+        let controllers = fs::read_to_string(self.v2.join("cgroup.controllers")).unwrap_or_default();
+        if controllers.split_whitespace().any(|c| c == "memory") {
+            return read_num(&self.v2.join("memory.current"));
+        }
+        read_num(&self.memory_v1.as_ref().unwrap().join("memory.usage_in_bytes"))
+    }
+}
+
+fn read_num(p: &Path) -> f64 {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().parse().unwrap()
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let procs = fs::read_to_string(self.v2.join("cgroup.procs")).unwrap_or_default();
+            if procs.trim().is_empty() {
+                break;
+            }
+            for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for dir in [Some(&self.v2), self.memory_v1.as_ref(), self.cpuacct_v1.as_ref()].into_iter().flatten() {
+            for _ in 0..50 {
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Runs the agent binary to completion with a timeout; returns (exit code, stderr).
+pub fn run_agent_expecting_exit(args: &[&str], wrap: Option<&[&str]>) -> (Option<i32>, String) {
+    let mut cmd = match wrap {
+        Some(w) => {
+            let mut c = Command::new(w[0]);
+            c.args(&w[1..]).arg(cgwatch_bin());
+            c
+        }
+        None => Command::new(cgwatch_bin()),
+    };
+    let mut child = cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cgwatch {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_escaped_labels() {
+        let m = Metrics::parse(
+            "# TYPE x counter\nx_total{a=\"q\\\"u\\\\o\\nte\",b=\"\"} 3\ny 1.5\nz{} 2\n# EOF\n",
+        );
+        assert_eq!(m.samples.len(), 3);
+        assert_eq!(m.samples[0].labels["a"], "q\"u\\o\nte");
+        assert_eq!(m.samples[0].labels["b"], "");
+        assert_eq!(m.get("x_total", &[("b", "")]), Some(3.0));
+        assert_eq!(m.get("y", &[]), Some(1.5));
+        assert_eq!(m.get("z", &[]), Some(2.0));
+    }
+}

@@ -1,0 +1,231 @@
+//! Small, precise workloads for the integration tests. Each joins the cgroups given with
+//! `--join` (writing its own pid to those `cgroup.procs` files) before doing anything else, so
+//! that everything it does is accounted to the test's cgroup.
+
+use std::{
+    io::Write as _,
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+#[derive(Parser)]
+struct Args {
+    /// `cgroup.procs` files to join first.
+    #[arg(long)]
+    join: Vec<PathBuf>,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Action {
+    /// No filter at all.
+    None,
+    Errno,
+    Trap,
+    KillProcess,
+    KillThread,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// exit(CODE).
+    Exit { code: i32 },
+    /// Dereference a null pointer.
+    Segv,
+    /// Kill itself with SIGKILL.
+    Sigkill,
+    /// Install a filter that answers getppid with ACTION, then call getppid COUNT times.
+    Seccomp {
+        #[arg(long, value_enum)]
+        action: Action,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Afterwards, make syscalls that fail on their own (ENOENT, EPERM, EBADF).
+        #[arg(long)]
+        also_failing: bool,
+        /// Switch to uid/gid 65534 first (so capability checks fail with EPERM).
+        #[arg(long)]
+        as_nobody: bool,
+        /// Threads calling getppid in parallel (each COUNT times).
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+    },
+    /// Allocate and touch MB mebibytes, print "ready", then sleep HOLD seconds.
+    Alloc {
+        #[arg(long)]
+        mb: usize,
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+    },
+    /// Burn CPU for SECS seconds, print "ready", then sleep HOLD seconds.
+    Spin {
+        #[arg(long)]
+        secs: f64,
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+    },
+    /// Replace this process with COMMAND (after joining the cgroups).
+    Exec {
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+static TRAPS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_sigsys(_: libc::c_int) {
+    TRAPS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn no_core_dumps() {
+    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
+}
+
+fn install_filter(action: Action) -> Result<()> {
+    let on_match = match action {
+        Action::None => return Ok(()),
+        Action::Errno => SeccompAction::Errno(libc::EPERM as u32),
+        Action::Trap => SeccompAction::Trap,
+        Action::KillProcess => SeccompAction::KillProcess,
+        Action::KillThread => SeccompAction::KillThread,
+    };
+    let filter = SeccompFilter::new(
+        [(libc::SYS_getppid, vec![])].into_iter().collect(),
+        SeccompAction::Allow,
+        on_match,
+        TargetArch::x86_64,
+    )
+    .context("building the filter")?;
+    let program: BpfProgram = filter.try_into().context("compiling the filter")?;
+    seccompiler::apply_filter(&program).context("installing the filter")?;
+    Ok(())
+}
+
+fn getppid_raw() -> i64 {
+    unsafe { libc::syscall(libc::SYS_getppid) }
+}
+
+extern "C" fn getppid_worker(count: *mut libc::c_void) -> *mut libc::c_void {
+    for _ in 0..count as u64 {
+        getppid_raw();
+    }
+    std::ptr::null_mut()
+}
+
+/// Raw pthreads rather than std threads: a thread killed by KILL_THREAD never returns, which
+/// std's join treats as a panic, while pthread_join just sees the kernel clear its tid.
+fn run_threads(threads: u32, count: u64) -> Result<()> {
+    let mut ids = Vec::new();
+    for _ in 0..threads {
+        let mut id: libc::pthread_t = 0;
+        let rc = unsafe {
+            libc::pthread_create(&mut id, std::ptr::null(), getppid_worker, count as *mut libc::c_void)
+        };
+        if rc != 0 {
+            bail!("pthread_create: {rc}");
+        }
+        ids.push(id);
+    }
+    for id in ids {
+        unsafe { libc::pthread_join(id, std::ptr::null_mut()) };
+    }
+    Ok(())
+}
+
+fn failing_syscalls() {
+    unsafe {
+        // ENOENT
+        libc::open(c"/nonexistent/cgwatch".as_ptr(), libc::O_RDONLY);
+        // EBADF
+        libc::close(-1);
+        // EPERM as uid 65534 (CAP_SYS_ADMIN check); a harmless no-op name change as root.
+        let mut name = [0u8; 65];
+        libc::gethostname(name.as_mut_ptr().cast(), 64);
+        let len = name.iter().position(|&b| b == 0).unwrap_or(0);
+        libc::sethostname(name.as_ptr().cast(), len);
+        // EPERM as uid 65534: signal another user's process (pid 1 belongs to root).
+        libc::kill(1, 0);
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let pid = std::process::id().to_string();
+    for procs in &args.join {
+        std::fs::write(procs, &pid).with_context(|| format!("joining {}", procs.display()))?;
+    }
+    no_core_dumps();
+    match args.what {
+        What::Exit { code } => std::process::exit(code),
+        What::Segv => unsafe {
+            std::ptr::null_mut::<u64>().write_volatile(1);
+            unreachable!()
+        },
+        What::Sigkill => {
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            unreachable!()
+        }
+        What::Seccomp { action, count, also_failing, as_nobody, threads } => {
+            if as_nobody {
+                unsafe {
+                    if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                        bail!("cannot switch to uid 65534");
+                    }
+                }
+            }
+            if action == Action::Trap {
+                unsafe { libc::signal(libc::SIGSYS, on_sigsys as *const () as libc::sighandler_t) };
+            }
+            install_filter(action)?;
+            run_threads(threads, count)?;
+            if also_failing {
+                failing_syscalls();
+            }
+            if action == Action::Trap {
+                let traps = TRAPS.load(Ordering::Relaxed);
+                if traps != count * u64::from(threads) {
+                    bail!("handler saw {traps} traps");
+                }
+            }
+            Ok(())
+        }
+        What::Alloc { mb, hold } => {
+            let mut v: Vec<u8> = Vec::with_capacity(mb << 20);
+            // Touch every page so it is charged.
+            for i in (0..(mb << 20)).step_by(4096) {
+                v.spare_capacity_mut()[i].write(1);
+            }
+            unsafe { v.set_len(mb << 20) };
+            println!("ready");
+            std::io::stdout().flush()?;
+            std::thread::sleep(Duration::from_secs(hold));
+            std::hint::black_box(&v);
+            Ok(())
+        }
+        What::Spin { secs, hold } => {
+            let start = Instant::now();
+            let mut x = 0u64;
+            while start.elapsed().as_secs_f64() < secs {
+                for i in 0..10_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                }
+            }
+            println!("ready");
+            std::io::stdout().flush()?;
+            std::thread::sleep(Duration::from_secs(hold));
+            Ok(())
+        }
+        What::Exec { command } => {
+            let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
+            bail!("exec {}: {err}", command[0])
+        }
+    }
+}

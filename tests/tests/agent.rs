@@ -1,0 +1,121 @@
+//! Agent-level behaviour: probe table, retain window, cardinality bound, hostile names, metric
+//! names and types as a contract.
+
+use std::time::Duration;
+
+use cgwatch::probes::PROBES;
+use cgwatch_tests::{Agent, TestCgroup};
+
+#[test]
+fn every_probe_of_the_table_attaches_here() {
+    let agent = Agent::start(&[]);
+    let m = agent.scrape();
+    for rows in &PROBES {
+        let probe = rows[0].probe;
+        // This kernel has BTF and tp_btf: the preferred mode must be the one that attached.
+        assert_eq!(
+            m.get("cgwatch_probe_attached", &[("probe", probe), ("mode", rows[0].mode.as_str())]),
+            Some(1.0),
+            "{probe}\n{}",
+            agent.log()
+        );
+    }
+    assert_eq!(m.find("cgwatch_probe_attached", &[]).len(), PROBES.len());
+    let kernel = cgwatch::probes::kernel_release();
+    assert_eq!(m.get("cgwatch_build_info", &[("kernel", &kernel), ("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+}
+
+#[test]
+fn metric_names_and_types_are_the_contract() {
+    let agent = Agent::start(&[]);
+    let m = agent.scrape();
+    for (name, kind) in [
+        ("cgwatch_seccomp_violations", "counter"),
+        ("cgwatch_oom_kills", "counter"),
+        ("cgwatch_process_exits", "counter"),
+        ("cgwatch_container_exits", "counter"),
+        ("cgwatch_cgroup_cpu_usage_seconds", "counter"),
+        ("cgwatch_cgroup_memory_usage_bytes", "gauge"),
+        ("cgwatch_cgroup_memory_limit_bytes", "gauge"),
+        ("cgwatch_host_cpu_seconds", "counter"),
+        ("cgwatch_host_cpu_usage_ratio", "gauge"),
+        ("cgwatch_host_memory_total_bytes", "gauge"),
+        ("cgwatch_host_memory_available_bytes", "gauge"),
+        ("cgwatch_host_memory_usage_ratio", "gauge"),
+        ("cgwatch_probe_attached", "gauge"),
+        ("cgwatch_events_lost", "counter"),
+        ("cgwatch_build_info", "gauge"),
+    ] {
+        if name == "cgwatch_host_cpu_usage_ratio" {
+            continue; // appears after the first sampling interval; host_cpu_and_memory checks it
+        }
+        assert!(m.text.contains(&format!("# TYPE {name} {kind}\n")), "{name} {kind}");
+    }
+    assert!(m.text.ends_with("# EOF\n"));
+}
+
+#[test]
+fn removed_cgroup_keeps_its_series_for_the_retain_window() {
+    let agent = Agent::start(&["--retain", "3s"]);
+    let cg = TestCgroup::new("retain");
+    let rel = cg.rel.clone();
+    assert_eq!(cg.run(&["exit", "5"]).code(), Some(5));
+    drop(cg); // rmdir
+    let series = |m: &cgwatch_tests::Metrics| m.get("cgwatch_process_exits_total", &[("cgroup", &rel), ("reason", "error")]);
+    assert_eq!(series(&agent.scrape()), Some(1.0), "final value visible right after removal");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(series(&agent.scrape()), Some(1.0), "still within --retain");
+    let m = agent.scrape_until(Duration::from_secs(8), |m| series(m).is_none());
+    assert_eq!(series(&m), None, "gone after --retain");
+}
+
+#[test]
+fn max_cgroups_folds_the_rest_into_overflow_without_losing_counts() {
+    let agent = Agent::start(&["--max-cgroups", "1"]);
+    let a = TestCgroup::new("maxa");
+    let b = TestCgroup::new("maxb");
+    assert_eq!(a.run(&["exit", "4"]).code(), Some(4));
+    let first = agent.scrape();
+    assert_eq!(first.get("cgwatch_process_exits_total", &[("cgroup", &a.rel), ("reason", "error")]), Some(1.0));
+    assert_eq!(b.run(&["exit", "4"]).code(), Some(4));
+    assert_eq!(b.run(&["exit", "4"]).code(), Some(4));
+    let m = agent.scrape();
+    // `a` keeps its slot; `b`'s exits are summed into "(overflow)" together with whatever else
+    // happened on the host meanwhile: at least its two exits, none lost.
+    assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", &a.rel), ("reason", "error")]), Some(1.0));
+    assert!(m.find("cgwatch_process_exits_total", &[("cgroup", &b.rel)]).is_empty());
+    assert!(m.sum("cgwatch_process_exits_total", &[("cgroup", "(overflow)"), ("reason", "error")]) >= 2.0);
+    assert!(m.get("cgwatch_cgroups_not_shown", &[]).unwrap() >= 1.0);
+}
+
+#[test]
+fn hostile_cgroup_names_do_not_break_the_exposition() {
+    let agent = Agent::start(&[]);
+    let nasty = format!("evil\"}} 1 # x\\{}-{}", "é".repeat(20), std::process::id());
+    let cg = TestCgroup::with_dir_name(&nasty);
+    assert_eq!(cg.run(&["exit", "9"]).code(), Some(9));
+    let m = agent.scrape();
+    // The parser rejects any malformed line; the label comes back byte for byte.
+    assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "error")]), Some(1.0));
+    if let Ok(promtool) = which_promtool() {
+        let mut child = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(m.text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        // promtool's lint may suggest naming tweaks; a parse error is what must never happen.
+        assert!(!text.contains("error while linting") && !text.contains("text format parsing error"), "{text}");
+    }
+}
+
+fn which_promtool() -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("promtool")).find(|p| p.exists()))
+        .ok_or(())
+}

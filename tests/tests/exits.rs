@@ -1,0 +1,61 @@
+//! Process and container exits, by reason, and OOM kills in the victim's cgroup.
+
+use cgwatch_tests::{Agent, TestCgroup};
+
+const P: &str = "cgwatch_process_exits_total";
+const C: &str = "cgwatch_container_exits_total";
+
+#[test]
+fn exit_codes_and_signals_are_classified() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("exits");
+    assert_eq!(cg.run(&["exit", "0"]).code(), Some(0));
+    assert_eq!(cg.run(&["exit", "3"]).code(), Some(3));
+    assert_eq!(cg.run(&["exit", "3"]).code(), Some(3));
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&cg.run(&["segv"])), Some(libc::SIGSEGV));
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&cg.run(&["sigkill"])), Some(libc::SIGKILL));
+    let m = agent.scrape();
+    let got: Vec<_> = m
+        .find(P, &[("cgroup", &cg.rel)])
+        .into_iter()
+        .map(|s| (s.labels["reason"].as_str(), s.labels["signal"].as_str(), s.value))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("error", "", 2.0), ("signal", "SIGKILL", 1.0), ("signal", "SIGSEGV", 1.0), ("success", "", 1.0)]
+    );
+    assert!(m.find(C, &[("cgroup", &cg.rel)]).is_empty(), "no PID-namespace init exited");
+}
+
+#[test]
+fn pid_namespace_init_exit_is_a_container_exit() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("pidns");
+    let status = cg.run(&["exec", "--", "unshare", "--pid", "--fork", "sh", "-c", "exit 7"]);
+    assert_eq!(status.code(), Some(7));
+    let m = agent.scrape();
+    let containers = m.find(C, &[("cgroup", &cg.rel)]);
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0].labels["reason"], "error");
+    assert_eq!(containers[0].value, 1.0);
+    // unshare itself and the namespace's PID 1 both exited with 7.
+    assert_eq!(m.get(P, &[("cgroup", &cg.rel), ("reason", "error")]), Some(2.0));
+}
+
+#[test]
+fn oom_kill_in_a_memory_limited_cgroup() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("oom");
+    cg.set_memory_limit(32 << 20);
+    let status = cg.run(&["alloc", "--mb", "256"]);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    let m = agent.scrape();
+    assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)]), Some(1.0));
+    let exits = m.find(P, &[("cgroup", &cg.rel)]);
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(exits[0].labels["reason"], "oom_kill");
+    assert_eq!(exits[0].value, 1.0);
+    // Counted in the victim's cgroup only: the harness's own cgroup got nothing.
+    assert_eq!(m.find("cgwatch_oom_kills_total", &[]).len(), 1);
+    assert_eq!(m.get("cgwatch_cgroup_memory_limit_bytes", &[("cgroup", &cg.rel)]), Some((32 << 20) as f64));
+}

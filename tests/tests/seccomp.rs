@@ -1,0 +1,101 @@
+//! Seccomp violations, counted exactly, per cgroup, syscall and action, from real filters.
+
+use std::time::Duration;
+
+use cgwatch_tests::{Agent, Metrics, TestCgroup};
+
+const V: &str = "cgwatch_seccomp_violations_total";
+
+fn violations(m: &Metrics, cg: &TestCgroup) -> Vec<(String, String, f64)> {
+    m.find(V, &[("cgroup", &cg.rel)])
+        .into_iter()
+        .map(|s| (s.labels["syscall"].clone(), s.labels["action"].clone(), s.value))
+        .collect()
+}
+
+#[test]
+fn errno_denials_are_counted_exactly_with_syscall_name() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("errno");
+    let status = cg.run(&["seccomp", "--action", "errno", "--count", "1000", "--also-failing"]);
+    assert!(status.success(), "{status}");
+    let m = agent.scrape();
+    // Exactly the 1000 denied getppid calls; the ENOENT / EBADF calls that failed on their own
+    // are not violations.
+    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 1000.0)]);
+    assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "success")]), Some(1.0));
+}
+
+#[test]
+fn trap_is_counted_once_and_never_as_errno() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("trap");
+    let status = cg.run(&["seccomp", "--action", "trap", "--count", "50"]);
+    assert!(status.success(), "the handler must have seen 50 traps: {status}");
+    let m = agent.scrape();
+    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 50.0)]);
+}
+
+#[test]
+fn kill_process_is_counted_and_the_exit_is_seccomp_kill() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("killproc");
+    let status = cg.run(&["seccomp", "--action", "kill-process"]);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGSYS));
+    let m = agent.scrape();
+    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "kill_process".into(), 1.0)]);
+    let exits = m.find("cgwatch_process_exits_total", &[("cgroup", &cg.rel)]);
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(exits[0].labels["reason"], "seccomp_kill");
+    assert_eq!(exits[0].value, 1.0);
+}
+
+#[test]
+fn kill_thread_in_a_multithreaded_process() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("killthread");
+    // Three worker threads are killed one by one; the main thread survives and exits 0.
+    let status = cg.run(&["seccomp", "--action", "kill-thread", "--threads", "3"]);
+    assert!(status.success(), "{status}");
+    let m = agent.scrape();
+    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "kill_thread".into(), 3.0)]);
+    assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "success")]), Some(1.0));
+}
+
+#[test]
+fn no_filter_or_failing_on_their_own_gives_nothing() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("clean");
+    // The same getppid calls without a filter, then calls that fail with ENOENT, EBADF and, as
+    // uid 65534, EPERM from capability and permission checks.
+    let status = cg.run(&["seccomp", "--action", "none", "--count", "500", "--also-failing", "--as-nobody"]);
+    assert!(status.success(), "{status}");
+    // A filtered process next to it proves the agent was counting.
+    let other = TestCgroup::new("clean-control");
+    assert!(other.run(&["seccomp", "--action", "errno", "--count", "7"]).success());
+    let m = agent.scrape_until(Duration::from_secs(2), |m| m.sum(V, &[("cgroup", &other.rel)]) >= 7.0);
+    assert_eq!(m.sum(V, &[("cgroup", &other.rel)]), 7.0);
+    assert!(violations(&m, &cg).is_empty(), "{:?}", violations(&m, &cg));
+}
+
+#[test]
+fn parallel_threads_denied_concurrently_are_all_counted() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("storm");
+    let status = cg.run(&["seccomp", "--action", "errno", "--threads", "4", "--count", "25000"]);
+    assert!(status.success(), "{status}");
+    let m = agent.scrape();
+    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 100_000.0)]);
+    assert_eq!(m.get("cgwatch_events_lost_total", &[]), Some(0.0));
+}
+
+#[test]
+fn seccomp_mode_signals_counts_traps_but_not_errno() {
+    let agent = Agent::start(&["--seccomp-mode", "signals"]);
+    let cg = TestCgroup::new("signals");
+    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "10"]).success());
+    assert!(cg.run(&["seccomp", "--action", "trap", "--count", "4"]).success());
+    let m = agent.scrape();
+    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 4.0)]);
+    assert_eq!(m.get("cgwatch_probe_attached", &[("probe", "seccomp_sys_exit"), ("mode", "off")]), Some(0.0));
+}
