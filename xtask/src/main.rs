@@ -1,1 +1,150 @@
-fn main() {}
+//! Developer tasks: `cargo xtask build-ebpf | build | run -- ARGS | test`.
+//!
+//! Every task first makes sure the eBPF toolchain is there (nightly with rust-src, bpf-linker
+//! built against the nightly toolchain's own LLVM) and says what it installs.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "cgwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Compile the eBPF programs (agent-ebpf) with the same aya-build path the agent uses.
+    BuildEbpf,
+    /// Build everything in release mode: target/release/cgwatch with the programs embedded.
+    Build,
+    /// Build, then run target/release/cgwatch with ARGS.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Build, then run every test (unit and integration; needs root and a BTF kernel).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// nightly + rust-src + bpf-linker, installed when missing.
+fn ensure_toolchain() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed to build the eBPF programs")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("xtask: installing the nightly toolchain (the eBPF crate needs -Z build-std)");
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let components = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: installing rust-src for nightly");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    if which::which("bpf-linker").is_err() {
+        install_bpf_linker()?;
+    }
+    Ok(())
+}
+
+/// Builds bpf-linker against the LLVM shipped inside the nightly toolchain, so that no system
+/// LLVM is needed and the two always match.
+fn install_bpf_linker() -> Result<()> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let dylib = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so") && n.contains("-rust-"))
+        .with_context(|| format!("no libLLVM-*-rust-*.so in {}", lib.display()))?;
+    let name = dylib.trim_start_matches("lib").trim_end_matches(".so").to_string();
+    let major = name
+        .trim_start_matches("LLVM-")
+        .split('-')
+        .next()
+        .filter(|m| m.chars().all(|c| c.is_ascii_digit()))
+        .with_context(|| format!("cannot read the LLVM version from {dylib}"))?
+        .to_string();
+    eprintln!("xtask: installing bpf-linker against the nightly toolchain's LLVM {major} ({dylib})");
+    let rustflags = format!("-L {0} -l dylib={name} -C link-arg=-Wl,-rpath,{0}", lib.display());
+    run(Command::new("cargo")
+        .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major},no-llvm-linking"))
+        .env("RUSTFLAGS", rustflags))
+    .or_else(|_| {
+        // --locked can fail when the published lockfile predates the toolchain.
+        let rustflags = format!("-L {0} -l dylib={name} -C link-arg=-Wl,-rpath,{0}", lib.display());
+        run(Command::new("cargo")
+            .args(["+nightly", "install", "bpf-linker", "--no-default-features", "--features"])
+            .arg(format!("llvm-{major},no-llvm-linking"))
+            .env("RUSTFLAGS", rustflags))
+    })
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(root).env_remove("AYA_BUILD_SKIP");
+    c
+}
+
+fn build(root: &Path) -> Result<()> {
+    ensure_toolchain()?;
+    run(cargo(root).args(["build", "--release", "--bins"]))
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::BuildEbpf => {
+            ensure_toolchain()?;
+            // The agent's build script is the one place that compiles the programs
+            // (aya_build::build_ebpf); building the agent's library runs it.
+            run(cargo(&root).args(["build", "--release", "-p", "cgwatch", "--lib"]))?;
+            eprintln!("xtask: eBPF object embedded in the cgwatch library (target/release/build/cgwatch-*/out/agent)");
+        }
+        Task::Build => {
+            build(&root)?;
+            eprintln!("xtask: built {}", root.join("target/release/cgwatch").display());
+        }
+        Task::Run { args } => {
+            build(&root)?;
+            run(Command::new(root.join("target/release/cgwatch")).args(args))?;
+        }
+        Task::Test { args } => {
+            build(&root)?;
+            run(cargo(&root).args(["test", "--release"]).arg("--").args(args))?;
+        }
+    }
+    Ok(())
+}
