@@ -108,7 +108,7 @@ impl KernelBtf {
                 })?;
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::BadOffset(format!("{strukt}.{}", path.join("."))));
         }
         Ok(bits / 8)

@@ -384,6 +384,33 @@ mod tests {
         }
     }
 
+    /// A hook the kernel does not have: both modes fail, the probe is reported with both
+    /// reasons, and loading the rest is unaffected. Needs root and kernel BTF.
+    #[test]
+    fn a_probe_that_cannot_attach_is_reported_not_fatal() {
+        let btf_path = Path::new("/sys/kernel/btf/vmlinux");
+        if !btf_path.exists() || unsafe { libc::geteuid() } != 0 {
+            eprintln!("needs root and kernel BTF; skipping");
+            return;
+        }
+        let kernel = crate::btf::KernelBtf::from_sysfs(Path::new("/sys")).unwrap().kernel_config().unwrap();
+        let ctx = ProbeContext { kernel, kernel_version: kernel_version(), seccomp_mode: SeccompMode::Auto };
+        let btf = aya::Btf::parse_file(btf_path, aya::Endianness::default()).unwrap();
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("KCONFIG", &ctx.kernel, true)
+            .load(EBPF_OBJECT)
+            .unwrap();
+        let bogus = PROBES[0].map(|row| ProbeSpec { hook: "cgwatch_no_such_tracepoint", ..row });
+        let status = attach_one(&mut ebpf, &btf, &bogus, &ctx);
+        assert!(!status.attached);
+        assert_eq!(status.mode, "tp_btf");
+        assert!(status.detail.contains("tp_btf: ") && status.detail.contains("raw_tp: "), "{}", status.detail);
+        // The real hook still attaches from the same object.
+        let rmdir = attach_one(&mut ebpf, &btf, &PROBES[1], &ctx);
+        assert!(rmdir.attached, "{}", rmdir.detail);
+    }
+
     #[test]
     fn seccomp_modes_disable_the_right_probes() {
         let mut ctx = ProbeContext {

@@ -246,8 +246,17 @@ impl TestCgroup {
 
     /// A cgroup whose directory name is exactly `dir` (below `/cgwatch-test`).
     pub fn with_dir_name(dir: &str) -> TestCgroup {
+        Self::at(format!("/cgwatch-test/{dir}"))
+    }
+
+    /// A child cgroup `name` below this one. Declare it after its parent so that it is
+    /// dropped (removed) first.
+    pub fn child(&self, name: &str) -> TestCgroup {
+        Self::at(format!("{}/{name}", self.rel))
+    }
+
+    fn at(rel: String) -> TestCgroup {
         let layout = layout();
-        let rel = format!("/cgwatch-test/{dir}");
         let mk = |root: &Path| {
             let p = root.join(rel.trim_start_matches('/'));
             fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));

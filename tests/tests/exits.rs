@@ -55,7 +55,26 @@ fn oom_kill_in_a_memory_limited_cgroup() {
     assert_eq!(exits.len(), 1, "{exits:?}");
     assert_eq!(exits[0].labels["reason"], "oom_kill");
     assert_eq!(exits[0].value, 1.0);
-    // Counted in the victim's cgroup only: the harness's own cgroup got nothing.
-    assert_eq!(m.find("cgwatch_oom_kills_total", &[]).len(), 1);
     assert_eq!(m.get("cgwatch_cgroup_memory_limit_bytes", &[("cgroup", &cg.rel)]), Some((32 << 20) as f64));
+}
+
+#[test]
+fn oom_kill_is_counted_in_the_victims_cgroup_not_the_triggering_one() {
+    let agent = Agent::start(&[]);
+    // A parent with a 96 MiB limit; `big` holds 64 MiB in one child cgroup, then `small`
+    // allocates 48 MiB in another: `small` hits the limit, the OOM killer picks `big`.
+    let parent = TestCgroup::new("oomparent");
+    parent.set_memory_limit(96 << 20);
+    let big = parent.child("big");
+    let small = parent.child("small");
+    let mut victim = big.start_ready(&["alloc", "--mb", "64", "--hold", "60"]);
+    let trigger = small.run(&["alloc", "--mb", "48"]);
+    let victim_status = victim.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&victim_status), Some(libc::SIGKILL));
+    assert!(trigger.success(), "the triggering allocation completes once the victim is gone: {trigger}");
+    let m = agent.scrape();
+    assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &big.rel)]), Some(1.0));
+    assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &small.rel)]), None);
+    assert_eq!(m.get(P, &[("cgroup", &big.rel), ("reason", "oom_kill")]), Some(1.0));
+    assert_eq!(m.get(P, &[("cgroup", &small.rel), ("reason", "success")]), Some(1.0));
 }
