@@ -60,6 +60,9 @@ pub struct ProbeSpec {
     pub min_kernel: (u32, u32),
     /// Returns why the probe must not be attached in this configuration, if so.
     pub disable_if: fn(&ProbeContext) -> Option<&'static str>,
+    /// Probes that must be attached first: without them this one would count wrongly (a
+    /// `sys_exit` without `sys_enter` would see every syscall as skipped).
+    pub needs: &'static [&'static str],
 }
 
 impl fmt::Debug for ProbeSpec {
@@ -91,6 +94,9 @@ fn unless_mark_victim_has_task(c: &ProbeContext) -> Option<&'static str> {
 
 macro_rules! probe_rows {
     ($probe:literal, $hook:literal, $btf:literal, $raw:literal, $disable:expr) => {
+        probe_rows!($probe, $hook, $btf, $raw, $disable, [])
+    };
+    ($probe:literal, $hook:literal, $btf:literal, $raw:literal, $disable:expr, $needs:expr) => {
         [
             ProbeSpec {
                 probe: $probe,
@@ -99,6 +105,7 @@ macro_rules! probe_rows {
                 program: $btf,
                 min_kernel: (5, 5),
                 disable_if: $disable,
+                needs: &$needs,
             },
             ProbeSpec {
                 probe: $probe,
@@ -107,6 +114,7 @@ macro_rules! probe_rows {
                 program: $raw,
                 min_kernel: (4, 17),
                 disable_if: $disable,
+                needs: &$needs,
             },
         ]
     };
@@ -120,7 +128,14 @@ pub static PROBES: [[ProbeSpec; 2]; 7] = [
     probe_rows!("oom_mark_victim", "mark_victim", "mark_victim_btf", "mark_victim_raw", unless_mark_victim_has_task),
     probe_rows!("seccomp_signal", "signal_generate", "signal_generate_btf", "signal_generate_raw", unless_seccomp),
     probe_rows!("seccomp_sys_enter", "sys_enter", "sys_enter_btf", "sys_enter_raw", unless_syscall_tracking),
-    probe_rows!("seccomp_sys_exit", "sys_exit", "sys_exit_btf", "sys_exit_raw", unless_syscall_tracking),
+    probe_rows!(
+        "seccomp_sys_exit",
+        "sys_exit",
+        "sys_exit_btf",
+        "sys_exit_raw",
+        unless_syscall_tracking,
+        ["seccomp_sys_enter"]
+    ),
 ];
 
 /// What happened to one probe.
@@ -204,9 +219,10 @@ pub fn load(
         .map_max_entries("OOM_COUNTS", sizes.oom)
         .load(EBPF_OBJECT)?;
 
-    let mut status = Vec::with_capacity(PROBES.len());
+    let mut status: Vec<ProbeStatus> = Vec::with_capacity(PROBES.len());
     for rows in &PROBES {
-        status.push(attach_one(&mut ebpf, &btf, rows, ctx));
+        let st = attach_one(&mut ebpf, &btf, rows, ctx, &status);
+        status.push(st);
     }
 
     let maps = KernelMaps {
@@ -219,10 +235,24 @@ pub fn load(
     Ok(LoadedProbes { ebpf, status, maps, events })
 }
 
-fn attach_one(ebpf: &mut Ebpf, btf: &aya::Btf, rows: &[ProbeSpec], ctx: &ProbeContext) -> ProbeStatus {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    rows: &[ProbeSpec],
+    ctx: &ProbeContext,
+    earlier: &[ProbeStatus],
+) -> ProbeStatus {
     let first = &rows[0];
     if let Some(why) = (first.disable_if)(ctx) {
         return ProbeStatus { probe: first.probe, mode: "off", attached: false, detail: why.into() };
+    }
+    if let Some(need) = first.needs.iter().find(|n| !earlier.iter().any(|s| s.probe == **n && s.attached)) {
+        return ProbeStatus {
+            probe: first.probe,
+            mode: first.mode.as_str(),
+            attached: false,
+            detail: format!("not attached because {need} is not"),
+        };
     }
     let mut errors = Vec::new();
     for row in rows {
@@ -381,6 +411,9 @@ mod tests {
             assert!(names.insert(rows[0].probe), "duplicate probe {}", rows[0].probe);
             assert!(rows.iter().all(|r| r.probe == rows[0].probe && r.hook == rows[0].hook));
             assert_eq!(rows[0].mode, Mode::TpBtf, "tp_btf is preferred");
+            for need in rows[0].needs {
+                assert!(names.contains(need), "{} needs {need}, which must come before it", rows[0].probe);
+            }
         }
     }
 
@@ -402,13 +435,18 @@ mod tests {
             .load(EBPF_OBJECT)
             .unwrap();
         let bogus = PROBES[0].map(|row| ProbeSpec { hook: "cgwatch_no_such_tracepoint", ..row });
-        let status = attach_one(&mut ebpf, &btf, &bogus, &ctx);
+        let status = attach_one(&mut ebpf, &btf, &bogus, &ctx, &[]);
         assert!(!status.attached);
         assert_eq!(status.mode, "tp_btf");
         assert!(status.detail.contains("tp_btf: ") && status.detail.contains("raw_tp: "), "{}", status.detail);
         // The real hook still attaches from the same object.
-        let rmdir = attach_one(&mut ebpf, &btf, &PROBES[1], &ctx);
+        let rmdir = attach_one(&mut ebpf, &btf, &PROBES[1], &ctx, &[]);
         assert!(rmdir.attached, "{}", rmdir.detail);
+        // sys_exit without sys_enter would count every syscall of a filtered task: refused.
+        let exit_rows = PROBES.iter().find(|r| r[0].probe == "seccomp_sys_exit").unwrap();
+        let exit = attach_one(&mut ebpf, &btf, exit_rows, &ctx, &[status]);
+        assert!(!exit.attached);
+        assert_eq!(exit.detail, "not attached because seccomp_sys_enter is not");
     }
 
     #[test]
