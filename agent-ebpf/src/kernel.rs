@@ -1,7 +1,7 @@
 //! Access to kernel structures through the offsets the loader read from BTF.
 
 use agent_common::{KernelConfig, kabi};
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_get_current_task_btf};
 
 /// Set by the loader (`EbpfLoader::set_global`) before the programs load; it lives in `.rodata`,
 /// so the verifier sees the offsets as constants.
@@ -59,6 +59,16 @@ pub fn current_task() -> u64 {
 #[inline(always)]
 pub fn seccomp_mode(task: u64) -> Result<i32, i64> {
     read::<i32>(task, kconfig!(task_seccomp_mode))
+}
+
+/// `current->seccomp.mode` through the BTF-typed task pointer: a plain load that the verifier
+/// checks against `task_struct`, no helper call. tp_btf programs only.
+#[inline(always)]
+pub fn current_seccomp_mode_btf() -> i32 {
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        core::ptr::read_volatile(task.add(kconfig!(task_seccomp_mode) as usize).cast::<i32>())
+    }
 }
 
 #[inline(always)]

@@ -3,6 +3,7 @@
 //! Pointer arguments are read with `bpf_probe_read_kernel` so that both program types accept them.
 
 mod cgroup_mkdir;
+mod floor;
 mod cgroup_rmdir;
 mod mark_victim;
 mod sched_process_exit;

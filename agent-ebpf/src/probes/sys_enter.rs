@@ -12,20 +12,22 @@ use crate::{kernel, maps};
 
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter_btf(_ctx: BtfTracePointContext) -> i32 {
-    let _ = try_sys_enter();
+    let _ = try_sys_enter(kernel::current_seccomp_mode_btf());
     0
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_raw(_ctx: RawTracePointContext) -> i32 {
-    let _ = try_sys_enter();
+    if let Ok(mode) = kernel::seccomp_mode(kernel::current_task()) {
+        let _ = try_sys_enter(mode);
+    }
     0
 }
 
 #[inline(always)]
-fn try_sys_enter() -> Result<(), i64> {
+fn try_sys_enter(mode: i32) -> Result<(), i64> {
     // Tasks without a filter return here and pay only the tracepoint itself.
-    if !kernel::is_filtered(kernel::seccomp_mode(kernel::current_task())?) {
+    if !kernel::is_filtered(mode) {
         return Ok(());
     }
     let tid = bpf_get_current_pid_tgid() as u32;

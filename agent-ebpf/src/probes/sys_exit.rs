@@ -16,21 +16,25 @@ use crate::{
 
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_sys_exit(ctx.arg::<u64>(0));
+    let mode = kernel::current_seccomp_mode_btf();
+    if kernel::is_filtered(mode) {
+        let _ = try_sys_exit(ctx.arg::<u64>(0));
+    }
     0
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
-    let _ = try_sys_exit(ctx.arg::<u64>(0));
+    if kernel::seccomp_mode(kernel::current_task()).is_ok_and(kernel::is_filtered) {
+        let _ = try_sys_exit(ctx.arg::<u64>(0));
+    }
     0
 }
 
+/// For a task under a seccomp filter (the callers check `seccomp.mode` first, so that tasks
+/// without a filter pay only the tracepoint itself).
 #[inline(always)]
 fn try_sys_exit(regs: u64) -> Result<(), i64> {
-    if !kernel::is_filtered(kernel::seccomp_mode(kernel::current_task())?) {
-        return Ok(());
-    }
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(state) = maps::TASKS.get_ptr_mut(tid) else {
         // First time this thread is seen under a filter: the return of the fork that created it,

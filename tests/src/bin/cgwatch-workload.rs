@@ -71,6 +71,21 @@ enum What {
         #[arg(long, default_value_t = 0)]
         hold: u64,
     },
+    /// Time COUNT raw getpid syscalls, print nanoseconds per call. With --filter, first install
+    /// a seccomp filter that allows them (and denies only getppid).
+    Nullsys {
+        #[arg(long, default_value_t = 5_000_000)]
+        count: u64,
+        #[arg(long)]
+        filter: bool,
+    },
+    /// Fork COUNT children that exit at once, RATE per second at most (0: as fast as possible).
+    Forks {
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
     /// Replace this process with COMMAND (after joining the cgroups).
     Exec {
         #[arg(trailing_var_arg = true, required = true)]
@@ -221,6 +236,39 @@ fn main() -> Result<()> {
             println!("ready");
             std::io::stdout().flush()?;
             std::thread::sleep(Duration::from_secs(hold));
+            Ok(())
+        }
+        What::Nullsys { count, filter } => {
+            if filter {
+                install_filter(Action::Errno)?;
+            }
+            let start = Instant::now();
+            for _ in 0..count {
+                unsafe { libc::syscall(libc::SYS_getpid) };
+            }
+            let ns = start.elapsed().as_nanos() as f64 / count as f64;
+            println!("{ns:.2}");
+            Ok(())
+        }
+        What::Forks { count, rate } => {
+            let start = Instant::now();
+            for i in 0..count {
+                if rate > 0 {
+                    let due = Duration::from_secs_f64(i as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                match unsafe { libc::fork() } {
+                    0 => unsafe { libc::_exit(0) },
+                    -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+                    pid => unsafe {
+                        let mut status = 0;
+                        libc::waitpid(pid, &mut status, 0);
+                    },
+                }
+            }
+            println!("{:.0}", count as f64 / start.elapsed().as_secs_f64());
             Ok(())
         }
         What::Exec { command } => {

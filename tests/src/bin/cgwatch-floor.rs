@@ -1,0 +1,43 @@
+//! Attaches only the empty `floor_*` programs of the agent's eBPF object to sys_enter and
+//! sys_exit (`tp_btf`, default, or `raw_tp`), or the agent's own two syscall programs alone
+//! (`agent`), then waits until stdin closes: the cost floor for the syscall-overhead benchmark.
+
+use std::io::Read as _;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    EbpfLoader,
+    programs::{BtfTracePoint, RawTracePoint},
+};
+
+fn main() -> Result<()> {
+    let mode = std::env::args().nth(1).unwrap_or_else(|| "tp_btf".into());
+    let btf = aya::Btf::from_sys_fs().context("kernel BTF")?;
+    let kernel = cgwatch::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))?.kernel_config()?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("KCONFIG", &kernel, true)
+        .load(cgwatch::probes::EBPF_OBJECT)?;
+    for hook in ["sys_enter", "sys_exit"] {
+        if mode == "agent" {
+            // The agent's own syscall programs alone, without the rest of the agent.
+            let p: &mut BtfTracePoint = ebpf.program_mut(&format!("{hook}_btf")).context("program")?.try_into()?;
+            p.load(hook, &btf)?;
+            p.attach()?;
+        } else if mode == "raw_tp" {
+            let p: &mut RawTracePoint =
+                ebpf.program_mut(&format!("floor_{hook}_raw")).context("program")?.try_into()?;
+            p.load()?;
+            p.attach(hook)?;
+        } else {
+            let p: &mut BtfTracePoint =
+                ebpf.program_mut(&format!("floor_{hook}_btf")).context("program")?.try_into()?;
+            p.load(hook, &btf)?;
+            p.attach()?;
+        }
+    }
+    println!("ready");
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    Ok(())
+}
