@@ -13,7 +13,7 @@ pub enum BtfError {
         path.display()
     )]
     Missing { path: PathBuf },
-    #[error("cannot read kernel BTF at {}: {source}", path.display())]
+    #[error("cannot read kernel BTF at {}", path.display())]
     Parse {
         path: PathBuf,
         #[source]
@@ -25,7 +25,7 @@ pub enum BtfError {
     NoMember { strukt: String, member: String },
     #[error("kernel BTF: offset of {0} is not byte-aligned or too large")]
     BadOffset(String),
-    #[error("kernel BTF: {0}")]
+    #[error("kernel BTF lookup failed")]
     Lookup(#[from] btf_rs::Error),
 }
 

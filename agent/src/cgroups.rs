@@ -30,7 +30,7 @@ pub enum CgroupError {
          alone or in hybrid mode)"
     )]
     NoCgroup2(String),
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -50,6 +50,11 @@ pub struct Config {
     #[arg(long, env = "CGWATCH_SCAN_INTERVAL", default_value = "15s", value_parser = parse_interval)]
     pub scan_interval: Duration,
 
+    /// How often cgroup CPU / memory files and host CPU are sampled (the host CPU usage ratio
+    /// covers this interval).
+    #[arg(long, env = "CGWATCH_SAMPLE_INTERVAL", default_value = "5s", value_parser = parse_interval)]
+    pub sample_interval: Duration,
+
     /// How seccomp violations are observed.
     #[arg(long, env = "CGWATCH_SECCOMP_MODE", value_enum, default_value_t = SeccompMode::Auto)]
     pub seccomp_mode: SeccompMode,

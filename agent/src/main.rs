@@ -1,13 +1,15 @@
 //! `cgwatch`: start-up, wiring and shutdown. The work is in the library modules.
 
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{process::ExitCode, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use cgwatch::{
     btf::KernelBtf,
     cgroups::{Layout, Registry},
     collectors::{
-        agent::AgentCollector, cgroup_resources::CgroupResourceCollector, exits::ExitCollector,
+        agent::AgentCollector,
+        cgroup_resources::{CgroupResourceCollector, ResourceSnapshot},
+        exits::ExitCollector,
         host::{HostCollector, HostSampler},
         oom::OomCollector, seccomp::SeccompCollector,
     },
@@ -18,9 +20,6 @@ use cgwatch::{
 };
 use clap::{Parser as _, error::ErrorKind};
 use log::{info, warn};
-
-/// How often the host CPU usage ratio is sampled.
-const HOST_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let config = match Config::try_parse() {
@@ -96,15 +95,14 @@ async fn run(config: Config) -> Result<()> {
 
     let sampler = Arc::new(HostSampler::default());
     sampler.sample(&config.procfs);
+    let resources = Arc::new(ResourceSnapshot::default());
+    resources.refresh(&layout, &registry);
 
     let mut metrics = prometheus_client::registry::Registry::default();
     metrics.register_collector(Box::new(SeccompCollector { maps: maps.clone(), registry: registry.clone() }));
     metrics.register_collector(Box::new(OomCollector { maps: maps.clone(), registry: registry.clone() }));
     metrics.register_collector(Box::new(ExitCollector { maps: maps.clone(), registry: registry.clone() }));
-    metrics.register_collector(Box::new(CgroupResourceCollector {
-        layout: layout.clone(),
-        registry: registry.clone(),
-    }));
+    metrics.register_collector(Box::new(CgroupResourceCollector { snapshot: resources.clone() }));
     metrics.register_collector(Box::new(HostCollector { procfs: config.procfs.clone(), sampler: sampler.clone() }));
     metrics.register_collector(Box::new(AgentCollector {
         maps: maps.clone(),
@@ -114,8 +112,8 @@ async fn run(config: Config) -> Result<()> {
     }));
 
     tokio::spawn(tasks::cgroup_events(events, registry.clone()));
-    tokio::spawn(tasks::housekeeping_loop(layout, registry, maps, config.scan_interval));
-    tokio::spawn(tasks::host_sampler(config.procfs.clone(), sampler, HOST_SAMPLE_INTERVAL));
+    tokio::spawn(tasks::housekeeping_loop(layout.clone(), registry.clone(), maps, config.scan_interval));
+    tokio::spawn(tasks::sampler(config.procfs.clone(), sampler, layout, registry, resources, config.sample_interval));
 
     info!("serving metrics on http://{}/metrics", config.listen);
     server::serve(listener, Arc::new(metrics), shutdown_signal()).await?;

@@ -151,13 +151,13 @@ pub struct ProbeStatus {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("cannot load the eBPF object: {0}")]
+    #[error("cannot load the eBPF object")]
     Load(#[from] aya::EbpfError),
-    #[error("cannot read kernel BTF for the loader: {0}")]
+    #[error("cannot read kernel BTF for the loader")]
     Btf(#[from] aya::BtfError),
     #[error("the eBPF object has no map {0}")]
     NoMap(&'static str),
-    #[error("map {name}: {source}")]
+    #[error("cannot use map {name}")]
     Map {
         name: &'static str,
         #[source]

@@ -14,13 +14,13 @@ use tokio::net::TcpListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("HTTP server: {0}")]
+    #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
 

@@ -15,7 +15,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     cgroups::{Layout, Registry},
-    collectors::host::HostSampler,
+    collectors::{cgroup_resources::ResourceSnapshot, host::HostSampler},
     probes::KernelMaps,
 };
 
@@ -102,11 +102,23 @@ pub async fn housekeeping_loop(
     }
 }
 
-pub async fn host_sampler(procfs: PathBuf, sampler: Arc<HostSampler>, every: Duration) {
+/// Samples host CPU (for the usage ratio) and the CPU and memory files of every shown cgroup.
+pub async fn sampler(
+    procfs: PathBuf,
+    host: Arc<HostSampler>,
+    layout: Arc<Layout>,
+    registry: Arc<Registry>,
+    resources: Arc<ResourceSnapshot>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        sampler.sample(&procfs);
+        host.sample(&procfs);
+        let (l, r, s) = (layout.clone(), registry.clone(), resources.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || s.refresh(&l, &r)).await {
+            warn!("cgroup resource sampling failed: {e}");
+        }
     }
 }

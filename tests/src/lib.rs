@@ -34,14 +34,19 @@ pub fn cgwatch_bin() -> PathBuf {
     bin("cgwatch")
 }
 
-/// The workload binary, built with the tests: next to the `deps/` directory of the running test.
+/// The workload binary, built with the tests: beside the running binary, or beside the `deps/`
+/// directory a test runs from.
 pub fn workload_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CGWATCH_WORKLOAD_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    profile_dir.join("cgwatch-workload")
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("cgwatch-workload"))
+        .find(|p| p.exists())
+        .expect("cgwatch-workload not built: run `cargo xtask build`")
 }
 
 /// A free loopback port (bound and released; the agent binds it right after).
@@ -64,7 +69,7 @@ impl Agent {
             let stderr_log = dir.path().join("agent.log");
             let port = free_port();
             let listen = format!("127.0.0.1:{port}");
-            let mut args = vec!["--listen", &listen, "--scan-interval", "500ms"];
+            let mut args = vec!["--listen", &listen, "--scan-interval", "500ms", "--sample-interval", "500ms"];
             args.extend_from_slice(extra);
             let child = Command::new(cgwatch_bin())
                 .args(&args)
@@ -96,6 +101,10 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> String {

@@ -55,7 +55,10 @@ fn oom_kill_in_a_memory_limited_cgroup() {
     assert_eq!(exits.len(), 1, "{exits:?}");
     assert_eq!(exits[0].labels["reason"], "oom_kill");
     assert_eq!(exits[0].value, 1.0);
-    assert_eq!(m.get("cgwatch_cgroup_memory_limit_bytes", &[("cgroup", &cg.rel)]), Some((32 << 20) as f64));
+    // Cgroup resources come from a sample taken every --sample-interval (500ms here).
+    let limit = |m: &cgwatch_tests::Metrics| m.get("cgwatch_cgroup_memory_limit_bytes", &[("cgroup", &cg.rel)]);
+    let m = agent.scrape_until(std::time::Duration::from_secs(5), |m| limit(m).is_some());
+    assert_eq!(limit(&m), Some((32 << 20) as f64));
 }
 
 #[test]

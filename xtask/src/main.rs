@@ -30,6 +30,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build, then measure the agent's costs (needs root); the report goes to stdout and to
+    /// target/bench-report.md, for BENCHMARKS.md.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Build, then run every test (unit and integration; needs root and a BTF kernel).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -140,6 +146,17 @@ fn main() -> Result<()> {
         Task::Run { args } => {
             build(&root)?;
             run(Command::new(root.join("target/release/cgwatch")).args(args))?;
+        }
+        Task::Bench { args } => {
+            build(&root)?;
+            if which::which("prometheus-node-exporter").is_err() && which::which("node_exporter").is_err() {
+                eprintln!("xtask: installing prometheus-node-exporter (benchmark 6 compares with it)");
+                run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", "prometheus-node-exporter"]))?;
+            }
+            run(Command::new(root.join("target/release/cgwatch-bench"))
+                .arg("--out")
+                .arg(root.join("target/bench-report.md"))
+                .args(args))?;
         }
         Task::Test { args } => {
             build(&root)?;
