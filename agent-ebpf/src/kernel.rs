@@ -65,9 +65,10 @@ pub fn seccomp_mode(task: u64) -> Result<i32, i64> {
 /// checks against `task_struct`, no helper call. tp_btf programs only.
 #[inline(always)]
 pub fn current_seccomp_mode_btf() -> i32 {
+    let offset = kconfig!(task_seccomp_mode) as usize;
     unsafe {
         let task = bpf_get_current_task_btf() as *const u8;
-        core::ptr::read_volatile(task.add(kconfig!(task_seccomp_mode) as usize).cast::<i32>())
+        core::ptr::read_volatile(task.add(offset).cast::<i32>())
     }
 }
 

@@ -20,6 +20,16 @@ pub enum SeccompMode {
     Off,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeMode {
+    /// tp_btf where it loads, else raw_tp, per probe.
+    Auto,
+    /// BTF-enabled tracepoints only.
+    TpBtf,
+    /// Raw tracepoints only.
+    RawTp,
+}
+
 /// cgwatch: per-cgroup seccomp violations, OOM kills and exits from eBPF probes, with cgroup and
 /// host CPU and memory, as Prometheus metrics.
 #[derive(Debug, Clone, Parser)]
@@ -58,6 +68,10 @@ pub struct Config {
     /// How seccomp violations are observed.
     #[arg(long, env = "CGWATCH_SECCOMP_MODE", value_enum, default_value_t = SeccompMode::Auto)]
     pub seccomp_mode: SeccompMode,
+
+    /// How probes attach: auto tries tp_btf, then raw_tp.
+    #[arg(long, env = "CGWATCH_PROBE_MODE", value_enum, default_value_t = ProbeMode::Auto)]
+    pub probe_mode: ProbeMode,
 
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "CGWATCH_LOG_LEVEL", default_value = "info")]

@@ -70,6 +70,7 @@ async fn run(config: Config) -> Result<()> {
         kernel,
         kernel_version: probes::kernel_version(),
         seccomp_mode: config.seccomp_mode,
+        probe_mode: config.probe_mode,
     };
     let loaded = probes::load(
         &config.sysfs.join("kernel/btf/vmlinux"),

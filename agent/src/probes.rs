@@ -15,7 +15,7 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint},
 };
 
-use crate::config::SeccompMode;
+use crate::config::{ProbeMode, SeccompMode};
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
@@ -44,6 +44,7 @@ pub struct ProbeContext {
     pub kernel: KernelConfig,
     pub kernel_version: (u32, u32),
     pub seccomp_mode: SeccompMode,
+    pub probe_mode: ProbeMode,
 }
 
 /// One way to attach one probe. Rows of the same probe are tried in order until one attaches.
@@ -255,7 +256,12 @@ fn attach_one(
         };
     }
     let mut errors = Vec::new();
-    for row in rows {
+    let allowed = |mode: Mode| match ctx.probe_mode {
+        ProbeMode::Auto => true,
+        ProbeMode::TpBtf => mode == Mode::TpBtf,
+        ProbeMode::RawTp => mode == Mode::RawTp,
+    };
+    for row in rows.iter().filter(|r| allowed(r.mode)) {
         if ctx.kernel_version < row.min_kernel {
             errors.push(format!(
                 "{}: needs kernel {}.{}",
@@ -272,7 +278,8 @@ fn attach_one(
             Err(e) => errors.push(format!("{}: {e}", row.mode.as_str())),
         }
     }
-    ProbeStatus { probe: first.probe, mode: first.mode.as_str(), attached: false, detail: errors.join("; ") }
+    let mode = rows.iter().find(|r| allowed(r.mode)).unwrap_or(first).mode.as_str();
+    ProbeStatus { probe: first.probe, mode, attached: false, detail: errors.join("; ") }
 }
 
 fn attach_row(ebpf: &mut Ebpf, btf: &aya::Btf, row: &ProbeSpec) -> Result<(), String> {
@@ -427,7 +434,12 @@ mod tests {
             return;
         }
         let kernel = crate::btf::KernelBtf::from_sysfs(Path::new("/sys")).unwrap().kernel_config().unwrap();
-        let ctx = ProbeContext { kernel, kernel_version: kernel_version(), seccomp_mode: SeccompMode::Auto };
+        let ctx = ProbeContext {
+            kernel,
+            kernel_version: kernel_version(),
+            seccomp_mode: SeccompMode::Auto,
+            probe_mode: ProbeMode::Auto,
+        };
         let btf = aya::Btf::parse_file(btf_path, aya::Endianness::default()).unwrap();
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
@@ -455,6 +467,7 @@ mod tests {
             kernel: KernelConfig::default(),
             kernel_version: (6, 18),
             seccomp_mode: SeccompMode::Signals,
+            probe_mode: ProbeMode::Auto,
         };
         let disabled = |ctx: &ProbeContext| -> Vec<&str> {
             PROBES.iter().filter(|r| (r[0].disable_if)(ctx).is_some()).map(|r| r[0].probe).collect()

@@ -70,6 +70,10 @@ impl Agent {
             let port = free_port();
             let listen = format!("127.0.0.1:{port}");
             let mut args = vec!["--listen", &listen, "--scan-interval", "500ms", "--sample-interval", "500ms"];
+            // CGWATCH_AGENT_ARGS adds flags to every agent a test starts (the VM matrix sets
+            // --probe-mode with it).
+            let env_args = std::env::var("CGWATCH_AGENT_ARGS").unwrap_or_default();
+            args.extend(env_args.split_whitespace());
             args.extend_from_slice(extra);
             let child = Command::new(cgwatch_bin())
                 .args(&args)
