@@ -25,15 +25,17 @@ pub enum ProbeMode {
     /// tp_btf where it loads, else raw_tp, per probe.
     Auto,
     /// BTF-enabled tracepoints only.
+    #[value(name = "tp_btf")]
     TpBtf,
     /// Raw tracepoints only.
+    #[value(name = "raw_tp")]
     RawTp,
 }
 
 /// cgwatch: per-cgroup seccomp violations, OOM kills and exits from eBPF probes, with cgroup and
 /// host CPU and memory, as Prometheus metrics.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "cgwatch", version, about, long_about = None)]
+#[command(name = "cgwatch", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// Address to serve /metrics on.
     #[arg(long, env = "CGWATCH_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]

@@ -26,6 +26,29 @@ fn every_probe_of_the_table_attaches_here() {
 }
 
 #[test]
+fn raw_tp_mode_attaches_everything_and_counts_the_same() {
+    let agent = Agent::start(&["--probe-mode", "raw_tp"]);
+    let m = agent.scrape();
+    for rows in &PROBES {
+        let probe = rows[0].probe;
+        assert_eq!(m.get("cgwatch_probe_attached", &[("probe", probe), ("mode", "raw_tp")]), Some(1.0), "{probe}");
+    }
+    let cg = TestCgroup::new("rawtp");
+    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "300"]).success());
+    assert!(cg.run(&["seccomp", "--action", "trap", "--count", "5"]).success());
+    assert!(cg.run(&["seccomp", "--action", "kill-thread", "--threads", "2"]).success());
+    assert_eq!(cg.run(&["exit", "3"]).code(), Some(3));
+    let m = agent.scrape();
+    let v = "cgwatch_seccomp_violations_total";
+    assert_eq!(m.get(v, &[("cgroup", &cg.rel), ("syscall", "getppid"), ("action", "errno")]), Some(300.0));
+    assert_eq!(m.get(v, &[("cgroup", &cg.rel), ("syscall", "getppid"), ("action", "trap")]), Some(5.0));
+    // A raw tracepoint cannot read the killed thread's registers: the syscall is unknown.
+    assert_eq!(m.get(v, &[("cgroup", &cg.rel), ("syscall", "syscall_unknown"), ("action", "kill_thread")]), Some(2.0));
+    assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "error")]), Some(1.0));
+    assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "success")]), Some(3.0));
+}
+
+#[test]
 fn metric_names_and_types_are_the_contract() {
     let agent = Agent::start(&[]);
     let m = agent.scrape();
