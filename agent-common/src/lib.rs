@@ -93,6 +93,8 @@ pub struct KernelConfig {
     pub signal_live: u32,
     /// `signal_struct.oom_mm`.
     pub signal_oom_mm: u32,
+    /// `signal_struct.group_exit_code`.
+    pub signal_group_exit_code: u32,
     /// `struct pid.level`.
     pub pid_level: u32,
     /// `struct pid.numbers`.
@@ -119,8 +121,9 @@ pub struct KernelConfig {
     pub siginfo_syscall: u32,
     /// `config_flags::*`.
     pub flags: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 96);
+const _: () = assert!(size_of::<KernelConfig>() == 104);
 
 /// Key of the per-CPU seccomp violation counters.
 #[repr(C)]

@@ -18,6 +18,7 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     task_start_time: 0,
     signal_live: 0,
     signal_oom_mm: 0,
+    signal_group_exit_code: 0,
     pid_level: 0,
     pid_numbers: 0,
     upid_size: 0,
@@ -31,6 +32,7 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     siginfo_code: 0,
     siginfo_syscall: 0,
     flags: 0,
+    _pad: 0,
 };
 
 /// Reads one field of `KCONFIG` without letting the compiler fold the zero initialiser.

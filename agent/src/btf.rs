@@ -178,6 +178,7 @@ impl KernelBtf {
             task_start_time: self.offset("task_struct", &["start_time"])?,
             signal_live: self.offset("signal_struct", &["live"])?,
             signal_oom_mm: self.offset("signal_struct", &["oom_mm"])?,
+            signal_group_exit_code: self.offset("signal_struct", &["group_exit_code"])?,
             pid_level: self.offset("pid", &["level"])?,
             pid_numbers: self.offset("pid", &["numbers"])?,
             upid_size: self.size_of("upid")?,
@@ -191,6 +192,7 @@ impl KernelBtf {
             siginfo_code: self.offset("kernel_siginfo", &["si_code"])?,
             siginfo_syscall: self.offset("kernel_siginfo", &["_sifields", "_sigsys", "_syscall"])?,
             flags,
+            _pad: 0,
         })
     }
 }

@@ -64,6 +64,8 @@ pub struct ProbeSpec {
     /// Probes that must be attached first: without them this one would count wrongly (a
     /// `sys_exit` without `sys_enter` would see every syscall as skipped).
     pub needs: &'static [&'static str],
+    /// Whether this row fits this kernel (a program variant for one tracepoint signature).
+    pub fits: fn(&ProbeContext) -> bool,
 }
 
 impl fmt::Debug for ProbeSpec {
@@ -74,6 +76,18 @@ impl fmt::Debug for ProbeSpec {
 
 fn never(_: &ProbeContext) -> Option<&'static str> {
     None
+}
+
+fn always(_: &ProbeContext) -> bool {
+    true
+}
+
+fn exit_has_group_dead(c: &ProbeContext) -> bool {
+    c.kernel.flags & config_flags::EXIT_HAS_GROUP_DEAD != 0
+}
+
+fn exit_lacks_group_dead(c: &ProbeContext) -> bool {
+    !exit_has_group_dead(c)
 }
 
 fn unless_syscall_tracking(c: &ProbeContext) -> Option<&'static str> {
@@ -95,9 +109,12 @@ fn unless_mark_victim_has_task(c: &ProbeContext) -> Option<&'static str> {
 
 macro_rules! probe_rows {
     ($probe:literal, $hook:literal, $btf:literal, $raw:literal, $disable:expr) => {
-        probe_rows!($probe, $hook, $btf, $raw, $disable, [])
+        probe_rows!($probe, $hook, $btf, $raw, $disable, [], always)
     };
     ($probe:literal, $hook:literal, $btf:literal, $raw:literal, $disable:expr, $needs:expr) => {
+        probe_rows!($probe, $hook, $btf, $raw, $disable, $needs, always)
+    };
+    ($probe:literal, $hook:literal, $btf:literal, $raw:literal, $disable:expr, $needs:expr, $fits:expr) => {
         [
             ProbeSpec {
                 probe: $probe,
@@ -107,6 +124,7 @@ macro_rules! probe_rows {
                 min_kernel: (5, 5),
                 disable_if: $disable,
                 needs: &$needs,
+                fits: $fits,
             },
             ProbeSpec {
                 probe: $probe,
@@ -116,20 +134,41 @@ macro_rules! probe_rows {
                 min_kernel: (4, 17),
                 disable_if: $disable,
                 needs: &$needs,
+                fits: $fits,
             },
         ]
     };
 }
 
-/// Every probe, in attach order, each with its modes in order of preference.
-pub static PROBES: [[ProbeSpec; 2]; 7] = [
-    probe_rows!("cgroup_mkdir", "cgroup_mkdir", "cgroup_mkdir_btf", "cgroup_mkdir_raw", never),
-    probe_rows!("cgroup_rmdir", "cgroup_rmdir", "cgroup_rmdir_btf", "cgroup_rmdir_raw", never),
-    probe_rows!("process_exit", "sched_process_exit", "sched_process_exit_btf", "sched_process_exit_raw", never),
-    probe_rows!("oom_mark_victim", "mark_victim", "mark_victim_btf", "mark_victim_raw", unless_mark_victim_has_task),
-    probe_rows!("seccomp_signal", "signal_generate", "signal_generate_btf", "signal_generate_raw", unless_seccomp),
-    probe_rows!("seccomp_sys_enter", "sys_enter", "sys_enter_btf", "sys_enter_raw", unless_syscall_tracking),
-    probe_rows!(
+const EXIT_GD: [ProbeSpec; 2] = probe_rows!(
+    "process_exit",
+    "sched_process_exit",
+    "sched_process_exit_gd_btf",
+    "sched_process_exit_gd_raw",
+    never,
+    [],
+    exit_has_group_dead
+);
+const EXIT_NO_GD: [ProbeSpec; 2] = probe_rows!(
+    "process_exit",
+    "sched_process_exit",
+    "sched_process_exit_btf",
+    "sched_process_exit_raw",
+    never,
+    [],
+    exit_lacks_group_dead
+);
+
+/// Every probe, in attach order, each with its rows in order of preference.
+pub static PROBES: [&[ProbeSpec]; 7] = [
+    &probe_rows!("cgroup_mkdir", "cgroup_mkdir", "cgroup_mkdir_btf", "cgroup_mkdir_raw", never),
+    &probe_rows!("cgroup_rmdir", "cgroup_rmdir", "cgroup_rmdir_btf", "cgroup_rmdir_raw", never),
+    // With group_dead (>= 6.16) or without it, tp_btf before raw_tp.
+    &[EXIT_GD[0], EXIT_NO_GD[0], EXIT_GD[1], EXIT_NO_GD[1]],
+    &probe_rows!("oom_mark_victim", "mark_victim", "mark_victim_btf", "mark_victim_raw", unless_mark_victim_has_task),
+    &probe_rows!("seccomp_signal", "signal_generate", "signal_generate_btf", "signal_generate_raw", unless_seccomp),
+    &probe_rows!("seccomp_sys_enter", "sys_enter", "sys_enter_btf", "sys_enter_raw", unless_syscall_tracking),
+    &probe_rows!(
         "seccomp_sys_exit",
         "sys_exit",
         "sys_exit_btf",
@@ -256,12 +295,15 @@ fn attach_one(
         };
     }
     let mut errors = Vec::new();
-    let allowed = |mode: Mode| match ctx.probe_mode {
-        ProbeMode::Auto => true,
-        ProbeMode::TpBtf => mode == Mode::TpBtf,
-        ProbeMode::RawTp => mode == Mode::RawTp,
+    let allowed = |row: &ProbeSpec| {
+        (row.fits)(ctx)
+            && match ctx.probe_mode {
+                ProbeMode::Auto => true,
+                ProbeMode::TpBtf => row.mode == Mode::TpBtf,
+                ProbeMode::RawTp => row.mode == Mode::RawTp,
+            }
     };
-    for row in rows.iter().filter(|r| allowed(r.mode)) {
+    for row in rows.iter().filter(|r| allowed(r)) {
         if ctx.kernel_version < row.min_kernel {
             errors.push(format!(
                 "{}: needs kernel {}.{}",
@@ -278,7 +320,7 @@ fn attach_one(
             Err(e) => errors.push(format!("{}: {e}", row.mode.as_str())),
         }
     }
-    let mode = rows.iter().find(|r| allowed(r.mode)).unwrap_or(first).mode.as_str();
+    let mode = rows.iter().find(|r| allowed(r)).unwrap_or(first).mode.as_str();
     ProbeStatus { probe: first.probe, mode, attached: false, detail: errors.join("; ") }
 }
 
@@ -414,7 +456,7 @@ mod tests {
     #[test]
     fn probe_table_is_consistent() {
         let mut names = HashSet::new();
-        for rows in &PROBES {
+        for rows in PROBES {
             assert!(names.insert(rows[0].probe), "duplicate probe {}", rows[0].probe);
             assert!(rows.iter().all(|r| r.probe == rows[0].probe && r.hook == rows[0].hook));
             assert_eq!(rows[0].mode, Mode::TpBtf, "tp_btf is preferred");
@@ -446,13 +488,14 @@ mod tests {
             .override_global("KCONFIG", &ctx.kernel, true)
             .load(EBPF_OBJECT)
             .unwrap();
-        let bogus = PROBES[0].map(|row| ProbeSpec { hook: "cgwatch_no_such_tracepoint", ..row });
+        let bogus: Vec<ProbeSpec> =
+            PROBES[0].iter().map(|row| ProbeSpec { hook: "cgwatch_no_such_tracepoint", ..*row }).collect();
         let status = attach_one(&mut ebpf, &btf, &bogus, &ctx, &[]);
         assert!(!status.attached);
         assert_eq!(status.mode, "tp_btf");
         assert!(status.detail.contains("tp_btf: ") && status.detail.contains("raw_tp: "), "{}", status.detail);
         // The real hook still attaches from the same object.
-        let rmdir = attach_one(&mut ebpf, &btf, &PROBES[1], &ctx, &[]);
+        let rmdir = attach_one(&mut ebpf, &btf, PROBES[1], &ctx, &[]);
         assert!(rmdir.attached, "{}", rmdir.detail);
         // sys_exit without sys_enter would count every syscall of a filtered task: refused.
         let exit_rows = PROBES.iter().find(|r| r[0].probe == "seccomp_sys_exit").unwrap();

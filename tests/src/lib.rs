@@ -270,6 +270,14 @@ impl TestCgroup {
 
     fn at(rel: String) -> TestCgroup {
         let layout = layout();
+        // On a v2 host with controllers, enable memory and cpu down to the new cgroup's parent
+        // (harmless failure on hybrid hosts, whose v2 tree has no controllers).
+        let mut dir = layout.v2.clone();
+        for part in rel.trim_start_matches('/').split('/') {
+            let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu");
+            dir = dir.join(part);
+            let _ = fs::create_dir(&dir);
+        }
         let mk = |root: &Path| {
             let p = root.join(rel.trim_start_matches('/'));
             fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));

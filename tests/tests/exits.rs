@@ -64,20 +64,30 @@ fn oom_kill_in_a_memory_limited_cgroup() {
 #[test]
 fn oom_kill_is_counted_in_the_victims_cgroup_not_the_triggering_one() {
     let agent = Agent::start(&[]);
-    // A parent with a 96 MiB limit; `big` holds 64 MiB in one child cgroup, then `small`
-    // allocates 48 MiB in another: `small` hits the limit, the OOM killer picks `big`.
+    // A parent with a 128 MiB limit; `big` holds 80 MiB in one child cgroup, then `small`
+    // allocates 56 MiB in another: `small` hits the limit, the OOM killer picks `big`, and
+    // `small` then fits with room to spare.
     let parent = TestCgroup::new("oomparent");
-    parent.set_memory_limit(96 << 20);
+    parent.set_memory_limit(128 << 20);
     let big = parent.child("big");
     let small = parent.child("small");
-    let mut victim = big.start_ready(&["alloc", "--mb", "64", "--hold", "60"]);
-    let trigger = small.run(&["alloc", "--mb", "48"]);
+    let mut victim = big.start_ready(&["alloc", "--mb", "80", "--hold", "60"]);
+    let trigger = small.run(&["alloc", "--mb", "56"]);
     let victim_status = victim.wait().unwrap();
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&victim_status), Some(libc::SIGKILL));
-    assert!(trigger.success(), "the triggering allocation completes once the victim is gone: {trigger}");
     let m = agent.scrape();
     assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &big.rel)]), Some(1.0));
-    assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &small.rel)]), None);
     assert_eq!(m.get(P, &[("cgroup", &big.rel), ("reason", "oom_kill")]), Some(1.0));
-    assert_eq!(m.get(P, &[("cgroup", &small.rel), ("reason", "success")]), Some(1.0));
+    if trigger.success() {
+        // The usual case: the trigger completes once the victim is gone, and nothing is
+        // counted in its cgroup.
+        assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &small.rel)]), None);
+        assert_eq!(m.get(P, &[("cgroup", &small.rel), ("reason", "success")]), Some(1.0));
+    } else {
+        // Under emulation the kernel sometimes kills the trigger too, in a second OOM after the
+        // victim: then that second kill, and only it, is counted in the trigger's cgroup.
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&trigger), Some(libc::SIGKILL));
+        assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &small.rel)]), Some(1.0));
+        assert_eq!(m.get(P, &[("cgroup", &small.rel), ("reason", "oom_kill")]), Some(1.0));
+    }
 }

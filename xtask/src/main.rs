@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "cgwatch developer tasks")]
 struct Cli {
@@ -35,6 +37,16 @@ enum Task {
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Build, then run the seccomp and exit integration tests on Debian's 5.10, 6.1 and 6.12
+    /// cloud kernels under qemu (TCG), in each --probe-mode; prints a kernel x mode table.
+    VmTest {
+        /// Only this kernel (suite or version: bullseye / 5.10, bookworm / 6.1, trixie / 6.12).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Only this --probe-mode (auto, raw_tp).
+        #[arg(long)]
+        mode: Option<String>,
     },
     /// Build, then run every test (unit and integration; needs root and a BTF kernel).
     Test {
@@ -118,6 +130,17 @@ fn install_bpf_linker() -> Result<()> {
     })
 }
 
+/// Installs the Debian packages whose commands are missing, saying so.
+fn ensure_apt_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools.iter().filter(|(cmd, _)| which::which(cmd).is_err()).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["-qq", "update"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))
+}
+
 fn cargo(root: &Path) -> Command {
     let mut c = Command::new("cargo");
     c.current_dir(root).env_remove("AYA_BUILD_SKIP");
@@ -149,14 +172,17 @@ fn main() -> Result<()> {
         }
         Task::Bench { args } => {
             build(&root)?;
-            if which::which("prometheus-node-exporter").is_err() && which::which("node_exporter").is_err() {
-                eprintln!("xtask: installing prometheus-node-exporter (benchmark 6 compares with it)");
-                run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", "prometheus-node-exporter"]))?;
-            }
+            // Benchmark 6 compares with node_exporter.
+            ensure_apt_tools(&[("prometheus-node-exporter", "prometheus-node-exporter")])?;
             run(Command::new(root.join("target/release/cgwatch-bench"))
                 .arg("--out")
                 .arg(root.join("target/bench-report.md"))
                 .args(args))?;
+        }
+        Task::VmTest { kernel, mode } => {
+            build(&root)?;
+            ensure_apt_tools(&[("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("cpio", "cpio")])?;
+            vm::vm_test(&root, kernel.as_deref(), mode.as_deref())?;
         }
         Task::Test { args } => {
             build(&root)?;

@@ -20,23 +20,39 @@ use crate::{
     maps,
 };
 
+// Kernels >= 6.16 pass `group_dead` as a second argument; older ones have only the task, and
+// a program may not read past a tracepoint's arguments, hence two variants of each. The BTF
+// programs can ask for the exiting thread's user registers (the syscall a KILL_THREAD verdict
+// stopped); a raw tracepoint cannot and reports the syscall as unknown.
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_gd_btf(ctx: BtfTracePointContext) -> i32 {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let _ = try_sched_process_exit(ctx.arg(0), Some(ctx.arg::<u64>(1)), regs);
+    0
+}
+
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit_btf(ctx: BtfTracePointContext) -> i32 {
-    // The BTF program can ask for the exiting thread's user registers (the syscall a KILL_THREAD
-    // verdict stopped); a raw tracepoint cannot and reports the syscall as unknown.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let _ = try_sched_process_exit(ctx.arg(0), ctx.arg(1), regs);
+    let _ = try_sched_process_exit(ctx.arg(0), None, regs);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit_gd_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_sched_process_exit(ctx.arg(0), Some(ctx.arg::<u64>(1)), 0);
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit_raw(ctx: RawTracePointContext) -> i32 {
-    let _ = try_sched_process_exit(ctx.arg(0), ctx.arg(1), 0);
+    let _ = try_sched_process_exit(ctx.arg(0), None, 0);
     0
 }
 
 #[inline(always)]
-fn try_sched_process_exit(task: u64, group_dead_arg: u64, regs: u64) -> Result<(), i64> {
+fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
@@ -49,22 +65,31 @@ fn try_sched_process_exit(task: u64, group_dead_arg: u64, regs: u64) -> Result<(
     if mode == kabi::SECCOMP_MODE_FILTER || mode == kabi::SECCOMP_MODE_DEAD {
         let _ = maps::TASKS.remove(tid);
     }
-    // KILL_THREAD of a thread that was not the last: `do_exit(SIGSYS)` straight from the filter.
-    // A KILL_PROCESS (or last-thread KILL_THREAD) went through signal_generate instead and left
-    // its tgid in SECCOMP_KILLED.
+    let group_dead = is_group_exit(task, tgid, group_dead)?;
+    // A kill verdict that raised no signal (signal_generate did not see it, so SECCOMP_KILLED
+    // has no entry): KILL_THREAD of a non-last thread (`do_exit(SIGSYS)`), and on kernels
+    // before the signal-based kill (5.10) every kill: KILL_PROCESS is `do_group_exit(SIGSYS)`,
+    // which sets the group exit code first.
     if mode == kabi::SECCOMP_MODE_DEAD
-        && exit_code == kabi::SIGSYS
+        && sig == kabi::SIGSYS
         && maps::SECCOMP_KILLED.get_ptr(tgid).is_none()
     {
+        let signal = kernel::read::<u64>(task, kconfig!(task_signal))?;
+        let group_code = kernel::read::<i32>(signal, kconfig!(signal_group_exit_code))? as u32;
+        let act = if group_code & 0x7f == kabi::SIGSYS { action::KILL_PROCESS } else { action::KILL_THREAD };
+        if act == action::KILL_PROCESS || group_dead {
+            // The whole thread group dies of it: its exit is a seccomp_kill.
+            let _ = maps::SECCOMP_KILLED.insert(tgid, 1u32, 0);
+        }
         let nr = if regs != 0 {
             kernel::read::<u64>(regs, kconfig!(pt_regs_orig_ax)).unwrap_or(u64::MAX) as i32
         } else {
             -1
         };
-        maps::count_seccomp(&SeccompKey { cgroup_id, syscall_nr: nr, action: action::KILL_THREAD });
+        maps::count_seccomp(&SeccompKey { cgroup_id, syscall_nr: nr, action: act });
     }
 
-    if !is_group_exit(task, tgid, flags, group_dead_arg)? {
+    if !group_dead {
         return Ok(());
     }
 
@@ -93,9 +118,9 @@ fn try_sched_process_exit(task: u64, group_dead_arg: u64, regs: u64) -> Result<(
 
 /// True for the last thread of the thread group.
 #[inline(always)]
-fn is_group_exit(task: u64, tgid: u32, flags: u32, group_dead_arg: u64) -> Result<bool, i64> {
-    if flags & config_flags::EXIT_HAS_GROUP_DEAD != 0 {
-        return Ok(group_dead_arg & 0xff != 0);
+fn is_group_exit(task: u64, tgid: u32, group_dead: Option<u64>) -> Result<bool, i64> {
+    if let Some(group_dead) = group_dead {
+        return Ok(group_dead & 0xff != 0);
     }
     // Older kernels: `signal->live` reaches 0 at the last thread, but threads exiting together
     // may all see 0 by the time they reach the tracepoint; count the first one only.
