@@ -42,6 +42,13 @@ pub fn apply_cgroup_event(registry: &Registry, bytes: &[u8], now: Instant) {
     }
 }
 
+/// A periodic tick that does not try to catch up after a slow round.
+fn ticker(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// Reads cgroup mkdir / rmdir records as they arrive.
 pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>) {
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as it lives,
@@ -91,8 +98,7 @@ pub async fn housekeeping_loop(
     maps: Arc<KernelMaps>,
     every: Duration,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(every);
     loop {
         tick.tick().await;
         let (l, r, m) = (layout.clone(), registry.clone(), maps.clone());
@@ -111,8 +117,7 @@ pub async fn sampler(
     resources: Arc<ResourceSnapshot>,
     every: Duration,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(every);
     loop {
         tick.tick().await;
         host.sample(&procfs);

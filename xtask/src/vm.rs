@@ -24,6 +24,10 @@ pub const KERNELS: [(&str, &str); 3] = [("bullseye", "5.10"), ("bookworm", "6.1"
 pub const MODES: [&str; 2] = ["auto", "raw_tp"];
 /// qemu CPU model (`CGWATCH_VM_CPU` overrides it).
 const DEFAULT_CPU: &str = "max";
+/// qemu accelerator (`CGWATCH_VM_ACCEL` overrides it): TCG, since nested KVM is broken here.
+const DEFAULT_ACCEL: &str = "tcg";
+/// Boots per kernel and mode when the kernel panics under emulation.
+const MAX_BOOTS: u32 = 5;
 /// Integration-test binaries that run inside the VMs (the others need the host's tools).
 const TESTS: [&str; 2] = ["seccomp", "exits"];
 
@@ -120,12 +124,15 @@ mode=$(sed -n 's/.*cgwatch.mode=\([a-z_]*\).*/\1/p' /proc/cmdline)
 export CGWATCH_BIN=/bin/cgwatch CGWATCH_WORKLOAD_BIN=/bin/cgwatch-workload CGWATCH_AGENT_ARGS="--probe-mode $mode"
 echo "VMTEST kernel $(uname -r) mode $mode"
 cgwatch --listen 127.0.0.1:19120 --probe-mode "$mode" > /tmp/agent.log 2>&1 &
+agent=$!
 for i in $(seq 1 120); do wget -qO /tmp/m http://127.0.0.1:19120/metrics 2>/dev/null && break; sleep 0.5; done
 grep '^cgwatch_probe_attached' /tmp/m | sed 's/^/VMPROBE /'
-kill %1; wait
+kill $agent; wait $agent
+grep -q . /proc/$agent/status 2>/dev/null && echo "VMTEST agent $agent still running"
 for t in /tests/*; do
   "$t" --test-threads=2 2>&1 | sed "s|^|VMOUT $(basename $t) |"
 done
+dmesg | grep -iE "kill|oom|segfault|traps:" | sed 's/^/VMDMESG /'
 echo "VMTEST done"
 poweroff -f
 "#;
@@ -160,8 +167,9 @@ fn build_initramfs(work: &Path, root_dir: &Path, tests: &BTreeMap<String, PathBu
 /// Boots `vmlinuz` with the initramfs and returns the serial console output.
 fn boot(vmlinuz: &Path, initrd: &Path, mode: &str, log: &Path, timeout: Duration) -> Result<String> {
     let cpu = std::env::var("CGWATCH_VM_CPU").unwrap_or_else(|_| DEFAULT_CPU.into());
+    let accel = std::env::var("CGWATCH_VM_ACCEL").unwrap_or_else(|_| DEFAULT_ACCEL.into());
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", &cpu, "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"])
+        .args(["-accel", &accel, "-cpu", &cpu, "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
@@ -254,18 +262,19 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
         for mode in MODES.iter().filter(|m| only_mode.is_none_or(|o| o == **m)) {
             let log = work.join(format!("{suite}-{mode}.log"));
             // This qemu's TCG sometimes crashes the 6.12 kernel (double faults in kmalloc, even
-            // at boot before any userspace runs): a run whose kernel panicked is repeated, at
-            // most three times, and the attempts are reported. A failing test is never retried.
+            // at boot before any userspace runs): a run whose kernel panicked or hung is repeated, at
+            // most MAX_BOOTS times, and the attempts are reported. A failing test is never retried.
             let mut attempts = 0;
             let o = loop {
                 attempts += 1;
                 eprintln!("xtask: booting {} ({suite}), --probe-mode {mode}, attempt {attempts}", vmlinuz.display());
-                let text = boot(&vmlinuz, &initrd, mode, &log, Duration::from_secs(900))?;
-                let crashed = text.contains("Kernel panic");
+                let text = boot(&vmlinuz, &initrd, mode, &log, Duration::from_secs(240))?;
+                // A healthy run takes well under a minute under TCG: a hang is a crash too.
+                let crashed = text.contains("Kernel panic") || !text.contains("VMTEST done");
                 if crashed {
                     let _ = fs::copy(&log, work.join(format!("{suite}-{mode}.panic{attempts}.log")));
                 }
-                if !crashed || attempts == 3 {
+                if !crashed || attempts == MAX_BOOTS {
                     break parse(&text);
                 }
             };
@@ -273,6 +282,7 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
             let total = o.tests.len();
             if !o.finished || total == 0 || passed != total {
                 failed += 1;
+                let _ = fs::copy(&log, work.join(format!("{suite}-{mode}.failed.log")));
             }
             println!(
                 "\n## {version} ({}) --probe-mode {mode}: {passed}/{total} passed{}, {attempts} boot(s)",

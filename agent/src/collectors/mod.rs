@@ -23,6 +23,22 @@ use prometheus_client::{
 /// Label names and values of one series.
 pub type Labels = Vec<(&'static str, String)>;
 
+/// Encodes one family of const metrics, one per label set.
+fn family<N: Copy, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    series: &BTreeMap<Labels, N>,
+    metric: impl Fn(N) -> M,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in series {
+        metric(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 /// Encodes one counter family (`name` without `_total`: the encoder appends it).
 pub fn counter_family<N>(
     encoder: &mut DescriptorEncoder,
@@ -34,11 +50,7 @@ where
     N: Copy,
     ConstCounter<N>: EncodeMetric,
 {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in series {
-        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
-    }
-    Ok(())
+    family(encoder, name, help, MetricType::Counter, series, ConstCounter::new)
 }
 
 /// Encodes one gauge family.
@@ -52,11 +64,7 @@ where
     N: Copy,
     ConstGauge<N>: EncodeMetric,
 {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in series {
-        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
-    }
-    Ok(())
+    family(encoder, name, help, MetricType::Gauge, series, ConstGauge::new)
 }
 
 /// Encodes a metric with no labels.
