@@ -77,10 +77,6 @@ pub struct KernelConfig {
     pub task_exit_code: u32,
     /// `task_struct.signal`.
     pub task_signal: u32,
-    /// `task_struct.tgid`.
-    pub task_tgid: u32,
-    /// `task_struct.pid`.
-    pub task_pid: u32,
     /// `task_struct.thread_pid`.
     pub task_thread_pid: u32,
     /// `task_struct.cgroups`.
@@ -121,9 +117,8 @@ pub struct KernelConfig {
     pub siginfo_syscall: u32,
     /// `config_flags::*`.
     pub flags: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 104);
+const _: () = assert!(size_of::<KernelConfig>() == 92);
 
 /// Key of the per-CPU seccomp violation counters.
 #[repr(C)]

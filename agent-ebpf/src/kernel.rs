@@ -10,8 +10,6 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     task_seccomp_mode: 0,
     task_exit_code: 0,
     task_signal: 0,
-    task_tgid: 0,
-    task_pid: 0,
     task_thread_pid: 0,
     task_cgroups: 0,
     task_group_leader: 0,
@@ -32,7 +30,6 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     siginfo_code: 0,
     siginfo_syscall: 0,
     flags: 0,
-    _pad: 0,
 };
 
 /// Reads one field of `KCONFIG` without letting the compiler fold the zero initialiser.

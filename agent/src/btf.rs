@@ -170,8 +170,6 @@ impl KernelBtf {
             task_seccomp_mode: self.offset("task_struct", &["seccomp", "mode"])?,
             task_exit_code: self.offset("task_struct", &["exit_code"])?,
             task_signal: self.offset("task_struct", &["signal"])?,
-            task_tgid: self.offset("task_struct", &["tgid"])?,
-            task_pid: self.offset("task_struct", &["pid"])?,
             task_thread_pid: self.offset("task_struct", &["thread_pid"])?,
             task_cgroups: self.offset("task_struct", &["cgroups"])?,
             task_group_leader: self.offset("task_struct", &["group_leader"])?,
@@ -192,7 +190,6 @@ impl KernelBtf {
             siginfo_code: self.offset("kernel_siginfo", &["si_code"])?,
             siginfo_syscall: self.offset("kernel_siginfo", &["_sifields", "_sigsys", "_syscall"])?,
             flags,
-            _pad: 0,
         })
     }
 }

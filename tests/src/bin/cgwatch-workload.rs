@@ -64,7 +64,7 @@ enum What {
         #[arg(long, default_value_t = 0)]
         hold: u64,
     },
-    /// Burn CPU for SECS seconds, print "ready", then sleep HOLD seconds.
+    /// Burn SECS seconds of CPU time (not wall time), print "ready", then sleep HOLD seconds.
     Spin {
         #[arg(long)]
         secs: f64,
@@ -122,6 +122,12 @@ fn install_filter(action: Action) -> Result<()> {
     let program: BpfProgram = filter.try_into().context("compiling the filter")?;
     seccompiler::apply_filter(&program).context("installing the filter")?;
     Ok(())
+}
+
+fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 fn getppid_raw() -> i64 {
@@ -226,9 +232,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         What::Spin { secs, hold } => {
-            let start = Instant::now();
             let mut x = 0u64;
-            while start.elapsed().as_secs_f64() < secs {
+            while process_cpu_seconds() < secs {
                 for i in 0..10_000u64 {
                     x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
                 }
