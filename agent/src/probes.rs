@@ -423,12 +423,10 @@ impl KernelMaps {
 
 /// Running kernel version (major, minor), from uname.
 pub fn kernel_version() -> (u32, u32) {
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    parse_kernel_version(&release)
+    parse_kernel_version(&kernel_release())
 }
 
+/// The running kernel's release string, from uname.
 pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())

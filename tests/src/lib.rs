@@ -49,6 +49,11 @@ pub fn workload_bin() -> PathBuf {
         .expect("cgwatch-workload not built: run `cargo xtask build`")
 }
 
+/// The first `name` on $PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.exists()))
+}
+
 /// A free loopback port (bound and released; the agent binds it right after).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

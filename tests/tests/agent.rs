@@ -120,7 +120,7 @@ fn hostile_cgroup_names_do_not_break_the_exposition() {
     let m = agent.scrape();
     // The parser rejects any malformed line; the label comes back byte for byte.
     assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "error")]), Some(1.0));
-    if let Ok(promtool) = which_promtool() {
+    if let Some(promtool) = cgwatch_tests::which("promtool") {
         let mut child = std::process::Command::new(promtool)
             .args(["check", "metrics"])
             .stdin(std::process::Stdio::piped())
@@ -135,10 +135,4 @@ fn hostile_cgroup_names_do_not_break_the_exposition() {
         // promtool's lint may suggest naming tweaks; a parse error is what must never happen.
         assert!(!text.contains("error while linting") && !text.contains("text format parsing error"), "{text}");
     }
-}
-
-fn which_promtool() -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("promtool")).find(|p| p.exists()))
-        .ok_or(())
 }

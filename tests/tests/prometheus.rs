@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cgwatch_tests::{Agent, TestCgroup, free_port};
+use cgwatch_tests::{Agent, TestCgroup, free_port, which};
 
 struct Prometheus(std::process::Child);
 
@@ -72,8 +72,4 @@ fn prometheus_scrapes_and_answers_which_cgroup_was_denied_which_syscall() {
     assert!(last.contains(",\"42\"]"), "{last}");
     let up = query(port, "up{job=\"cgwatch\"}");
     assert!(up.contains(",\"1\"]"), "{up}");
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.exists()))
 }

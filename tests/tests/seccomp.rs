@@ -22,10 +22,8 @@ fn killed_syscall(m: &Metrics, via_exit_probe: bool) -> &'static str {
 }
 
 /// Kernels before 5.17 kill without a signal: the exit probe sees the kill.
-fn kills_raise_signals(m: &Metrics) -> bool {
-    let kernel = m.find("cgwatch_build_info", &[]).first().map(|s| s.labels["kernel"].clone()).unwrap_or_default();
-    let mut v = kernel.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
-    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 17)
+fn kills_raise_signals() -> bool {
+    cgwatch::probes::kernel_version() >= (5, 17)
 }
 
 #[test]
@@ -58,7 +56,7 @@ fn kill_process_is_counted_and_the_exit_is_seccomp_kill() {
     let status = cg.run(&["seccomp", "--action", "kill-process"]);
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGSYS));
     let m = agent.scrape();
-    let syscall = killed_syscall(&m, !kills_raise_signals(&m));
+    let syscall = killed_syscall(&m, !kills_raise_signals());
     assert_eq!(violations(&m, &cg), vec![(syscall.into(), "kill_process".into(), 1.0)]);
     let exits = m.find("cgwatch_process_exits_total", &[("cgroup", &cg.rel)]);
     assert_eq!(exits.len(), 1, "{exits:?}");

@@ -116,18 +116,18 @@ fn install_bpf_linker() -> Result<()> {
         .to_string();
     eprintln!("xtask: installing bpf-linker against the nightly toolchain's LLVM {major} ({dylib})");
     let rustflags = format!("-L {0} -l dylib={name} -C link-arg=-Wl,-rpath,{0}", lib.display());
-    run(Command::new("cargo")
-        .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features", "--features"])
-        .arg(format!("llvm-{major},no-llvm-linking"))
-        .env("RUSTFLAGS", rustflags))
-    .or_else(|_| {
-        // --locked can fail when the published lockfile predates the toolchain.
-        let rustflags = format!("-L {0} -l dylib={name} -C link-arg=-Wl,-rpath,{0}", lib.display());
-        run(Command::new("cargo")
-            .args(["+nightly", "install", "bpf-linker", "--no-default-features", "--features"])
+    let install = |locked: bool| {
+        let mut cmd = Command::new("cargo");
+        cmd.args(["+nightly", "install", "bpf-linker", "--no-default-features", "--features"])
             .arg(format!("llvm-{major},no-llvm-linking"))
-            .env("RUSTFLAGS", rustflags))
-    })
+            .env("RUSTFLAGS", &rustflags);
+        if locked {
+            cmd.arg("--locked");
+        }
+        run(&mut cmd)
+    };
+    // --locked can fail when the published lockfile predates the toolchain.
+    install(true).or_else(|_| install(false))
 }
 
 /// Installs the Debian packages whose commands are missing, saying so.
