@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::containers::{Identity, Selection, parse_path};
+
 /// Longest cgroup path exported as a label value; longer ones are cut at a char boundary.
 pub const MAX_PATH_LABEL: usize = 1024;
 /// Deepest directory level walked below the cgroup2 mount.
@@ -47,6 +49,8 @@ pub struct Layout {
     pub memory_v1: Option<PathBuf>,
     /// v1 cpuacct controller mount, on hybrid / legacy hosts.
     pub cpuacct_v1: Option<PathBuf>,
+    /// v1 cpu controller mount (CFS throttling), on hybrid / legacy hosts.
+    pub cpu_v1: Option<PathBuf>,
 }
 
 impl Layout {
@@ -59,7 +63,7 @@ impl Layout {
         } else {
             return Err(CgroupError::NoCgroup2(sysfs.display().to_string()));
         };
-        let mut layout = Layout { v2, memory_v1: None, cpuacct_v1: None };
+        let mut layout = Layout { v2, memory_v1: None, cpuacct_v1: None, cpu_v1: None };
         if layout.v2 != base
             && let Ok(entries) = fs::read_dir(&base)
         {
@@ -71,6 +75,9 @@ impl Layout {
                 }
                 if layout.memory_v1.is_none() && dir.join("memory.usage_in_bytes").exists() {
                     layout.memory_v1 = Some(dir.clone());
+                }
+                if layout.cpu_v1.is_none() && dir.join("cpu.cfs_quota_us").exists() {
+                    layout.cpu_v1 = Some(dir.clone());
                 }
                 if layout.cpuacct_v1.is_none() && dir.join("cpuacct.usage").exists() {
                     layout.cpuacct_v1 = Some(dir);
@@ -89,15 +96,16 @@ impl Layout {
         fs::read_to_string(self.v2_dir(rel).join("cgroup.controllers")).unwrap_or_default()
     }
 
-    /// CPU and memory of the cgroup at `rel` (a path relative to the mount, starting with `/`):
-    /// from v2 where the controller is enabled there, else from v1 at the same path.
+    /// CPU, memory and pressure of the cgroup at `rel` (a path relative to the mount, starting
+    /// with `/`): from v2 where the controller is enabled there, else from v1 at the same path.
     pub fn resources(&self, rel: &str) -> Resources {
         let controllers = self.v2_controllers(rel);
         let has = |name: &str| controllers.split_whitespace().any(|c| c == name);
         let v2 = self.v2_dir(rel);
+        let mut r = Resources::default();
 
         let v1_cpu = self.cpuacct_v1.as_ref().map(|m| join_rel(m, rel).join("cpuacct.usage"));
-        let cpu_seconds = if !has("cpu")
+        r.cpu_seconds = if !has("cpu")
             && let Some(ns) = v1_cpu.as_ref().and_then(|p| read_u64(p))
         {
             Some(ns as f64 / 1e9)
@@ -105,20 +113,42 @@ impl Layout {
             // cpu.stat's usage_usec is a core v2 file, there even without the cpu controller.
             read_keyed(&v2.join("cpu.stat"), "usage_usec").map(|us| us as f64 / 1e6)
         };
+        r.cpu_throttled_seconds = if has("cpu") {
+            read_keyed(&v2.join("cpu.stat"), "throttled_usec").map(|us| us as f64 / 1e6)
+        } else {
+            let stat = self.cpu_v1.as_ref().map(|m| join_rel(m, rel).join("cpu.stat"));
+            stat.and_then(|p| read_keyed(&p, "throttled_time")).map(|ns| ns as f64 / 1e9)
+        };
 
-        let (memory_bytes, memory_limit_bytes) = if has("memory") {
-            let usage = read_u64(&v2.join("memory.current"));
-            let limit = read_u64(&v2.join("memory.max")); // "max" does not parse: no limit
-            (usage, limit)
+        if has("memory") {
+            r.memory_bytes = read_u64(&v2.join("memory.current"));
+            r.memory_limit_bytes = read_u64(&v2.join("memory.max")); // "max" does not parse: no limit
+            let inactive = read_keyed(&v2.join("memory.stat"), "inactive_file");
+            r.memory_working_set_bytes = working_set(r.memory_bytes, inactive);
+            if let Ok(text) = fs::read_to_string(v2.join("memory.events")) {
+                r.memory_events = MEMORY_EVENTS
+                    .iter()
+                    .filter_map(|&ev| keyed(&text, ev).map(|v| (ev, v)))
+                    .collect();
+            }
         } else if let Some(m) = &self.memory_v1 {
             let dir = join_rel(m, rel);
-            let usage = read_u64(&dir.join("memory.usage_in_bytes"));
-            let limit = read_u64(&dir.join("memory.limit_in_bytes")).filter(|&l| l < V1_UNLIMITED);
-            (usage, limit)
-        } else {
-            (None, None)
-        };
-        Resources { cpu_seconds, memory_bytes, memory_limit_bytes }
+            r.memory_bytes = read_u64(&dir.join("memory.usage_in_bytes"));
+            r.memory_limit_bytes = read_u64(&dir.join("memory.limit_in_bytes")).filter(|&l| l < V1_UNLIMITED);
+            let inactive = read_keyed(&dir.join("memory.stat"), "total_inactive_file");
+            r.memory_working_set_bytes = working_set(r.memory_bytes, inactive);
+            // v1 counts only OOM kills (kernel >= 4.13), in memory.oom_control.
+            if let Some(v) = read_keyed(&dir.join("memory.oom_control"), "oom_kill") {
+                r.memory_events.push(("oom_kill", v));
+            }
+        }
+        // PSI files are core cgroup2 files: there without the controllers (hybrid hosts too).
+        for resource in PRESSURE_RESOURCES {
+            for (kind, seconds) in read_pressure(&v2.join(format!("{resource}.pressure"))) {
+                r.pressure.push((resource, kind, seconds));
+            }
+        }
+        r
     }
 
     /// Walks the cgroup2 mount. Errors below the root (a cgroup removed during the walk) are
@@ -151,13 +181,47 @@ impl Layout {
     }
 }
 
-/// CPU and memory of one cgroup; `None` where the file is missing or unreadable.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// v2 `memory.events` keys exported (a fixed set, so the label's cardinality is bounded).
+pub const MEMORY_EVENTS: [&str; 6] = ["low", "high", "max", "oom", "oom_kill", "oom_group_kill"];
+/// PSI resources of a cgroup (the host also has irq).
+pub const PRESSURE_RESOURCES: [&str; 3] = ["cpu", "memory", "io"];
+
+/// CPU, memory and pressure of one cgroup; `None` / empty where the file is missing or
+/// unreadable (an old kernel, a controller that is not enabled).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resources {
     pub cpu_seconds: Option<f64>,
+    pub cpu_throttled_seconds: Option<f64>,
     pub memory_bytes: Option<u64>,
+    /// Usage minus inactive file pages, as the kubelet computes it for eviction.
+    pub memory_working_set_bytes: Option<u64>,
     /// `None` when unlimited.
     pub memory_limit_bytes: Option<u64>,
+    /// (event, count) from memory.events (v2) or memory.oom_control (v1).
+    pub memory_events: Vec<(&'static str, u64)>,
+    /// (resource, some|full, total stall seconds) from PSI.
+    pub pressure: Vec<(&'static str, &'static str, f64)>,
+}
+
+fn working_set(usage: Option<u64>, inactive_file: Option<u64>) -> Option<u64> {
+    usage.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)))
+}
+
+/// Total stall time of each line of a PSI file (`<procfs>/pressure/*`, `<cgroup>/*.pressure`):
+/// (some|full, seconds). Lines the kernel does not have (cpu "full" before 5.13) are absent.
+pub fn read_pressure(path: &Path) -> Vec<(&'static str, f64)> {
+    let Ok(text) = fs::read_to_string(path) else { return Vec::new() };
+    text.lines()
+        .filter_map(|line| {
+            let kind = match line.split_whitespace().next()? {
+                "some" => "some",
+                "full" => "full",
+                _ => return None,
+            };
+            let record = procfs::parse_pressure_record(line).ok()?;
+            Some((kind, record.total as f64 / 1e6))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +241,11 @@ fn read_u64(path: &Path) -> Option<u64> {
 }
 
 fn read_keyed(path: &Path, key: &str) -> Option<u64> {
-    let text = fs::read_to_string(path).ok()?;
+    keyed(&fs::read_to_string(path).ok()?, key)
+}
+
+/// The value of `key` in a "key value" per line file.
+fn keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (k, v) = line.split_once(' ')?;
         if k == key { v.trim().parse().ok() } else { None }
@@ -205,6 +273,8 @@ pub enum Label {
     Path(Arc<str>),
     /// Over `--max-cgroups`: summed into one series so that no count is lost.
     Overflow,
+    /// Not chosen by `--cgroups`: summed into one series so that no count is lost.
+    Unselected,
     /// An id the agent never saw created (its mkdir event was lost and it is gone).
     Unknown(u64),
 }
@@ -214,14 +284,38 @@ impl Label {
         match self {
             Label::Path(p) => p.to_string(),
             Label::Overflow => "(overflow)".to_string(),
+            Label::Unselected => "(other)".to_string(),
             Label::Unknown(id) => format!("(unknown id {id})"),
         }
+    }
+}
+
+/// The labels of one cgroup's series: its path (or a fold) and its container identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    pub label: Label,
+    pub identity: Arc<Identity>,
+}
+
+impl Series {
+    fn folded(label: Label) -> Self {
+        Series { label, identity: Arc::default() }
+    }
+
+    /// `cgroup`, `container_id`, `container`, `pod`, `namespace`, `runtime`.
+    pub fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::with_capacity(8);
+        out.push(("cgroup", self.label.as_value()));
+        out.extend(self.identity.labels());
+        out
     }
 }
 
 #[derive(Debug)]
 struct Entry {
     path: Arc<str>,
+    /// What the path says, then the names the resolver found.
+    identity: Arc<Identity>,
     populated: bool,
     removed_at: Option<Instant>,
     /// Has series of its own (admitted under `--max-cgroups`).
@@ -234,7 +328,17 @@ struct Entry {
 
 impl Entry {
     fn new(path: Arc<str>, seen_at: Instant) -> Self {
-        Entry { path, populated: false, removed_at: None, shown: false, has_events: false, seen_at }
+        let identity = Arc::new(parse_path(&path));
+        Entry { path, identity, populated: false, removed_at: None, shown: false, has_events: false, seen_at }
+    }
+
+    /// Renames (a cgroup id never changes path in practice, but a lost event can leave a
+    /// stale one); a new path means a new identity.
+    fn set_path(&mut self, path: Arc<str>) {
+        if self.path != path {
+            self.identity = Arc::new(parse_path(&path));
+            self.path = path;
+        }
     }
 }
 
@@ -250,17 +354,23 @@ pub struct Registry {
     state: Mutex<State>,
     max_shown: usize,
     retain: Duration,
+    selection: Selection,
 }
 
 /// A live cgroup whose resources are exported.
 #[derive(Debug, Clone)]
 pub struct ShownCgroup {
     pub path: Arc<str>,
+    pub identity: Arc<Identity>,
 }
 
 impl Registry {
     pub fn new(max_shown: usize, retain: Duration) -> Self {
-        Self { state: Mutex::new(State::default()), max_shown, retain }
+        Self::with_selection(max_shown, retain, Selection::All)
+    }
+
+    pub fn with_selection(max_shown: usize, retain: Duration, selection: Selection) -> Self {
+        Self { state: Mutex::new(State::default()), max_shown, retain, selection }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -280,7 +390,7 @@ impl Registry {
             seen.insert(c.id);
             let path = sanitize_path(c.path.as_bytes());
             let e = st.entries.entry(c.id).or_insert_with(|| Entry::new(path.clone(), started));
-            e.path = path;
+            e.set_path(path);
             e.populated = c.populated;
             e.removed_at = None;
             e.seen_at = e.seen_at.max(started);
@@ -298,10 +408,11 @@ impl Registry {
         if st.shown >= self.max_shown {
             return;
         }
+        let selection = self.selection;
         let mut candidates: Vec<(u64, usize)> = st
             .entries
             .iter()
-            .filter(|(_, e)| !e.shown && e.populated && e.removed_at.is_none())
+            .filter(|(_, e)| !e.shown && e.populated && e.removed_at.is_none() && selection.selects(e.identity.kind))
             .map(|(id, e)| (*id, e.path.len()))
             .collect();
         // Shallow paths first: slices before the containers inside them.
@@ -317,13 +428,15 @@ impl Registry {
         }
     }
 
-    pub fn cgroup_created(&self, id: u64, raw_path: &[u8], now: Instant) {
+    /// A mkdir event. Returns true when the new cgroup's names need a lookup.
+    pub fn cgroup_created(&self, id: u64, raw_path: &[u8], now: Instant) -> bool {
         let mut st = self.lock();
         let path = sanitize_path(raw_path);
         let e = st.entries.entry(id).or_insert_with(|| Entry::new(path.clone(), now));
-        e.path = path;
+        e.set_path(path);
         e.removed_at = None;
         e.seen_at = e.seen_at.max(now);
+        e.identity.needs_names()
     }
 
     pub fn cgroup_removed(&self, id: u64, now: Instant) {
@@ -335,12 +448,21 @@ impl Registry {
     /// The label for a cgroup that has kernel events; admits it when there is room, evicting a
     /// cgroup that is only populated if needed.
     pub fn event_label(&self, id: u64) -> Label {
+        self.event_series(id).label
+    }
+
+    /// The labels for a cgroup that has kernel events; admits it when there is room, evicting a
+    /// cgroup that is only populated if needed.
+    pub fn event_series(&self, id: u64) -> Series {
         let mut st = self.lock();
         let max = self.max_shown;
-        let Some(e) = st.entries.get_mut(&id) else { return Label::Unknown(id) };
+        let Some(e) = st.entries.get_mut(&id) else { return Series::folded(Label::Unknown(id)) };
         e.has_events = true;
+        if !self.selection.selects(e.identity.kind) {
+            return Series::folded(Label::Unselected);
+        }
         if e.shown {
-            return Label::Path(e.path.clone());
+            return Series { label: Label::Path(e.path.clone()), identity: e.identity.clone() };
         }
         if st.shown >= max {
             let victim = st
@@ -356,17 +478,53 @@ impl Registry {
                     }
                     st.shown -= 1;
                 }
-                None => return Label::Overflow,
+                None => return Series::folded(Label::Overflow),
             }
         }
         st.shown += 1;
         match st.entries.get_mut(&id) {
             Some(e) => {
                 e.shown = true;
-                Label::Path(e.path.clone())
+                Series { label: Label::Path(e.path.clone()), identity: e.identity.clone() }
             }
-            None => Label::Unknown(id),
+            None => Series::folded(Label::Unknown(id)),
         }
+    }
+
+    /// Live container and pod cgroups whose names are not known yet.
+    pub fn needs_names(&self) -> Vec<(u64, Arc<Identity>)> {
+        let st = self.lock();
+        st.entries
+            .iter()
+            .filter(|(_, e)| e.removed_at.is_none() && e.identity.needs_names())
+            .map(|(id, e)| (*id, e.identity.clone()))
+            .collect()
+    }
+
+    /// Records the names the resolver found for a cgroup (unless it changed path meanwhile).
+    pub fn set_identity(&self, id: u64, identity: Identity) {
+        if let Some(e) = self.lock().entries.get_mut(&id)
+            && e.identity.container_id == identity.container_id
+            && e.identity.pod_uid == identity.pod_uid
+        {
+            e.identity = Arc::new(identity);
+        }
+    }
+
+    /// The identity of every live container, one per container id (a container's nested
+    /// cgroups share it).
+    pub fn live_containers(&self) -> Vec<Arc<Identity>> {
+        let st = self.lock();
+        let mut out: Vec<Arc<Identity>> = st
+            .entries
+            .values()
+            .filter(|e| e.removed_at.is_none() && e.identity.is_container())
+            .map(|e| e.identity.clone())
+            .collect();
+        // The outermost cgroup of a container sorts first and is the one kept.
+        out.sort_by(|a, b| a.container_id.cmp(&b.container_id).then(b.resolved.cmp(&a.resolved)));
+        out.dedup_by(|a, b| a.container_id == b.container_id);
+        out
     }
 
     /// Live, shown cgroups: the ones whose CPU and memory are exported.
@@ -376,18 +534,24 @@ impl Registry {
             .entries
             .values()
             .filter(|e| e.shown && e.removed_at.is_none())
-            .map(|e| ShownCgroup { path: e.path.clone() })
+            .map(|e| ShownCgroup { path: e.path.clone(), identity: e.identity.clone() })
             .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out
     }
 
-    /// Live cgroups (populated or with events) that have no series of their own.
+    /// Live cgroups chosen by `--cgroups` (populated or with events) that have no series of
+    /// their own because of `--max-cgroups`.
     pub fn not_shown(&self) -> usize {
         let st = self.lock();
         st.entries
             .values()
-            .filter(|e| !e.shown && e.removed_at.is_none() && (e.populated || e.has_events))
+            .filter(|e| {
+                !e.shown
+                    && e.removed_at.is_none()
+                    && (e.populated || e.has_events)
+                    && self.selection.selects(e.identity.kind)
+            })
             .count()
     }
 
@@ -445,18 +609,26 @@ mod tests {
         fs::write(cg.join("memory/memory.usage_in_bytes"), "1").unwrap();
         fs::write(cg.join("memory/app/memory.usage_in_bytes"), "4096\n").unwrap();
         fs::write(cg.join("memory/app/memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        fs::write(cg.join("memory/app/memory.stat"), "cache 0\ntotal_inactive_file 1024\n").unwrap();
+        fs::write(cg.join("memory/app/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
         fs::create_dir_all(cg.join("cpu,cpuacct/app")).unwrap();
         fs::write(cg.join("cpu,cpuacct/cpuacct.usage"), "1").unwrap();
         fs::write(cg.join("cpu,cpuacct/app/cpuacct.usage"), "3000000000\n").unwrap();
+        fs::write(cg.join("cpu,cpuacct/cpu.cfs_quota_us"), "-1").unwrap();
+        fs::write(cg.join("cpu,cpuacct/app/cpu.stat"), "nr_periods 4\nnr_throttled 2\nthrottled_time 500000000\n").unwrap();
 
         let layout = Layout::detect(dir.path()).unwrap();
         assert_eq!(layout.v2, cg.join("unified"));
         assert_eq!(layout.memory_v1, Some(cg.join("memory")));
         assert_eq!(layout.cpuacct_v1, Some(cg.join("cpu,cpuacct")));
+        assert_eq!(layout.cpu_v1, Some(cg.join("cpu,cpuacct")));
         let r = layout.resources("/app");
         assert_eq!(r.cpu_seconds, Some(3.0));
         assert_eq!(r.memory_bytes, Some(4096));
         assert_eq!(r.memory_limit_bytes, None, "v1 'unlimited' is no limit");
+        assert_eq!(r.memory_working_set_bytes, Some(4096 - 1024));
+        assert_eq!(r.memory_events, vec![("oom_kill", 2)]);
+        assert_eq!(r.cpu_throttled_seconds, Some(0.5));
 
         let scan = layout.scan().unwrap();
         assert_eq!(scan.len(), 2);
@@ -475,9 +647,28 @@ mod tests {
         fs::write(cg.join("svc/cpu.stat"), "usage_usec 1500000\n").unwrap();
         fs::write(cg.join("svc/memory.current"), "8192\n").unwrap();
         fs::write(cg.join("svc/memory.max"), "max\n").unwrap();
+        fs::write(cg.join("svc/memory.stat"), "anon 4096\ninactive_file 3072\nactive_file 1024\n").unwrap();
+        fs::write(cg.join("svc/memory.events"), "low 0\nhigh 2\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n").unwrap();
+        fs::write(cg.join("svc/cpu.pressure"), "some avg10=0.00 avg60=0.00 avg300=0.00 total=2500000\n").unwrap();
+        fs::write(
+            cg.join("svc/memory.pressure"),
+            "some avg10=1.00 avg60=0.00 avg300=0.00 total=10\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=4\n",
+        )
+        .unwrap();
         let layout = Layout::detect(dir.path()).unwrap();
         let r = layout.resources("/svc");
-        assert_eq!(r, Resources { cpu_seconds: Some(1.5), memory_bytes: Some(8192), memory_limit_bytes: None });
+        assert_eq!(r.cpu_seconds, Some(1.5));
+        assert_eq!(r.cpu_throttled_seconds, None, "no throttled_usec in this cpu.stat");
+        assert_eq!((r.memory_bytes, r.memory_limit_bytes), (Some(8192), None));
+        assert_eq!(r.memory_working_set_bytes, Some(8192 - 3072));
+        assert_eq!(
+            r.memory_events,
+            vec![("low", 0), ("high", 2), ("max", 5), ("oom", 1), ("oom_kill", 1), ("oom_group_kill", 0)]
+        );
+        // A kernel without cpu "full" (before 5.13) just has no such series.
+        assert_eq!(r.pressure, vec![("cpu", "some", 2.5), ("memory", "some", 1e-5), ("memory", "full", 4e-6)]);
+        fs::write(cg.join("svc/cpu.stat"), "usage_usec 1500000\nthrottled_usec 250000\n").unwrap();
+        assert_eq!(layout.resources("/svc").cpu_throttled_seconds, Some(0.25));
         fs::write(cg.join("svc/memory.max"), "1048576\n").unwrap();
         assert_eq!(layout.resources("/svc").memory_limit_bytes, Some(1048576));
     }

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
+use crate::containers::Selection;
+
 /// Default listen port: outside the 9100-9999 range that the Prometheus exporter port registry
 /// has fully allocated, and not used by any well-known exporter.
 pub const DEFAULT_PORT: u16 = 19120;
@@ -48,6 +50,16 @@ pub struct Config {
     /// sysfs mount point; cgroups are read below <sysfs>/fs/cgroup, BTF at <sysfs>/kernel/btf.
     #[arg(long = "path.sysfs", env = "CGWATCH_PATH_SYSFS", default_value = "/sys")]
     pub sysfs: PathBuf,
+
+    /// Host root filesystem (e.g. /host in a DaemonSet): runtime state and kubelet logs are read
+    /// below it (var/lib/docker, var/lib/containers, run/containerd, var/log/pods).
+    #[arg(long = "path.rootfs", env = "CGWATCH_PATH_ROOTFS", default_value = "/")]
+    pub rootfs: PathBuf,
+
+    /// Which cgroups get series of their own; events of the others are summed under
+    /// cgroup="(other)".
+    #[arg(long, env = "CGWATCH_CGROUPS", value_enum, default_value_t = Selection::All)]
+    pub cgroups: Selection,
 
     /// Most cgroups to export series for; the rest are folded into cgroup="(overflow)".
     #[arg(long, env = "CGWATCH_MAX_CGROUPS", default_value_t = 2000,
@@ -99,6 +111,9 @@ mod tests {
         assert_eq!(c.max_cgroups, 2000);
         assert_eq!(c.retain, Duration::from_secs(600));
         assert_eq!(c.seccomp_mode, SeccompMode::Auto);
+        assert_eq!(c.cgroups, Selection::All);
+        let c = Config::try_parse_from(["cgwatch", "--cgroups", "containers-and-services"]).unwrap();
+        assert_eq!(c.cgroups, Selection::ContainersAndServices);
     }
 
     #[test]
@@ -108,5 +123,6 @@ mod tests {
         assert!(Config::try_parse_from(["cgwatch", "--retain", "soon"]).is_err());
         assert!(Config::try_parse_from(["cgwatch", "--scan-interval", "1ms"]).is_err());
         assert!(Config::try_parse_from(["cgwatch", "--frobnicate"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--cgroups", "pods"]).is_err());
     }
 }

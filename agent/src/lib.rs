@@ -5,6 +5,7 @@ pub mod btf;
 pub mod cgroups;
 pub mod collectors;
 pub mod config;
+pub mod containers;
 pub mod names;
 pub mod privileges;
 pub mod probes;

@@ -9,17 +9,20 @@ use cgwatch::{
     collectors::{
         agent::AgentCollector,
         cgroup_resources::{CgroupResourceCollector, ResourceSnapshot},
+        containers::ContainerCollector,
         exits::ExitCollector,
         host::{HostCollector, HostSampler},
         oom::OomCollector, seccomp::SeccompCollector,
     },
     config::Config,
+    containers::metadata::Resolver,
     privileges,
     probes::{self, MapSizes, ProbeContext},
     server, tasks,
 };
 use clap::{Parser as _, error::ErrorKind};
 use log::{info, warn};
+use tokio::sync::Notify;
 
 fn main() -> ExitCode {
     let config = match Config::try_parse() {
@@ -90,9 +93,16 @@ async fn run(config: Config) -> Result<()> {
     let probes::LoadedProbes { ebpf: _ebpf, status, maps, events } = loaded;
     let maps = Arc::new(maps);
 
-    let registry = Arc::new(Registry::new(config.max_cgroups as usize, config.retain));
+    let registry = Arc::new(Registry::with_selection(config.max_cgroups as usize, config.retain, config.cgroups));
     tasks::housekeeping(&layout, &registry, &maps);
-    info!("{} cgroups known under {}", registry.len(), layout.v2.display());
+    let mut resolver = Resolver::new(&config.rootfs);
+    tasks::resolve_names(&mut resolver, &registry);
+    info!(
+        "{} cgroups known under {}, {} containers",
+        registry.len(),
+        layout.v2.display(),
+        registry.live_containers().len()
+    );
 
     let sampler = Arc::new(HostSampler::default());
     sampler.sample(&config.procfs);
@@ -104,6 +114,7 @@ async fn run(config: Config) -> Result<()> {
     metrics.register_collector(Box::new(OomCollector { maps: maps.clone(), registry: registry.clone() }));
     metrics.register_collector(Box::new(ExitCollector { maps: maps.clone(), registry: registry.clone() }));
     metrics.register_collector(Box::new(CgroupResourceCollector { snapshot: resources.clone() }));
+    metrics.register_collector(Box::new(ContainerCollector { registry: registry.clone() }));
     metrics.register_collector(Box::new(HostCollector { procfs: config.procfs.clone(), sampler: sampler.clone() }));
     metrics.register_collector(Box::new(AgentCollector {
         maps: maps.clone(),
@@ -112,7 +123,9 @@ async fn run(config: Config) -> Result<()> {
         kernel_release: probes::kernel_release(),
     }));
 
-    tokio::spawn(tasks::cgroup_events(events, registry.clone()));
+    let wake_resolver = Arc::new(Notify::new());
+    tokio::spawn(tasks::cgroup_events(events, registry.clone(), wake_resolver.clone()));
+    tokio::spawn(tasks::name_resolver(config.rootfs.clone(), registry.clone(), wake_resolver, config.scan_interval));
     tokio::spawn(tasks::housekeeping_loop(layout.clone(), registry.clone(), maps, config.scan_interval));
     tokio::spawn(tasks::sampler(config.procfs.clone(), sampler, layout, registry, resources, config.sample_interval));
 

@@ -11,19 +11,21 @@ use std::{
 use agent_common::{CgroupEvent, cgroup_event};
 use aya::maps::{MapData, RingBuf};
 use log::{debug, warn};
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, sync::Notify};
 
 use crate::{
     cgroups::{Layout, Registry},
+    containers::metadata::Resolver,
     collectors::{cgroup_resources::ResourceSnapshot, host::HostSampler},
     probes::KernelMaps,
 };
 
-/// Applies one `CgroupEvent` record to the registry.
-pub fn apply_cgroup_event(registry: &Registry, bytes: &[u8], now: Instant) {
+/// Applies one `CgroupEvent` record to the registry. Returns true when it created a cgroup
+/// whose names need a lookup (a container or a pod).
+pub fn apply_cgroup_event(registry: &Registry, bytes: &[u8], now: Instant) -> bool {
     if bytes.len() < size_of::<CgroupEvent>() {
         warn!("short cgroup event record ({} bytes)", bytes.len());
-        return;
+        return false;
     }
     // SAFETY: the record is a `CgroupEvent` written by the probe; read unaligned from the ring.
     let ev: CgroupEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
@@ -33,12 +35,18 @@ pub fn apply_cgroup_event(registry: &Registry, bytes: &[u8], now: Instant) {
             let path = ev.path[..len].split(|&b| b == 0).next().unwrap_or_default();
             if path.is_empty() {
                 debug!("cgroup {} created, path unreadable; the next scan names it", ev.id);
-                return;
+                return false;
             }
-            registry.cgroup_created(ev.id, path, now);
+            registry.cgroup_created(ev.id, path, now)
         }
-        cgroup_event::RMDIR => registry.cgroup_removed(ev.id, now),
-        other => warn!("unknown cgroup event kind {other}"),
+        cgroup_event::RMDIR => {
+            registry.cgroup_removed(ev.id, now);
+            false
+        }
+        other => {
+            warn!("unknown cgroup event kind {other}");
+            false
+        }
     }
 }
 
@@ -49,8 +57,9 @@ fn ticker(every: Duration) -> tokio::time::Interval {
     tick
 }
 
-/// Reads cgroup mkdir / rmdir records as they arrive.
-pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>) {
+/// Reads cgroup mkdir / rmdir records as they arrive; a new container cgroup wakes the name
+/// resolver, so that a short-lived container is named while its runtime state still exists.
+pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>, resolve: Arc<Notify>) {
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as it lives,
     // and the AsyncFd owns the RingBuf.
     let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
@@ -70,8 +79,12 @@ pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>) {
         };
         let ring = guard.get_inner_mut();
         let now = Instant::now();
+        let mut new_container = false;
         while let Some(item) = ring.next() {
-            apply_cgroup_event(&registry, &item, now);
+            new_container |= apply_cgroup_event(&registry, &item, now);
+        }
+        if new_container {
+            resolve.notify_one();
         }
         guard.clear_ready();
     }
@@ -124,6 +137,46 @@ pub async fn sampler(
         let (l, r, s) = (layout.clone(), registry.clone(), resources.clone());
         if let Err(e) = tokio::task::spawn_blocking(move || s.refresh(&l, &r)).await {
             warn!("cgroup resource sampling failed: {e}");
+        }
+    }
+}
+
+/// One round of name lookups for the container and pod cgroups that have none yet.
+pub fn resolve_names(resolver: &mut Resolver, registry: &Registry) {
+    for (id, identity) in registry.needs_names() {
+        let named = resolver.resolve(&identity);
+        if named.resolved {
+            debug!("cgroup {id}: container {:?} pod {:?}/{:?}", named.container, named.namespace, named.pod);
+        }
+        registry.set_identity(id, named);
+    }
+}
+
+/// Looks names up after every rescan period and whenever a container cgroup appears; a miss
+/// (the runtime has not written its state yet) is retried on the next round.
+pub async fn name_resolver(rootfs: PathBuf, registry: Arc<Registry>, wake: Arc<Notify>, every: Duration) {
+    let mut resolver = Some(Resolver::new(rootfs));
+    let mut tick = ticker(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {
+                // The runtime writes its state around the cgroup's creation: give it a moment.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let (Some(mut r), reg) = (resolver.take(), registry.clone()) else { return };
+        match tokio::task::spawn_blocking(move || {
+            resolve_names(&mut r, &reg);
+            r
+        })
+        .await
+        {
+            Ok(r) => resolver = Some(r),
+            Err(e) => {
+                warn!("container name lookup failed ({e}); series keep their container ids only");
+                return;
+            }
         }
     }
 }

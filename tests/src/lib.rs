@@ -273,7 +273,9 @@ impl TestCgroup {
         Self::at(format!("{}/{name}", self.rel))
     }
 
-    fn at(rel: String) -> TestCgroup {
+    /// A cgroup at exactly `rel` (relative to the mount, e.g. a kubelet's layout). Create the
+    /// parents first, each as its own `TestCgroup`, so that they are removed after it.
+    pub fn at(rel: String) -> TestCgroup {
         let layout = layout();
         // On a v2 host with controllers, enable memory and cpu down to the new cgroup's parent
         // (harmless failure on hybrid hosts, whose v2 tree has no controllers).
@@ -413,6 +415,126 @@ pub fn run_agent_expecting_exit(args: &[&str], wrap: Option<&[&str]>) -> (Option
             panic!("cgwatch {args:?} did not exit");
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Feeds an exposition to `promtool check metrics` (when installed): its lint may suggest
+/// naming tweaks; a parse error is what must never happen.
+pub fn assert_promtool_parses(text: &str) {
+    let Some(promtool) = which("promtool") else { return };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("error while linting") && !said.contains("text format parsing error"), "{said}");
+}
+
+/// podman with the flags that work on this host (runc; cgroupfs, as crun fails on hybrid
+/// cgroups; no network), and an image of busybox-static plus the test workload.
+pub mod podman {
+    use super::*;
+    use std::sync::OnceLock;
+
+    pub const IMAGE: &str = "localhost/cgwatch-test:latest";
+
+    pub fn command() -> Command {
+        let mut c = Command::new("podman");
+        c.args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
+        c
+    }
+
+    /// Imports the test image once per test binary: busybox-static, `/cgwatch-workload` and the
+    /// shared libraries it links (as `ldd` lists them).
+    pub fn image() -> &'static str {
+        static BUILT: OnceLock<()> = OnceLock::new();
+        BUILT.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("root");
+            let put = |src: &Path, dest: &str| {
+                let d = root.join(dest.trim_start_matches('/'));
+                fs::create_dir_all(d.parent().unwrap()).unwrap();
+                fs::copy(src, &d).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+            };
+            let busybox = which("busybox").expect("busybox-static is not installed");
+            put(&busybox, "/bin/busybox");
+            for applet in ["sh", "sleep", "cat", "true"] {
+                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+            }
+            let workload = workload_bin();
+            put(&workload, "/cgwatch-workload");
+            let ldd = Command::new("ldd").arg(&workload).output().expect("ldd");
+            for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+                // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+                let path = line.split("=>").last().unwrap_or_default().split_whitespace().next().unwrap_or_default();
+                if path.starts_with('/') {
+                    put(Path::new(path), path);
+                }
+            }
+            fs::create_dir_all(root.join("tmp")).unwrap();
+            let tar = dir.path().join("image.tar");
+            let ok = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
+            assert!(ok.success(), "tar failed");
+            let out = command().arg("import").arg(&tar).arg(IMAGE).output().expect("podman import");
+            assert!(out.status.success(), "podman import: {}", String::from_utf8_lossy(&out.stderr));
+        });
+        IMAGE
+    }
+
+    /// A detached container, removed on drop.
+    pub struct Container {
+        pub name: String,
+        pub id: String,
+    }
+
+    impl Container {
+        /// `podman run -d --name NAME [run_args] IMAGE command...`.
+        pub fn start(name_prefix: &str, run_args: &[&str], command_args: &[&str]) -> Container {
+            let name = format!("{name_prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+            let out = command()
+                .args(["run", "-d", "--network", "none", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=1000:1000"])
+                .args(["--name", &name])
+                .args(run_args)
+                .arg(image())
+                .args(command_args)
+                .output()
+                .expect("podman run");
+            assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
+            let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Container { name, id }
+        }
+
+        /// Waits for the container to exit; returns its exit code.
+        pub fn wait(&self) -> i32 {
+            let out = command().args(["wait", &self.name]).output().expect("podman wait");
+            String::from_utf8_lossy(&out.stdout).trim().parse().expect("podman wait: exit code")
+        }
+
+        pub fn logs(&self) -> String {
+            let out = command().args(["logs", &self.name]).output().expect("podman logs");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        }
+
+        /// The container's cgroup, as the agent labels it (podman's cgroupfs layout).
+        pub fn cgroup(&self) -> String {
+            format!("/libpod_parent/libpod-{}", self.id)
+        }
+    }
+
+    impl Drop for Container {
+        fn drop(&mut self) {
+            let _ = command()
+                .args(["rm", "-f", "-t", "0", &self.name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

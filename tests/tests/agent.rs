@@ -120,19 +120,5 @@ fn hostile_cgroup_names_do_not_break_the_exposition() {
     let m = agent.scrape();
     // The parser rejects any malformed line; the label comes back byte for byte.
     assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "error")]), Some(1.0));
-    if let Some(promtool) = cgwatch_tests::which("promtool") {
-        let mut child = std::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child.stdin.take().unwrap().write_all(m.text.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-        // promtool's lint may suggest naming tweaks; a parse error is what must never happen.
-        assert!(!text.contains("error while linting") && !text.contains("text format parsing error"), "{text}");
-    }
+    cgwatch_tests::assert_promtool_parses(&m.text);
 }

@@ -37,11 +37,9 @@ impl Collector for ExitCollector {
             } else {
                 String::new()
             };
-            let labels = vec![
-                ("cgroup", self.registry.event_label(key.cgroup_id).as_value()),
-                ("reason", reason_name(key.reason).to_string()),
-                ("signal", signal),
-            ];
+            let mut labels = self.registry.event_series(key.cgroup_id).labels();
+            labels.push(("reason", reason_name(key.reason).to_string()));
+            labels.push(("signal", signal));
             let target = if key.container != 0 { &mut containers } else { &mut processes };
             *target.entry(labels).or_default() += count;
         }

@@ -1,6 +1,7 @@
 //! Host CPU and memory: `cgwatch_host_cpu_seconds_total{mode}`, `cgwatch_host_cpu_usage_ratio`,
 //! `cgwatch_host_memory_total_bytes`, `cgwatch_host_memory_available_bytes`,
-//! `cgwatch_host_memory_usage_ratio`. Reads `<procfs>/stat` and `<procfs>/meminfo`.
+//! `cgwatch_host_memory_usage_ratio`, `cgwatch_host_pressure_seconds_total{resource,kind}`.
+//! Reads `<procfs>/stat`, `<procfs>/meminfo` and `<procfs>/pressure/*`.
 
 use std::{
     collections::BTreeMap,
@@ -13,6 +14,7 @@ use procfs::{CpuTime, FromRead, FromReadSI, KernelStats, Meminfo};
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use super::{Labels, counter_family, single_gauge};
+use crate::cgroups::read_pressure;
 
 /// CPU seconds by mode from `<procfs>/stat`'s first line.
 pub fn read_cpu_seconds(procfs: &Path) -> Option<Vec<(&'static str, f64)>> {
@@ -97,6 +99,20 @@ impl Collector for HostCollector {
                 "cgwatch_host_cpu_usage_ratio",
                 "Share of host CPU time not idle or in iowait over the last sampling interval (0..1).",
                 r,
+            )?;
+        }
+        let mut pressure: BTreeMap<Labels, f64> = BTreeMap::new();
+        for resource in ["cpu", "memory", "io", "irq"] {
+            for (kind, seconds) in read_pressure(&self.procfs.join("pressure").join(resource)) {
+                pressure.insert(vec![("resource", resource.to_string()), ("kind", kind.to_string())], seconds);
+            }
+        }
+        if !pressure.is_empty() {
+            counter_family(
+                &mut encoder,
+                "cgwatch_host_pressure_seconds",
+                "PSI total stall time of the host, by resource (cpu, memory, io, irq) and kind (some, full).",
+                &pressure,
             )?;
         }
         if let Ok(mem) = Meminfo::from_file(self.procfs.join("meminfo")) {

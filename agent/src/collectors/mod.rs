@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cgroup_resources;
+pub mod containers;
 pub mod exits;
 pub mod host;
 pub mod oom;

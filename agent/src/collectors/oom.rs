@@ -17,7 +17,7 @@ impl Collector for OomCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let mut series: BTreeMap<Labels, u64> = BTreeMap::new();
         for (cgroup_id, count) in self.maps.oom() {
-            let labels = vec![("cgroup", self.registry.event_label(cgroup_id).as_value())];
+            let labels = self.registry.event_series(cgroup_id).labels();
             *series.entry(labels).or_default() += count;
         }
         counter_family(

@@ -28,11 +28,9 @@ impl Collector for SeccompCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let mut series: BTreeMap<Labels, u64> = BTreeMap::new();
         for (key, count) in self.maps.seccomp() {
-            let labels = vec![
-                ("cgroup", self.registry.event_label(key.cgroup_id).as_value()),
-                ("syscall", syscall_name(key.syscall_nr).into_owned()),
-                ("action", action_name(key.action).to_string()),
-            ];
+            let mut labels = self.registry.event_series(key.cgroup_id).labels();
+            labels.push(("syscall", syscall_name(key.syscall_nr).into_owned()));
+            labels.push(("action", action_name(key.action).to_string()));
             *series.entry(labels).or_default() += count;
         }
         counter_family(

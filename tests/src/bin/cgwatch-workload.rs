@@ -86,6 +86,12 @@ enum What {
         #[arg(long, default_value_t = 0)]
         rate: u64,
     },
+    /// Call acct(NULL) COUNT times (denied by container runtimes' default seccomp profiles);
+    /// print how many calls failed with EPERM.
+    Acct {
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
     /// Replace this process with COMMAND (after joining the cgroups).
     Exec {
         #[arg(trailing_var_arg = true, required = true)]
@@ -274,6 +280,16 @@ fn main() -> Result<()> {
                 }
             }
             println!("{:.0}", count as f64 / start.elapsed().as_secs_f64());
+            Ok(())
+        }
+        What::Acct { count } => {
+            let eperm = (0..count)
+                .filter(|_| {
+                    let r = unsafe { libc::syscall(libc::SYS_acct, std::ptr::null::<libc::c_char>()) };
+                    r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+                })
+                .count();
+            println!("{eperm}");
             Ok(())
         }
         What::Exec { command } => {

@@ -1,0 +1,34 @@
+//! `cgwatch_container_info{container_id,container,pod,namespace,runtime,image}` and
+//! `cgwatch_containers{runtime}`, from the registry's live container cgroups.
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
+
+use super::{Labels, gauge_family};
+use crate::cgroups::Registry;
+
+#[derive(Debug)]
+pub struct ContainerCollector {
+    pub registry: Arc<Registry>,
+}
+
+impl Collector for ContainerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let mut info: BTreeMap<Labels, i64> = BTreeMap::new();
+        let mut count: BTreeMap<Labels, i64> = BTreeMap::new();
+        for c in self.registry.live_containers() {
+            let mut labels: Labels = c.labels().into_iter().collect();
+            labels.push(("image", c.image.to_string()));
+            info.insert(labels, 1);
+            *count.entry(vec![("runtime", c.runtime.as_str().to_string())]).or_default() += 1;
+        }
+        gauge_family(
+            &mut encoder,
+            "cgwatch_container_info",
+            "1 for each live container, with its names; join on container_id.",
+            &info,
+        )?;
+        gauge_family(&mut encoder, "cgwatch_containers", "Live containers, by runtime.", &count)
+    }
+}
