@@ -64,6 +64,24 @@ pub mod config_flags {
     /// `sched:sched_process_exit` passes `group_dead` (kernels >= 6.16); otherwise the thread-group
     /// exit is found from `signal->live` with a de-duplication map.
     pub const EXIT_HAS_GROUP_DEAD: u32 = 1 << 1;
+    /// BTF had the memory cgroup offsets (`KernelConfig::memcg_*`): the OOM probe tells which
+    /// limit fired.
+    pub const HAS_MEMCG: u32 = 1 << 2;
+    /// The memory controller is mounted on cgroup v1 (hybrid host): its mem+swap counter can
+    /// fire too, and its cgroup ids are v1 ids.
+    pub const MEMCG_V1: u32 = 1 << 3;
+}
+
+/// Which memory limit an OOM kill enforced (`OomKey::limit`).
+pub mod oom_limit {
+    /// Not known: the kernel's tracepoint gave no victim task, or no memory cgroup offsets.
+    pub const UNKNOWN: u32 = 0;
+    /// The victim's own memory cgroup's limit.
+    pub const OWN: u32 = 1;
+    /// The limit of a memory cgroup above the victim's (a pod or a slice).
+    pub const ANCESTOR: u32 = 2;
+    /// No cgroup at its limit: a global (host) OOM.
+    pub const HOST: u32 = 3;
 }
 
 /// Kernel structure offsets, read from BTF by the loader and set as the global `KCONFIG` before
@@ -115,10 +133,42 @@ pub struct KernelConfig {
     pub siginfo_code: u32,
     /// `kernel_siginfo._sifields._sigsys._syscall`.
     pub siginfo_syscall: u32,
+    /// `css_set.subsys[memory_cgrp_id]`.
+    pub css_set_memcg: u32,
+    /// `cgroup_subsys_state.parent`.
+    pub css_parent: u32,
+    /// `cgroup_subsys_state.cgroup`.
+    pub css_cgroup: u32,
+    /// `mem_cgroup.css`.
+    pub memcg_css: u32,
+    /// `mem_cgroup.memory.usage` (pages).
+    pub memcg_memory_usage: u32,
+    /// `mem_cgroup.memory.max` (pages).
+    pub memcg_memory_max: u32,
+    /// `mem_cgroup.memsw.usage` (v1 mem+swap; the v2 `swap` counter shares the union).
+    pub memcg_memsw_usage: u32,
+    /// `mem_cgroup.memsw.max`.
+    pub memcg_memsw_max: u32,
     /// `config_flags::*`.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 92);
+const _: () = assert!(size_of::<KernelConfig>() == 124);
+
+/// Key of the per-CPU OOM kill counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OomKey {
+    /// cgroup v2 id of the victim.
+    pub cgroup_id: u64,
+    /// Kernfs id of the memory cgroup whose limit fired (a v1 id on hybrid hosts); 0 for
+    /// `oom_limit::HOST` and `UNKNOWN`.
+    pub limit_cgroup_id: u64,
+    /// `oom_limit::*`.
+    pub limit: u32,
+    /// How many memory cgroup levels above the victim's the limit fired (0 for `OWN`).
+    pub levels_up: u32,
+}
+const _: () = assert!(size_of::<OomKey>() == 24);
 
 /// Key of the per-CPU seccomp violation counters.
 #[repr(C)]
@@ -197,6 +247,7 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and have explicit padding.
     unsafe impl aya::Pod for KernelConfig {}
     unsafe impl aya::Pod for SeccompKey {}
+    unsafe impl aya::Pod for OomKey {}
     unsafe impl aya::Pod for ExitKey {}
     unsafe impl aya::Pod for TaskState {}
     unsafe impl aya::Pod for ExitDedupKey {}

@@ -1,6 +1,6 @@
 //! Access to kernel structures through the offsets the loader read from BTF.
 
-use agent_common::{KernelConfig, kabi};
+use agent_common::{KernelConfig, OomKey, config_flags, kabi, oom_limit};
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_get_current_task_btf};
 
 /// Set by the loader (`EbpfLoader::set_global`) before the programs load; it lives in `.rodata`,
@@ -29,6 +29,14 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     pt_regs_orig_ax: 0,
     siginfo_code: 0,
     siginfo_syscall: 0,
+    css_set_memcg: 0,
+    css_parent: 0,
+    css_cgroup: 0,
+    memcg_css: 0,
+    memcg_memory_usage: 0,
+    memcg_memory_max: 0,
+    memcg_memsw_usage: 0,
+    memcg_memsw_max: 0,
     flags: 0,
 };
 
@@ -109,4 +117,60 @@ pub fn is_pidns_init(task: u64) -> Result<bool, i64> {
     }
     let upid = kconfig!(pid_numbers) + level * kconfig!(upid_size);
     Ok(read::<i32>(pid, upid + kconfig!(upid_nr))? == 1)
+}
+
+/// Deepest memory cgroup nesting walked when looking for the limit that fired.
+const MAX_MEMCG_LEVELS: u32 = 16;
+/// A page counter at or above this many pages is unlimited (`PAGE_COUNTER_MAX` is
+/// `LONG_MAX / PAGE_SIZE`, 2^51 with 4 KiB pages).
+const PAGE_COUNTER_UNLIMITED: u64 = 1 << 50;
+/// A charge that fails is at most a PMD-sized folio (512 pages); the OOM killer runs only once
+/// reclaim left less room than that. Concurrent uncharges of a big cgroup add 1/128 of slack.
+const CHARGE_SLACK_PAGES: u64 = 512;
+
+/// True when the page counter at `memcg + usage_off / max_off` is limited and full to within
+/// one failed charge.
+#[inline(always)]
+fn at_limit(memcg: u64, usage_off: u32, max_off: u32) -> Result<bool, i64> {
+    let max = read::<u64>(memcg, max_off)?;
+    if max == 0 || max >= PAGE_COUNTER_UNLIMITED {
+        return Ok(false);
+    }
+    let usage = read::<u64>(memcg, usage_off)?;
+    Ok(usage > 0 && usage.saturating_add(CHARGE_SLACK_PAGES + (max >> 7)) >= max)
+}
+
+/// The OOM counter key of a victim: its cgroup, and the memory cgroup whose limit fired, found
+/// as the nearest memory cgroup at or above the victim's that is full. Called while the victim
+/// still holds its memory (from `mark_victim`, before the kill).
+#[inline(always)]
+pub fn oom_key(victim: u64, victim_cgroup: u64) -> OomKey {
+    let mut key = OomKey { cgroup_id: victim_cgroup, limit_cgroup_id: 0, limit: oom_limit::UNKNOWN, levels_up: 0 };
+    let flags = kconfig!(flags);
+    if flags & config_flags::HAS_MEMCG == 0 {
+        return key;
+    }
+    let Ok(css_set) = read::<u64>(victim, kconfig!(task_cgroups)) else { return key };
+    let Ok(mut css) = read::<u64>(css_set, kconfig!(css_set_memcg)) else { return key };
+    let v1 = flags & config_flags::MEMCG_V1 != 0;
+    for level in 0..MAX_MEMCG_LEVELS {
+        if css == 0 {
+            break;
+        }
+        let memcg = css - kconfig!(memcg_css) as u64;
+        let full = at_limit(memcg, kconfig!(memcg_memory_usage), kconfig!(memcg_memory_max)).unwrap_or(false)
+            || (v1 && at_limit(memcg, kconfig!(memcg_memsw_usage), kconfig!(memcg_memsw_max)).unwrap_or(false));
+        if full {
+            key.limit = if level == 0 { oom_limit::OWN } else { oom_limit::ANCESTOR };
+            key.levels_up = level;
+            key.limit_cgroup_id = read::<u64>(css, kconfig!(css_cgroup)).and_then(cgroup_id).unwrap_or(0);
+            return key;
+        }
+        match read::<u64>(css, kconfig!(css_parent)) {
+            Ok(parent) => css = parent,
+            Err(_) => return key,
+        }
+    }
+    key.limit = oom_limit::HOST;
+    key
 }

@@ -1,7 +1,7 @@
 //! Maps shared by the probes. Counters are per-CPU hashes: no atomics on the hot path, and
 //! userspace sums the CPUs at scrape time. The loader may resize the counter maps (`--max-cgroups`).
 
-use agent_common::{ExitDedupKey, ExitKey, SeccompKey, TaskState, lost};
+use agent_common::{ExitDedupKey, ExitKey, OomKey, SeccompKey, TaskState, lost};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
@@ -25,9 +25,9 @@ pub static SECCOMP_KILLED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4
 #[map]
 pub static EXIT_COUNTS: PerCpuHashMap<ExitKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
 
-/// OOM kills by the victim's cgroup v2 id.
+/// OOM kills by the victim's cgroup v2 id and the limit that fired.
 #[map]
-pub static OOM_COUNTS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+pub static OOM_COUNTS: PerCpuHashMap<OomKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// Thread groups whose exit was counted, on kernels whose exit tracepoint lacks `group_dead`.
 #[map]
@@ -76,6 +76,6 @@ pub fn count_exit(key: &ExitKey) {
 }
 
 #[inline(always)]
-pub fn count_oom(cgroup_id: u64) {
-    count(&OOM_COUNTS, &cgroup_id, lost::OOM_MAP);
+pub fn count_oom(key: &OomKey) {
+    count(&OOM_COUNTS, key, lost::OOM_MAP);
 }

@@ -148,6 +148,41 @@ impl KernelBtf {
     }
 
     /// True when the kernel has the function `name` (fentry/kprobe targets).
+    /// The value of enumerator `name` (e.g. `memory_cgrp_id`).
+    pub fn enum_value(&self, name: &str) -> Option<u32> {
+        // Enumerators are not types of their own: look through the enums that might hold it.
+        let types = self.btf.resolve_types_by_name("cgroup_subsys_id").ok()?;
+        types.into_iter().find_map(|t| match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == name))
+                .map(|m| m.val()),
+            _ => None,
+        })
+    }
+
+    /// Offsets of the memory cgroup fields the OOM probe reads, or `None` where the kernel has
+    /// no memory controller (or a layout this version does not know).
+    fn memcg_offsets(&self) -> Option<[u32; 8]> {
+        let memcg_id = self.enum_value("memory_cgrp_id")?;
+        let subsys = self.offset("css_set", &["subsys"]).ok()?;
+        let usage = self.offset("page_counter", &["usage"]).ok()?;
+        let max = self.offset("page_counter", &["max"]).ok()?;
+        let memory = self.offset("mem_cgroup", &["memory"]).ok()?;
+        let memsw = self.offset("mem_cgroup", &["memsw"]).or_else(|_| self.offset("mem_cgroup", &["swap"])).ok()?;
+        Some([
+            subsys + memcg_id * 8,
+            self.offset("cgroup_subsys_state", &["parent"]).ok()?,
+            self.offset("cgroup_subsys_state", &["cgroup"]).ok()?,
+            self.offset("mem_cgroup", &["css"]).ok()?,
+            memory + usage,
+            memory + max,
+            memsw + usage,
+            memsw + max,
+        ])
+    }
+
     pub fn has_function(&self, name: &str) -> bool {
         self.btf
             .resolve_types_by_name(name)
@@ -166,7 +201,21 @@ impl KernelBtf {
         if self.tracepoint_args("sched_process_exit").is_some_and(|args| args.len() >= 2) {
             flags |= config_flags::EXIT_HAS_GROUP_DEAD;
         }
+        let memcg = self.memcg_offsets();
+        if memcg.is_some() {
+            flags |= config_flags::HAS_MEMCG;
+        }
+        let [css_set_memcg, css_parent, css_cgroup, memcg_css, mem_usage, mem_max, memsw_usage, memsw_max] =
+            memcg.unwrap_or_default();
         Ok(KernelConfig {
+            css_set_memcg,
+            css_parent,
+            css_cgroup,
+            memcg_css,
+            memcg_memory_usage: mem_usage,
+            memcg_memory_max: mem_max,
+            memcg_memsw_usage: memsw_usage,
+            memcg_memsw_max: memsw_max,
             task_seccomp_mode: self.offset("task_struct", &["seccomp", "mode"])?,
             task_exit_code: self.offset("task_struct", &["exit_code"])?,
             task_signal: self.offset("task_struct", &["signal"])?,
@@ -213,6 +262,8 @@ mod tests {
         assert_eq!(cfg.pt_regs_orig_ax, 120);
         assert_eq!(cfg.upid_size, 16);
         assert!(cfg.task_seccomp_mode > 0 && cfg.task_exit_code > 0);
+        assert!(cfg.flags & config_flags::HAS_MEMCG != 0, "memory cgroup offsets");
+        assert!(cfg.css_set_memcg > 0 && cfg.memcg_memory_max > cfg.memcg_memory_usage);
     }
 
     #[test]

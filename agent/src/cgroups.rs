@@ -302,6 +302,12 @@ impl Series {
         Series { label, identity: Arc::default() }
     }
 
+    /// The names of this container are being looked up: its series wait for them (the
+    /// counters are kept in the kernel meanwhile, nothing is lost).
+    pub fn pending(&self) -> bool {
+        self.identity.pending()
+    }
+
     /// `cgroup`, `container_id`, `container`, `pod`, `namespace`, `runtime`.
     pub fn labels(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::with_capacity(8);
@@ -491,12 +497,19 @@ impl Registry {
         }
     }
 
-    /// Live container and pod cgroups whose names are not known yet.
+    /// The path of a known cgroup (live or retained), without admitting it.
+    pub fn path_of(&self, id: u64) -> Option<Arc<str>> {
+        self.lock().entries.get(&id).map(|e| e.path.clone())
+    }
+
+    /// Container and pod cgroups whose names are not known yet: live ones, and removed ones
+    /// never looked up.
     pub fn needs_names(&self) -> Vec<(u64, Arc<Identity>)> {
         let st = self.lock();
         st.entries
             .iter()
-            .filter(|(_, e)| e.removed_at.is_none() && e.identity.needs_names())
+            // A container removed before its first lookup still gets one (its series wait for it).
+            .filter(|(_, e)| e.identity.needs_names() && (e.removed_at.is_none() || !e.identity.attempted))
             .map(|(id, e)| (*id, e.identity.clone()))
             .collect()
     }
@@ -533,7 +546,7 @@ impl Registry {
         let mut out: Vec<ShownCgroup> = st
             .entries
             .values()
-            .filter(|e| e.shown && e.removed_at.is_none())
+            .filter(|e| e.shown && e.removed_at.is_none() && !e.identity.pending())
             .map(|e| ShownCgroup { path: e.path.clone(), identity: e.identity.clone() })
             .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -734,6 +747,27 @@ mod tests {
         // A later walk that still does not find it does remove it.
         r.apply_scan(vec![scanned(1, "/", true)], scan_started + Duration::from_secs(1));
         assert!(r.shown_live().iter().all(|c| &*c.path != "/new"));
+    }
+
+    #[test]
+    fn container_series_wait_for_the_first_name_lookup() {
+        let id = "ab".repeat(32);
+        let t0 = Instant::now();
+        let r = Registry::new(10, Duration::from_secs(60));
+        assert!(r.cgroup_created(3, format!("/docker/{id}").as_bytes(), t0), "a container wakes the resolver");
+        assert!(!r.cgroup_created(4, b"/plain", t0));
+        assert!(r.event_series(3).pending());
+        assert!(!r.event_series(4).pending());
+        // Removed before any lookup: still looked up once, so its counts are not held forever.
+        r.cgroup_removed(3, t0);
+        let todo = r.needs_names();
+        assert_eq!(todo.len(), 1);
+        let mut named = (*todo[0].1).clone();
+        named.attempted = true;
+        r.set_identity(3, named);
+        assert!(!r.event_series(3).pending());
+        assert!(r.needs_names().is_empty(), "a removed container is not retried");
+        assert_eq!(r.event_series(3).labels()[1], ("container_id", id));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::{process::ExitCode, sync::Arc};
 
+use agent_common::config_flags;
 use anyhow::{Context as _, Result};
 use cgwatch::{
     btf::KernelBtf,
@@ -64,9 +65,12 @@ async fn run(config: Config) -> Result<()> {
         info!("RLIMIT_MEMLOCK not raised ({e}); fine on kernels >= 5.11, which charge BPF memory to the memory cgroup");
     }
     let btf = KernelBtf::from_sysfs(&config.sysfs)?;
-    let kernel = btf.kernel_config().context("reading the kernel layout from BTF")?;
+    let mut kernel = btf.kernel_config().context("reading the kernel layout from BTF")?;
     drop(btf);
     let layout = Arc::new(Layout::detect(&config.sysfs)?);
+    if layout.memory_v1.is_some() {
+        kernel.flags |= config_flags::MEMCG_V1;
+    }
     let listener = server::bind(config.listen).await?;
 
     let ctx = ProbeContext {
@@ -111,7 +115,11 @@ async fn run(config: Config) -> Result<()> {
 
     let mut metrics = prometheus_client::registry::Registry::default();
     metrics.register_collector(Box::new(SeccompCollector { maps: maps.clone(), registry: registry.clone() }));
-    metrics.register_collector(Box::new(OomCollector { maps: maps.clone(), registry: registry.clone() }));
+    metrics.register_collector(Box::new(OomCollector {
+        maps: maps.clone(),
+        registry: registry.clone(),
+        memory_v1: layout.memory_v1.clone(),
+    }));
     metrics.register_collector(Box::new(ExitCollector { maps: maps.clone(), registry: registry.clone() }));
     metrics.register_collector(Box::new(CgroupResourceCollector { snapshot: resources.clone() }));
     metrics.register_collector(Box::new(ContainerCollector { registry: registry.clone() }));

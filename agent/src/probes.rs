@@ -8,7 +8,7 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use agent_common::{ExitKey, KernelConfig, SeccompKey, config_flags, lost};
+use agent_common::{ExitKey, KernelConfig, OomKey, SeccompKey, config_flags, lost};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -361,7 +361,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct KernelMaps {
     seccomp: Mutex<PerCpuHashMap<MapData, SeccompKey, u64>>,
     exits: Mutex<PerCpuHashMap<MapData, ExitKey, u64>>,
-    oom: Mutex<PerCpuHashMap<MapData, u64, u64>>,
+    oom: Mutex<PerCpuHashMap<MapData, OomKey, u64>>,
     lost: Mutex<PerCpuArray<MapData, u64>>,
 }
 
@@ -397,7 +397,7 @@ impl KernelMaps {
         sum_all(&lock(&self.exits))
     }
 
-    pub fn oom(&self) -> Vec<(u64, u64)> {
+    pub fn oom(&self) -> Vec<(OomKey, u64)> {
         sum_all(&lock(&self.oom))
     }
 
@@ -417,7 +417,7 @@ impl KernelMaps {
     pub fn forget_cgroups(&self, ids: &HashSet<u64>) -> usize {
         forget(&mut lock(&self.seccomp), |k| ids.contains(&k.cgroup_id))
             + forget(&mut lock(&self.exits), |k| ids.contains(&k.cgroup_id))
-            + forget(&mut lock(&self.oom), |k| ids.contains(k))
+            + forget(&mut lock(&self.oom), |k| ids.contains(&k.cgroup_id))
     }
 }
 

@@ -155,7 +155,7 @@ pub fn resolve_names(resolver: &mut Resolver, registry: &Registry) {
 /// Looks names up after every rescan period and whenever a container cgroup appears; a miss
 /// (the runtime has not written its state yet) is retried on the next round.
 pub async fn name_resolver(rootfs: PathBuf, registry: Arc<Registry>, wake: Arc<Notify>, every: Duration) {
-    let mut resolver = Some(Resolver::new(rootfs));
+    let mut resolver = Resolver::new(&rootfs);
     let mut tick = ticker(every);
     loop {
         tokio::select! {
@@ -165,18 +165,18 @@ pub async fn name_resolver(rootfs: PathBuf, registry: Arc<Registry>, wake: Arc<N
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let (Some(mut r), reg) = (resolver.take(), registry.clone()) else { return };
-        match tokio::task::spawn_blocking(move || {
-            resolve_names(&mut r, &reg);
-            r
+        let reg = registry.clone();
+        resolver = match tokio::task::spawn_blocking(move || {
+            resolve_names(&mut resolver, &reg);
+            resolver
         })
         .await
         {
-            Ok(r) => resolver = Some(r),
+            Ok(r) => r,
             Err(e) => {
-                warn!("container name lookup failed ({e}); series keep their container ids only");
-                return;
+                warn!("container name lookup failed ({e}); starting over with empty caches");
+                Resolver::new(&rootfs)
             }
-        }
+        };
     }
 }

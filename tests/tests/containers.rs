@@ -118,17 +118,24 @@ fn containers_only_selection_folds_the_rest_into_other() {
     let plain = TestCgroup::new("plain");
     let svc = TestCgroup::at(format!("/cgwatch-test-{}.service", std::process::id()));
     assert_eq!(ctr.run(&["exit", "5"]).code(), Some(5));
+    let mut running = ctr.start_ready(&["alloc", "--mb", "4", "--hold", "30"]);
     assert_eq!(plain.run(&["exit", "5"]).code(), Some(5));
     assert_eq!(svc.run(&["exit", "5"]).code(), Some(5));
-    let m = agent.scrape_until(WAIT, |m| m.get(P, &[("container", "worker")]).is_some());
+    let pod_named = |m: &Metrics| m.get("cgwatch_cgroup_memory_usage_bytes", &[("cgroup", &pod.rel), ("pod", "job-1")]).is_some();
+    let m = agent.scrape_until(WAIT, |m| m.get(P, &[("container", "worker")]).is_some() && pod_named(m));
+    assert!(pod_named(&m), "the pod's resources are named");
     assert_eq!(m.get(P, &[("cgroup", &ctr.rel), ("container", "worker"), ("reason", "error")]), Some(1.0));
     assert!(m.find(P, &[("cgroup", &plain.rel)]).is_empty());
     assert!(m.find(P, &[("cgroup", &svc.rel)]).is_empty());
     // Nothing is lost: the host's exits are summed under cgroup="(other)".
     assert!(m.get(P, &[("cgroup", "(other)"), ("reason", "error")]).unwrap() >= 2.0);
-    for s in m.find("cgwatch_cgroup_memory_usage_bytes", &[]) {
-        assert!(!s.labels["pod"].is_empty(), "only containers and pods have resource series: {s:?}");
+    // Only containers and pods have resource series (other tests' cgroups run beside these).
+    for cg in [&plain.rel, &svc.rel, "/", "/cgwatch-test"] {
+        assert!(m.find("cgwatch_cgroup_memory_usage_bytes", &[("cgroup", cg)]).is_empty(), "{cg}");
     }
+    assert!(m.get("cgwatch_cgroup_memory_usage_bytes", &[("cgroup", &ctr.rel), ("container", "worker")]).is_some());
+    running.kill().unwrap();
+    running.wait().unwrap();
 }
 
 #[test]

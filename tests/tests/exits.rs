@@ -51,6 +51,13 @@ fn oom_kill_in_a_memory_limited_cgroup() {
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
     let m = agent.scrape();
     assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)]), Some(1.0));
+    // Its own limit fired.
+    assert_eq!(
+        m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", "own"), ("limit_cgroup", &cg.rel)]),
+        Some(1.0),
+        "{:?}",
+        m.find("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)])
+    );
     let exits = m.find(P, &[("cgroup", &cg.rel)]);
     assert_eq!(exits.len(), 1, "{exits:?}");
     assert_eq!(exits[0].labels["reason"], "oom_kill");
@@ -76,7 +83,13 @@ fn oom_kill_is_counted_in_the_victims_cgroup_not_the_triggering_one() {
     let victim_status = victim.wait().unwrap();
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&victim_status), Some(libc::SIGKILL));
     let m = agent.scrape();
-    assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &big.rel)]), Some(1.0));
+    // The parent's limit fired, not the victim's own (it has none): limit="ancestor" names it.
+    assert_eq!(
+        m.get("cgwatch_oom_kills_total", &[("cgroup", &big.rel), ("limit", "ancestor"), ("limit_cgroup", &parent.rel)]),
+        Some(1.0),
+        "{:?}",
+        m.find("cgwatch_oom_kills_total", &[("cgroup", &big.rel)])
+    );
     assert_eq!(m.get(P, &[("cgroup", &big.rel), ("reason", "oom_kill")]), Some(1.0));
     if trigger.success() {
         // The usual case: the trigger completes once the victim is gone, and nothing is
@@ -87,7 +100,10 @@ fn oom_kill_is_counted_in_the_victims_cgroup_not_the_triggering_one() {
         // Under emulation the kernel sometimes kills the trigger too, in a second OOM after the
         // victim: then that second kill, and only it, is counted in the trigger's cgroup.
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&trigger), Some(libc::SIGKILL));
-        assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &small.rel)]), Some(1.0));
+        assert_eq!(
+            m.get("cgwatch_oom_kills_total", &[("cgroup", &small.rel), ("limit", "ancestor"), ("limit_cgroup", &parent.rel)]),
+            Some(1.0)
+        );
         assert_eq!(m.get(P, &[("cgroup", &small.rel), ("reason", "oom_kill")]), Some(1.0));
     }
 }

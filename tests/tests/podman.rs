@@ -45,7 +45,8 @@ fn a_container_over_its_memory_limit_is_one_oom_kill_and_an_oom_kill_exit() {
     assert_eq!(c.wait(), 137, "killed by SIGKILL");
     let l = ctr_labels(&c);
     let m = agent.scrape_until(WAIT, |m| m.get("cgwatch_container_exits_total", &l).is_some());
-    assert_eq!(m.get("cgwatch_oom_kills_total", &l), Some(1.0));
+    let cgroup = c.cgroup();
+    assert_eq!(m.get("cgwatch_oom_kills_total", &with(&l, &[("limit", "own"), ("limit_cgroup", &cgroup)])), Some(1.0));
     assert_eq!(m.get("cgwatch_container_exits_total", &with(&l, &[("reason", "oom_kill")])), Some(1.0));
     assert_eq!(m.sum("cgwatch_container_exits_total", &l), 1.0, "{:?}", m.find("cgwatch_container_exits_total", &l));
     assert!(m.get("cgwatch_process_exits_total", &with(&l, &[("signal", "SIGKILL")])).is_none(), "an OOM kill is not a plain SIGKILL");

@@ -1,5 +1,5 @@
 //! `oom:mark_victim`: an OOM kill, counted in the victim's cgroup (not the cgroup of the task
-//! that ran the OOM killer). Attached only where the tracepoint passes the victim's
+//! that ran the OOM killer), with the memory cgroup whose limit fired. Attached only where the tracepoint passes the victim's
 //! `task_struct *` (kernels >= 6.8); elsewhere `sched_process_exit` counts OOM kills.
 
 use aya_ebpf::{
@@ -23,6 +23,7 @@ pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_mark_victim(victim: u64) -> Result<(), i64> {
-    maps::count_oom(kernel::task_cgroup_id(victim)?);
+    let cgroup_id = kernel::task_cgroup_id(victim)?;
+    maps::count_oom(&kernel::oom_key(victim, cgroup_id));
     Ok(())
 }

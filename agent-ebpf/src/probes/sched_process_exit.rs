@@ -4,7 +4,7 @@
 //! exit, classified by reason.
 
 use agent_common::{
-    ExitDedupKey, ExitKey, SeccompKey, action, config_flags, kabi, reason,
+    ExitDedupKey, ExitKey, OomKey, SeccompKey, action, config_flags, kabi, oom_limit, reason,
 };
 use aya_ebpf::{
     helpers::{
@@ -100,8 +100,9 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         (reason::SECCOMP_KILL, sig)
     } else if sig == kabi::SIGKILL && is_oom_victim(task)? {
         if flags & config_flags::MARK_VICTIM_HAS_TASK == 0 {
-            // mark_victim carries only a pid on this kernel: count the OOM kill here.
-            maps::count_oom(cgroup_id);
+            // mark_victim carries only a pid on this kernel: count the OOM kill here. The reaper
+            // may have freed the victim's memory by now, so which limit fired is not known.
+            maps::count_oom(&OomKey { cgroup_id, limit_cgroup_id: 0, limit: oom_limit::UNKNOWN, levels_up: 0 });
         }
         (reason::OOM_KILL, sig)
     } else {

@@ -37,7 +37,11 @@ impl Collector for ExitCollector {
             } else {
                 String::new()
             };
-            let mut labels = self.registry.event_series(key.cgroup_id).labels();
+            let cgroup = self.registry.event_series(key.cgroup_id);
+            if cgroup.pending() {
+                continue;
+            }
+            let mut labels = cgroup.labels();
             labels.push(("reason", reason_name(key.reason).to_string()));
             labels.push(("signal", signal));
             let target = if key.container != 0 { &mut containers } else { &mut processes };

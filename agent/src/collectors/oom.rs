@@ -1,29 +1,81 @@
-//! `cgwatch_oom_kills_total{cgroup}`: by the victim's cgroup.
+//! `cgwatch_oom_kills_total{cgroup,...,limit,limit_cgroup}`: by the victim's cgroup, and the
+//! memory limit that fired: `own` (the victim's cgroup), `ancestor` (a pod or slice above it,
+//! named by `limit_cgroup`), `host` (a global OOM), or `unknown` (kernels whose tracepoint gives
+//! no victim task).
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt, os::unix::fs::MetadataExt, path::PathBuf, sync::Arc};
 
+use agent_common::{OomKey, oom_limit};
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use super::{Labels, counter_family};
-use crate::{cgroups::Registry, probes::KernelMaps};
+use crate::{
+    cgroups::{Label, Registry},
+    probes::KernelMaps,
+};
+
+pub fn limit_name(l: u32) -> &'static str {
+    match l {
+        oom_limit::OWN => "own",
+        oom_limit::ANCESTOR => "ancestor",
+        oom_limit::HOST => "host",
+        _ => "unknown",
+    }
+}
 
 #[derive(Debug)]
 pub struct OomCollector {
     pub maps: Arc<KernelMaps>,
     pub registry: Arc<Registry>,
+    /// The v1 memory controller mount on hybrid hosts, whose cgroup ids the probe reports for
+    /// the limit; `None` when memory is on cgroup v2 (ids are v2 ids then).
+    pub memory_v1: Option<PathBuf>,
+}
+
+impl OomCollector {
+    /// The cgroup path of the memory cgroup whose limit fired.
+    fn limit_cgroup(&self, key: &OomKey, victim: &Label) -> String {
+        match key.limit {
+            oom_limit::OWN => victim.as_value(),
+            oom_limit::ANCESTOR => match &self.memory_v1 {
+                None => self.registry.path_of(key.limit_cgroup_id).map(|p| p.to_string()).unwrap_or_default(),
+                // v1 and v2 paths of a cgroup coincide wherever a runtime or systemd created it;
+                // the v1 directory's inode confirms it (a stat, only for OOM series).
+                Some(mount) => {
+                    let Label::Path(path) = victim else { return String::new() };
+                    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+                    let Some(keep) = parts.len().checked_sub(key.levels_up as usize) else { return String::new() };
+                    let candidate = format!("/{}", parts[..keep].join("/"));
+                    let ino = std::fs::metadata(mount.join(candidate.trim_start_matches('/'))).map(|m| m.ino());
+                    if ino.is_ok_and(|i| i == key.limit_cgroup_id) {
+                        candidate
+                    } else {
+                        format!("(v1 memory cgroup {})", key.limit_cgroup_id)
+                    }
+                }
+            },
+            _ => String::new(),
+        }
+    }
 }
 
 impl Collector for OomCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let mut series: BTreeMap<Labels, u64> = BTreeMap::new();
-        for (cgroup_id, count) in self.maps.oom() {
-            let labels = self.registry.event_series(cgroup_id).labels();
+        for (key, count) in self.maps.oom() {
+            let victim = self.registry.event_series(key.cgroup_id);
+            if victim.pending() {
+                continue;
+            }
+            let mut labels = victim.labels();
+            labels.push(("limit", limit_name(key.limit).to_string()));
+            labels.push(("limit_cgroup", self.limit_cgroup(&key, &victim.label)));
             *series.entry(labels).or_default() += count;
         }
         counter_family(
             &mut encoder,
             "cgwatch_oom_kills",
-            "Processes killed by the OOM killer, by the victim's cgroup.",
+            "Processes killed by the OOM killer, by the victim's cgroup and the limit that fired (own, ancestor with limit_cgroup, host, unknown).",
             &series,
         )
     }

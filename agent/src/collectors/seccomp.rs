@@ -28,7 +28,11 @@ impl Collector for SeccompCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let mut series: BTreeMap<Labels, u64> = BTreeMap::new();
         for (key, count) in self.maps.seccomp() {
-            let mut labels = self.registry.event_series(key.cgroup_id).labels();
+            let cgroup = self.registry.event_series(key.cgroup_id);
+            if cgroup.pending() {
+                continue;
+            }
+            let mut labels = cgroup.labels();
             labels.push(("syscall", syscall_name(key.syscall_nr).into_owned()));
             labels.push(("action", action_name(key.action).to_string()));
             *series.entry(labels).or_default() += count;

@@ -135,6 +135,7 @@ impl Resolver {
             namespace: name(&names.namespace),
             image: name(&names.image),
             resolved: found,
+            attempted: true,
         }
     }
 

@@ -64,8 +64,11 @@ pub struct Identity {
     pub pod: Arc<str>,
     pub namespace: Arc<str>,
     pub image: Arc<str>,
-    /// Names have been looked up (successfully or for good).
+    /// Names have been found.
     pub resolved: bool,
+    /// A lookup has run (found or not). Until then the cgroup's series are held back, so that a
+    /// new container's first series already carry its names instead of appearing twice.
+    pub attempted: bool,
 }
 
 impl Identity {
@@ -83,6 +86,11 @@ impl Identity {
     /// Whether names still need a lookup.
     pub fn needs_names(&self) -> bool {
         !self.resolved && matches!(self.kind, Kind::Container | Kind::Pod)
+    }
+
+    /// No lookup has run yet: hold the series back.
+    pub fn pending(&self) -> bool {
+        self.needs_names() && !self.attempted
     }
 
     pub fn is_container(&self) -> bool {
