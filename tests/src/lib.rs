@@ -249,6 +249,7 @@ pub struct TestCgroup {
     pub v2: PathBuf,
     pub memory_v1: Option<PathBuf>,
     pub cpuacct_v1: Option<PathBuf>,
+    pub cpu_v1: Option<PathBuf>,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -294,6 +295,8 @@ impl TestCgroup {
             v2: mk(&layout.v2),
             memory_v1: layout.memory_v1.as_deref().map(mk),
             cpuacct_v1: layout.cpuacct_v1.as_deref().map(mk),
+            // co-mounted "cpu,cpuacct" is the same directory
+            cpu_v1: layout.cpu_v1.as_deref().filter(|p| Some(*p) != layout.cpuacct_v1.as_deref()).map(mk),
             rel,
         }
     }
@@ -316,7 +319,31 @@ impl TestCgroup {
         let mut v = vec![self.v2.join("cgroup.procs")];
         v.extend(self.memory_v1.iter().map(|p| p.join("cgroup.procs")));
         v.extend(self.cpuacct_v1.iter().map(|p| p.join("cgroup.procs")));
+        v.extend(self.cpu_v1.iter().map(|p| p.join("cgroup.procs")));
         v
+    }
+
+    /// Limits CPU to QUOTA_US per PERIOD_US (v2 cpu.max where the controller is on, else v1 CFS).
+    pub fn set_cpu_quota(&self, quota_us: u64, period_us: u64) {
+        let max = self.v2.join("cpu.max");
+        if max.exists() {
+            fs::write(&max, format!("{quota_us} {period_us}")).unwrap();
+            return;
+        }
+        let dir = self.cpu_v1.as_ref().or(self.cpuacct_v1.as_ref()).expect("no cpu controller on this host");
+        fs::write(dir.join("cpu.cfs_period_us"), period_us.to_string()).unwrap();
+        fs::write(dir.join("cpu.cfs_quota_us"), quota_us.to_string()).unwrap();
+    }
+
+    /// Seconds throttled by the CPU quota, from the cgroup's own cpu.stat.
+    pub fn throttled_seconds_from_files(&self) -> f64 {
+        let v2 = fs::read_to_string(self.v2.join("cpu.stat")).unwrap_or_default();
+        if let Some(us) = v2.lines().find_map(|l| l.strip_prefix("throttled_usec ")) {
+            return us.trim().parse::<f64>().unwrap() / 1e6;
+        }
+        let dir = self.cpu_v1.as_ref().or(self.cpuacct_v1.as_ref()).unwrap();
+        let v1 = fs::read_to_string(dir.join("cpu.stat")).unwrap();
+        v1.lines().find_map(|l| l.strip_prefix("throttled_time ")).unwrap().trim().parse::<f64>().unwrap() / 1e9
     }
 
     /// The workload command, joining this cgroup before running `args`.
@@ -381,7 +408,10 @@ impl Drop for TestCgroup {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        for dir in [Some(&self.v2), self.memory_v1.as_ref(), self.cpuacct_v1.as_ref()].into_iter().flatten() {
+        for dir in [Some(&self.v2), self.memory_v1.as_ref(), self.cpuacct_v1.as_ref(), self.cpu_v1.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             for _ in 0..50 {
                 if fs::remove_dir(dir).is_ok() || !dir.exists() {
                     break;

@@ -47,6 +47,56 @@ fn known_allocation_memory_matches_cgroup_files() {
     assert!(m.get("cgwatch_cgroup_memory_limit_bytes", &[("cgroup", &cg.rel)]).is_none(), "unlimited: absent");
 }
 
+/// Total stall seconds of one line of a PSI file.
+fn psi_total(path: &str, kind: &str) -> f64 {
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text.lines().find(|l| l.starts_with(kind)).unwrap();
+    let total = line.split_whitespace().find_map(|f| f.strip_prefix("total=")).unwrap();
+    total.parse::<f64>().unwrap() / 1e6
+}
+
+#[test]
+fn cpu_throttling_memory_events_and_pressure_match_the_files() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("throttle");
+    // 10% of a CPU: burning 0.3 s of CPU takes ~3 s, throttled most of it.
+    cg.set_cpu_quota(10_000, 100_000);
+    cg.set_memory_limit(48 << 20);
+    let mut child = cg.start_ready(&["spin", "--secs", "0.3", "--hold", "60"]);
+    let oom = cg.run(&["alloc", "--mb", "256"]);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&oom), Some(libc::SIGKILL));
+    let throttled = cg.throttled_seconds_from_files();
+    assert!(throttled > 0.5, "the quota throttled the loop: files say {throttled}s");
+    let cpu_psi = psi_total(&format!("{}/cpu.pressure", cg.v2.display()), "some");
+    let l = [("cgroup", cg.rel.as_str())];
+    let ok = |m: &cgwatch_tests::Metrics| {
+        m.get("cgwatch_cgroup_cpu_throttled_seconds_total", &l).is_some_and(|v| within(v, throttled, 0.10))
+            && m.get("cgwatch_cgroup_memory_events_total", &[l[0], ("event", "oom_kill")]) == Some(1.0)
+            && m.get("cgwatch_cgroup_pressure_seconds_total", &[l[0], ("resource", "cpu"), ("kind", "some")])
+                .is_some_and(|v| within(v, cpu_psi, 0.10))
+    };
+    let m = agent.scrape_until(Duration::from_secs(10), ok);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok(&m), "throttled {throttled}s, cpu some {cpu_psi}s:\n{:?}", m.find("cgwatch_cgroup_cpu_throttled_seconds_total", &l));
+    assert!(cpu_psi > 0.5, "a throttled cgroup stalls on CPU: {cpu_psi}s");
+    let ws = m.get("cgwatch_cgroup_memory_working_set_bytes", &l).unwrap();
+    assert!(ws <= m.get("cgwatch_cgroup_memory_usage_bytes", &l).unwrap());
+}
+
+#[test]
+fn host_pressure_matches_proc() {
+    let agent = Agent::start(&[]);
+    for (resource, kind) in [("cpu", "some"), ("memory", "some"), ("memory", "full"), ("io", "some"), ("io", "full")] {
+        let path = format!("/proc/pressure/{resource}");
+        let before = psi_total(&path, kind);
+        let got = agent.scrape().get("cgwatch_host_pressure_seconds_total", &[("resource", resource), ("kind", kind)]);
+        let after = psi_total(&path, kind);
+        let got = got.unwrap_or_else(|| panic!("{resource} {kind} missing"));
+        assert!(before <= got && got <= after, "{resource} {kind}: {before} <= {got} <= {after}");
+    }
+}
+
 #[test]
 fn host_cpu_and_memory() {
     let agent = Agent::start(&[]);
