@@ -448,6 +448,16 @@ pub fn run_agent_expecting_exit(args: &[&str], wrap: Option<&[&str]>) -> (Option
     }
 }
 
+/// Whether this kernel lets the agent tell which memory limit an OOM kill enforced (its
+/// `mark_victim` passes the victim task, and BTF has the memory cgroup layout).
+pub fn oom_limit_known() -> bool {
+    use cgwatch::btf::KernelBtf;
+    let Ok(btf) = KernelBtf::from_sysfs(Path::new("/sys")) else { return false };
+    let flags = btf.kernel_config().map(|c| c.flags).unwrap_or(0);
+    let need = agent_common::config_flags::MARK_VICTIM_HAS_TASK | agent_common::config_flags::HAS_MEMCG;
+    flags & need == need
+}
+
 /// Feeds an exposition to `promtool check metrics` (when installed): its lint may suggest
 /// naming tweaks; a parse error is what must never happen.
 pub fn assert_promtool_parses(text: &str) {

@@ -137,8 +137,13 @@ fn ensure_apt_tools(tools: &[(&str, &str)]) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").args(["-qq", "update"]))?;
-    run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))
+    let apt = || {
+        let mut c = Command::new("apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(apt().args(["-qq", "update"]))?;
+    run(apt().args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))
 }
 
 fn cargo(root: &Path) -> Command {
@@ -186,6 +191,17 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             build(&root)?;
+            // unshare/setpriv run workloads; promtool checks the exposition and prometheus
+            // scrapes the agent; podman + runc run the real-container tests from an image of
+            // busybox-static and the test workload.
+            ensure_apt_tools(&[
+                ("unshare", "util-linux"),
+                ("setpriv", "util-linux"),
+                ("promtool", "prometheus"),
+                ("podman", "podman"),
+                ("runc", "runc"),
+                ("busybox", "busybox-static"),
+            ])?;
             run(cargo(&root).args(["test", "--release"]).arg("--").args(args))?;
         }
     }
