@@ -149,10 +149,13 @@ pub struct KernelConfig {
     pub memcg_memsw_usage: u32,
     /// `mem_cgroup.memsw.max`.
     pub memcg_memsw_max: u32,
+    /// Number of parameters of `__seccomp_filter` (its return value follows them in an fexit
+    /// context); 0 when BTF does not have the function.
+    pub seccomp_filter_args: u32,
     /// `config_flags::*`.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 124);
+const _: () = assert!(size_of::<KernelConfig>() == 128);
 
 /// Key of the per-CPU OOM kill counters.
 #[repr(C)]

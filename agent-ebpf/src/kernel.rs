@@ -37,6 +37,7 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     memcg_memory_max: 0,
     memcg_memsw_usage: 0,
     memcg_memsw_max: 0,
+    seccomp_filter_args: 0,
     flags: 0,
 };
 
@@ -78,6 +79,8 @@ pub fn current_seccomp_mode_btf() -> i32 {
         core::ptr::read_volatile(task.add(offset).cast::<i32>())
     }
 }
+
+pub const KABI_FILTER: i32 = kabi::SECCOMP_MODE_FILTER;
 
 #[inline(always)]
 pub fn is_filtered(mode: i32) -> bool {

@@ -183,6 +183,18 @@ impl KernelBtf {
         ])
     }
 
+    /// Number of parameters of kernel function `name`, if BTF has it.
+    pub fn function_params(&self, name: &str) -> Option<u32> {
+        let func = self.btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
+            Type::Func(f) => Some(f),
+            _ => None,
+        })?;
+        match self.btf.resolve_chained_type(&func).ok()? {
+            Type::FuncProto(proto) => u32::try_from(proto.parameters.len()).ok(),
+            _ => None,
+        }
+    }
+
     pub fn has_function(&self, name: &str) -> bool {
         self.btf
             .resolve_types_by_name(name)
@@ -216,6 +228,7 @@ impl KernelBtf {
             memcg_memory_max: mem_max,
             memcg_memsw_usage: memsw_usage,
             memcg_memsw_max: memsw_max,
+            seccomp_filter_args: self.function_params("__seccomp_filter").unwrap_or(0),
             task_seccomp_mode: self.offset("task_struct", &["seccomp", "mode"])?,
             task_exit_code: self.offset("task_struct", &["exit_code"])?,
             task_signal: self.offset("task_struct", &["signal"])?,
@@ -263,6 +276,9 @@ mod tests {
         assert_eq!(cfg.upid_size, 16);
         assert!(cfg.task_seccomp_mode > 0 && cfg.task_exit_code > 0);
         assert!(cfg.flags & config_flags::HAS_MEMCG != 0, "memory cgroup offsets");
+        // __seccomp_filter(int this_syscall, const struct seccomp_data *sd[, const bool
+        // recheck_after_trace]): the third argument went away in 6.x.
+        assert!(matches!(cfg.seccomp_filter_args, 2 | 3), "{}", cfg.seccomp_filter_args);
         assert!(cfg.css_set_memcg > 0 && cfg.memcg_memory_max > cfg.memcg_memory_usage);
     }
 

@@ -12,8 +12,11 @@ pub const DEFAULT_PORT: u16 = 19120;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SeccompMode {
-    /// Best available: tracepoints on this kernel.
+    /// Best available: fexit on `__seccomp_filter` where it attaches, else the tracepoints.
     Auto,
+    /// fexit on `__seccomp_filter` (only filtered tasks pay) plus `signal_generate`; no
+    /// fallback.
+    Fexit,
     /// `raw_syscalls` enter/exit plus `signal_generate`: all actions.
     Tracepoint,
     /// `signal_generate` and exits only: TRAP and KILL actions, no ERRNO, no per-syscall cost.

@@ -12,7 +12,7 @@ use agent_common::{ExitKey, KernelConfig, OomKey, SeccompKey, config_flags, lost
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, RawTracePoint},
+    programs::{BtfTracePoint, FExit, RawTracePoint},
 };
 
 use crate::config::{ProbeMode, SeccompMode};
@@ -27,6 +27,8 @@ pub enum Mode {
     TpBtf,
     /// Raw tracepoint (`raw_tp`), kernel >= 4.17.
     RawTp,
+    /// fexit on a kernel function (BPF trampoline), kernel >= 5.5 with BTF for the function.
+    Fexit,
 }
 
 impl Mode {
@@ -34,6 +36,7 @@ impl Mode {
         match self {
             Mode::TpBtf => "tp_btf",
             Mode::RawTp => "raw_tp",
+            Mode::Fexit => "fexit",
         }
     }
 }
@@ -66,6 +69,9 @@ pub struct ProbeSpec {
     pub needs: &'static [&'static str],
     /// Whether this row fits this kernel (a program variant for one tracepoint signature).
     pub fits: fn(&ProbeContext) -> bool,
+    /// Probes that do this one's work when attached: then this one stays off, so that nothing
+    /// is counted twice (the fexit fast path replaces the syscall tracepoints).
+    pub unless_attached: &'static [&'static str],
 }
 
 impl fmt::Debug for ProbeSpec {
@@ -95,6 +101,7 @@ fn unless_syscall_tracking(c: &ProbeContext) -> Option<&'static str> {
         SeccompMode::Auto | SeccompMode::Tracepoint => None,
         SeccompMode::Signals => Some("--seccomp-mode=signals counts no ERRNO verdicts"),
         SeccompMode::Off => Some("--seccomp-mode=off"),
+        SeccompMode::Fexit => Some("--seccomp-mode=fexit"),
     }
 }
 
@@ -125,6 +132,7 @@ macro_rules! probe_rows {
                 disable_if: $disable,
                 needs: &$needs,
                 fits: $fits,
+                unless_attached: &[],
             },
             ProbeSpec {
                 probe: $probe,
@@ -135,10 +143,47 @@ macro_rules! probe_rows {
                 disable_if: $disable,
                 needs: &$needs,
                 fits: $fits,
+                unless_attached: &[],
             },
         ]
     };
 }
+
+/// The same rows, kept off while any of `probes` is attached.
+const fn unless_attached(mut rows: [ProbeSpec; 2], probes: &'static [&'static str]) -> [ProbeSpec; 2] {
+    rows[0].unless_attached = probes;
+    rows[1].unless_attached = probes;
+    rows
+}
+
+fn seccomp_filter_in_btf(c: &ProbeContext) -> bool {
+    (2..=4).contains(&c.kernel.seccomp_filter_args)
+}
+
+fn unless_fexit(c: &ProbeContext) -> Option<&'static str> {
+    match c.seccomp_mode {
+        SeccompMode::Auto | SeccompMode::Fexit if !seccomp_filter_in_btf(c) => {
+            Some("kernel BTF has no __seccomp_filter (inlined?); the syscall tracepoints count ERRNO verdicts")
+        }
+        SeccompMode::Auto | SeccompMode::Fexit => None,
+        SeccompMode::Tracepoint => Some("--seccomp-mode=tracepoint"),
+        SeccompMode::Signals => Some("--seccomp-mode=signals counts no ERRNO verdicts"),
+        SeccompMode::Off => Some("--seccomp-mode=off"),
+    }
+}
+
+/// The fast path for ERRNO verdicts: fexit on `__seccomp_filter`.
+const SECCOMP_FEXIT: [ProbeSpec; 1] = [ProbeSpec {
+    probe: "seccomp_filter",
+    hook: "__seccomp_filter",
+    mode: Mode::Fexit,
+    program: "seccomp_filter_fexit",
+    min_kernel: (5, 5),
+    disable_if: unless_fexit,
+    needs: &[],
+    fits: seccomp_filter_in_btf,
+    unless_attached: &[],
+}];
 
 const EXIT_GD: [ProbeSpec; 2] = probe_rows!(
     "process_exit",
@@ -160,21 +205,28 @@ const EXIT_NO_GD: [ProbeSpec; 2] = probe_rows!(
 );
 
 /// Every probe, in attach order, each with its rows in order of preference.
-pub static PROBES: [&[ProbeSpec]; 7] = [
+pub static PROBES: [&[ProbeSpec]; 8] = [
     &probe_rows!("cgroup_mkdir", "cgroup_mkdir", "cgroup_mkdir_btf", "cgroup_mkdir_raw", never),
     &probe_rows!("cgroup_rmdir", "cgroup_rmdir", "cgroup_rmdir_btf", "cgroup_rmdir_raw", never),
     // With group_dead (>= 6.16) or without it, tp_btf before raw_tp.
     &[EXIT_GD[0], EXIT_NO_GD[0], EXIT_GD[1], EXIT_NO_GD[1]],
     &probe_rows!("oom_mark_victim", "mark_victim", "mark_victim_btf", "mark_victim_raw", unless_mark_victim_has_task),
     &probe_rows!("seccomp_signal", "signal_generate", "signal_generate_btf", "signal_generate_raw", unless_seccomp),
-    &probe_rows!("seccomp_sys_enter", "sys_enter", "sys_enter_btf", "sys_enter_raw", unless_syscall_tracking),
-    &probe_rows!(
-        "seccomp_sys_exit",
-        "sys_exit",
-        "sys_exit_btf",
-        "sys_exit_raw",
-        unless_syscall_tracking,
-        ["seccomp_sys_enter"]
+    &SECCOMP_FEXIT,
+    &unless_attached(
+        probe_rows!("seccomp_sys_enter", "sys_enter", "sys_enter_btf", "sys_enter_raw", unless_syscall_tracking),
+        &["seccomp_filter"],
+    ),
+    &unless_attached(
+        probe_rows!(
+            "seccomp_sys_exit",
+            "sys_exit",
+            "sys_exit_btf",
+            "sys_exit_raw",
+            unless_syscall_tracking,
+            ["seccomp_sys_enter"]
+        ),
+        &["seccomp_filter"],
     ),
 ];
 
@@ -264,6 +316,14 @@ pub fn load(
         let st = attach_one(&mut ebpf, &btf, rows, ctx, &status);
         status.push(st);
     }
+    // In auto mode the fast path is optional: when it cannot attach, the tracepoints took over.
+    let tracepoints = status.iter().any(|s| s.probe == "seccomp_sys_exit" && s.attached);
+    if let Some(fexit) = status.iter_mut().find(|s| s.probe == "seccomp_filter" && !s.attached && s.mode == "fexit")
+        && tracepoints
+    {
+        fexit.mode = "off";
+        fexit.detail = format!("{}; the syscall tracepoints count ERRNO verdicts instead", fexit.detail);
+    }
 
     let maps = KernelMaps {
         seccomp: Mutex::new(take(&mut ebpf, "SECCOMP_COUNTS")?),
@@ -286,6 +346,14 @@ fn attach_one(
     if let Some(why) = (first.disable_if)(ctx) {
         return ProbeStatus { probe: first.probe, mode: "off", attached: false, detail: why.into() };
     }
+    if let Some(by) = first.unless_attached.iter().find(|p| earlier.iter().any(|s| s.probe == **p && s.attached)) {
+        return ProbeStatus {
+            probe: first.probe,
+            mode: "off",
+            attached: false,
+            detail: format!("{by} counts these verdicts (fast path)"),
+        };
+    }
     if let Some(need) = first.needs.iter().find(|n| !earlier.iter().any(|s| s.probe == **n && s.attached)) {
         return ProbeStatus {
             probe: first.probe,
@@ -298,6 +366,7 @@ fn attach_one(
     let allowed = |row: &ProbeSpec| {
         (row.fits)(ctx)
             && match ctx.probe_mode {
+                _ if row.mode == Mode::Fexit => true,
                 ProbeMode::Auto => true,
                 ProbeMode::TpBtf => row.mode == Mode::TpBtf,
                 ProbeMode::RawTp => row.mode == Mode::RawTp,
@@ -331,6 +400,11 @@ fn attach_row(ebpf: &mut Ebpf, btf: &aya::Btf, row: &ProbeSpec) -> Result<(), St
     match row.mode {
         Mode::TpBtf => {
             let p: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            p.load(row.hook, btf).map_err(|e| format!("load: {}", error_chain(&e)))?;
+            p.attach().map_err(|e| format!("attach: {}", error_chain(&e)))?;
+        }
+        Mode::Fexit => {
+            let p: &mut FExit = program.try_into().map_err(|e| format!("{e}"))?;
             p.load(row.hook, btf).map_err(|e| format!("load: {}", error_chain(&e)))?;
             p.attach().map_err(|e| format!("attach: {}", error_chain(&e)))?;
         }
@@ -457,7 +531,11 @@ mod tests {
         for rows in PROBES {
             assert!(names.insert(rows[0].probe), "duplicate probe {}", rows[0].probe);
             assert!(rows.iter().all(|r| r.probe == rows[0].probe && r.hook == rows[0].hook));
-            assert_eq!(rows[0].mode, Mode::TpBtf, "tp_btf is preferred");
+            if rows[0].mode == Mode::Fexit {
+                assert_eq!(rows.len(), 1, "the fast path has one mode");
+            } else {
+                assert_eq!(rows[0].mode, Mode::TpBtf, "tp_btf is preferred");
+            }
             for need in rows[0].needs {
                 assert!(names.contains(need), "{} needs {need}, which must come before it", rows[0].probe);
             }
@@ -513,9 +591,21 @@ mod tests {
         let disabled = |ctx: &ProbeContext| -> Vec<&str> {
             PROBES.iter().filter(|r| (r[0].disable_if)(ctx).is_some()).map(|r| r[0].probe).collect()
         };
-        assert_eq!(disabled(&ctx), ["oom_mark_victim", "seccomp_sys_enter", "seccomp_sys_exit"]);
+        assert_eq!(disabled(&ctx), ["oom_mark_victim", "seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]);
         ctx.seccomp_mode = SeccompMode::Off;
         ctx.kernel.flags = config_flags::MARK_VICTIM_HAS_TASK;
-        assert_eq!(disabled(&ctx), ["seccomp_signal", "seccomp_sys_enter", "seccomp_sys_exit"]);
+        assert_eq!(disabled(&ctx), ["seccomp_signal", "seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]);
+        // fexit: the tracepoints stay off (no fallback), and fexit needs the function in BTF.
+        ctx.seccomp_mode = SeccompMode::Fexit;
+        ctx.kernel.seccomp_filter_args = 3;
+        assert_eq!(disabled(&ctx), ["seccomp_sys_enter", "seccomp_sys_exit"]);
+        ctx.kernel.seccomp_filter_args = 0;
+        assert_eq!(disabled(&ctx), ["seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]);
+        // auto: both paths are candidates; whichever attaches first keeps the other off.
+        ctx.seccomp_mode = SeccompMode::Auto;
+        ctx.kernel.seccomp_filter_args = 2;
+        assert!(disabled(&ctx).is_empty());
+        let enter = PROBES.iter().find(|r| r[0].probe == "seccomp_sys_enter").unwrap();
+        assert_eq!(enter[0].unless_attached, ["seccomp_filter"]);
     }
 }

@@ -110,3 +110,55 @@ fn oom_kill_is_counted_in_the_victims_cgroup_not_the_triggering_one() {
         assert_eq!(m.get(P, &[("cgroup", &small.rel), ("reason", "oom_kill")]), Some(1.0));
     }
 }
+
+#[test]
+fn oom_group_counts_every_killed_task_once() {
+    let cg = TestCgroup::new("oomgroup");
+    let group = cg.v2.join("memory.oom.group");
+    if !group.exists() {
+        // Hybrid hosts keep the memory controller on v1, which has no oom.group: the VM matrix
+        // (`cargo xtask vm-test`, cgroup v2 with the memory controller) runs this.
+        eprintln!("skipped: memory.oom.group needs the cgroup v2 memory controller");
+        return;
+    }
+    let agent = Agent::start(&[]);
+    std::fs::write(&group, "1").unwrap();
+    cg.set_memory_limit(64 << 20);
+    let mut holders: Vec<_> = (0..2).map(|_| cg.start_ready(&["alloc", "--mb", "8", "--hold", "60"])).collect();
+    let trigger = cg.run(&["alloc", "--mb", "256"]);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&trigger), Some(libc::SIGKILL));
+    for h in &mut holders {
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&h.wait().unwrap()), Some(libc::SIGKILL));
+    }
+    let m = agent.scrape();
+    // Three tasks killed as a group: three OOM kills, three oom_kill exits, none twice.
+    assert_eq!(m.sum("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)]), 3.0, "{:?}", m.find("cgwatch_oom_kills_total", &[]));
+    assert_eq!(m.get(P, &[("cgroup", &cg.rel), ("reason", "oom_kill")]), Some(3.0), "{:?}", m.find(P, &[("cgroup", &cg.rel)]));
+    if cgwatch_tests::oom_limit_known() {
+        assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", "own")]), Some(3.0));
+    }
+}
+
+#[test]
+fn a_global_oom_is_a_host_limit() {
+    if std::env::var_os("CGWATCH_VM").is_none() {
+        // A global OOM on a real host would take the machine down with it.
+        eprintln!("skipped: runs in the VM matrix only (cargo xtask vm-test)");
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("globaloom");
+    // No limit anywhere: allocate more than the VM's RAM, as the OOM killer's first choice.
+    let script = "echo 1000 > /proc/self/oom_score_adj && exec cgwatch-workload alloc --mb 8192";
+    let status = cg.run(&["exec", "--", "sh", "-c", script]);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    let m = agent.scrape();
+    let limit = if cgwatch_tests::oom_limit_known() { "host" } else { "unknown" };
+    assert_eq!(
+        m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", limit), ("limit_cgroup", "")]),
+        Some(1.0),
+        "{:?}",
+        m.find("cgwatch_oom_kills_total", &[])
+    );
+    assert_eq!(m.get(P, &[("cgroup", &cg.rel), ("reason", "oom_kill")]), Some(1.0));
+}

@@ -114,3 +114,28 @@ fn seccomp_mode_signals_counts_traps_but_not_errno() {
     assert_eq!(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 4.0)]);
     assert_eq!(m.get("cgwatch_probe_attached", &[("probe", "seccomp_sys_exit"), ("mode", "off")]), Some(0.0));
 }
+
+#[test]
+fn seccomp_mode_fexit_counts_each_verdict_once_or_says_why_not() {
+    let agent = Agent::start(&["--seccomp-mode", "fexit"]);
+    let cg = TestCgroup::new("fexit");
+    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "25"]).success());
+    assert!(cg.run(&["seccomp", "--action", "trap", "--count", "4"]).success());
+    let m = agent.scrape();
+    // The tracepoints stay off in this mode: nothing can be counted twice.
+    for tp in ["seccomp_sys_enter", "seccomp_sys_exit"] {
+        assert_eq!(m.get("cgwatch_probe_attached", &[("probe", tp), ("mode", "off")]), Some(0.0), "{tp}");
+    }
+    if m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter"), ("mode", "fexit")]) == Some(1.0) {
+        // Kernels that allow fexit (the VM matrix): the same counts as the tracepoint path.
+        assert_eq!(
+            violations(&m, &cg),
+            vec![("getppid".into(), "errno".into(), 25.0), ("getppid".into(), "trap".into(), 4.0)]
+        );
+    } else {
+        // This development host refuses fentry/fexit: said once, traps still counted.
+        assert_eq!(m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter"), ("mode", "fexit")]), Some(0.0));
+        assert!(agent.log().contains("probe seccomp_filter: NOT attached"), "{}", agent.log());
+        assert_eq!(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 4.0)]);
+    }
+}

@@ -44,7 +44,7 @@ enum Task {
         /// Only this kernel (suite or version: bullseye / 5.10, bookworm / 6.1, trixie / 6.12).
         #[arg(long)]
         kernel: Option<String>,
-        /// Only this --probe-mode (auto, raw_tp).
+        /// Only this mode: auto, raw_tp (--probe-mode) or fexit (--seccomp-mode fexit).
         #[arg(long)]
         mode: Option<String>,
     },

@@ -20,8 +20,8 @@ use crate::{output, run};
 
 /// Debian suites and the kernel each ships.
 pub const KERNELS: [(&str, &str); 3] = [("bullseye", "5.10"), ("bookworm", "6.1"), ("trixie", "6.12")];
-/// `--probe-mode` values the matrix runs with.
-pub const MODES: [&str; 2] = ["auto", "raw_tp"];
+/// `auto` and `raw_tp` are `--probe-mode`s; `fexit` is `--seccomp-mode fexit` (the fast path).
+pub const MODES: [&str; 3] = ["auto", "raw_tp", "fexit"];
 /// qemu CPU model (`CGWATCH_VM_CPU` overrides it).
 const DEFAULT_CPU: &str = "max";
 /// qemu accelerator (`CGWATCH_VM_ACCEL` overrides it): TCG, since nested KVM is broken here.
@@ -121,9 +121,11 @@ mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
 ip link set lo up
 mode=$(sed -n 's/.*cgwatch.mode=\([a-z_]*\).*/\1/p' /proc/cmdline)
-export CGWATCH_BIN=/bin/cgwatch CGWATCH_WORKLOAD_BIN=/bin/cgwatch-workload CGWATCH_AGENT_ARGS="--probe-mode $mode"
+# mode "fexit" is the fexit fast path for seccomp, the others a --probe-mode.
+case "$mode" in fexit) args="--seccomp-mode fexit" ;; *) args="--probe-mode $mode" ;; esac
+export CGWATCH_BIN=/bin/cgwatch CGWATCH_WORKLOAD_BIN=/bin/cgwatch-workload CGWATCH_AGENT_ARGS="$args" CGWATCH_VM=1
 echo "VMTEST kernel $(uname -r) mode $mode"
-cgwatch --listen 127.0.0.1:19120 --probe-mode "$mode" > /tmp/agent.log 2>&1 &
+cgwatch --listen 127.0.0.1:19120 $args > /tmp/agent.log 2>&1 &
 agent=$!
 for i in $(seq 1 120); do wget -qO /tmp/m http://127.0.0.1:19120/metrics 2>/dev/null && break; sleep 0.5; done
 grep '^cgwatch_probe_attached' /tmp/m | sed 's/^/VMPROBE /'

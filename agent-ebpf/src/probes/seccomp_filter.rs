@@ -1,0 +1,60 @@
+//! fexit on `__seccomp_filter`, the kernel function that runs a task's filters: only syscalls of
+//! tasks with a filter pay anything, where the tracepoint pair costs every syscall of the host.
+//! A return of -1 means the syscall was skipped: an ERRNO (or USER_NOTIF / TRACE) verdict, or a
+//! TRAP (already counted by `signal_generate`, which marks the thread), or a KILL (the task is
+//! `SECCOMP_MODE_DEAD` by then; counted from the signal or the exit, as in the tracepoint path).
+//! A KILL_THREAD of a non-last thread never returns.
+
+use agent_common::{SeccompKey, action};
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
+    macros::fexit,
+    programs::FExitContext,
+};
+
+use crate::{
+    kernel::{self, kconfig},
+    maps,
+};
+
+#[fexit(function = "__seccomp_filter")]
+pub fn seccomp_filter_fexit(ctx: FExitContext) -> i32 {
+    let _ = try_seccomp_filter(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_seccomp_filter(ctx: &FExitContext) -> Result<(), i64> {
+    // The return value follows the arguments, whose number differs between kernel versions (the
+    // loader reads it from BTF); a tracing context only takes constant offsets.
+    let ret: i64 = match kconfig!(seccomp_filter_args) {
+        2 => ctx.arg(2),
+        3 => ctx.arg(3),
+        4 => ctx.arg(4),
+        _ => return Ok(()),
+    };
+    if ret as i32 == 0 {
+        return Ok(());
+    }
+    if kernel::current_seccomp_mode_btf() != kernel::KABI_FILTER {
+        // SECCOMP_MODE_DEAD: a KILL verdict, counted from its SIGSYS or the exit.
+        return Ok(());
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(state) = maps::TASKS.get_ptr_mut(tid) {
+        unsafe {
+            if (*state).trap_pending != 0 {
+                // Counted as a TRAP by signal_generate: never also as ERRNO.
+                (*state).trap_pending = 0;
+                return Ok(());
+            }
+        }
+    }
+    let nr: i32 = ctx.arg(0);
+    maps::count_seccomp(&SeccompKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        syscall_nr: nr,
+        action: action::ERRNO,
+    });
+    Ok(())
+}
