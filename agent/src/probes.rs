@@ -157,7 +157,7 @@ const fn unless_attached(mut rows: [ProbeSpec; 2], probes: &'static [&'static st
 }
 
 fn seccomp_filter_in_btf(c: &ProbeContext) -> bool {
-    (2..=4).contains(&c.kernel.seccomp_filter_args)
+    seccomp_filter_args_2(c) || seccomp_filter_args_3(c)
 }
 
 fn unless_fexit(c: &ProbeContext) -> Option<&'static str> {
@@ -172,18 +172,40 @@ fn unless_fexit(c: &ProbeContext) -> Option<&'static str> {
     }
 }
 
-/// The fast path for ERRNO verdicts: fexit on `__seccomp_filter`.
-const SECCOMP_FEXIT: [ProbeSpec; 1] = [ProbeSpec {
-    probe: "seccomp_filter",
-    hook: "__seccomp_filter",
-    mode: Mode::Fexit,
-    program: "seccomp_filter_fexit",
-    min_kernel: (5, 5),
-    disable_if: unless_fexit,
-    needs: &[],
-    fits: seccomp_filter_in_btf,
-    unless_attached: &[],
-}];
+fn seccomp_filter_args_2(c: &ProbeContext) -> bool {
+    c.kernel.seccomp_filter_args == 2
+}
+
+fn seccomp_filter_args_3(c: &ProbeContext) -> bool {
+    c.kernel.seccomp_filter_args == 3
+}
+
+/// The fast path for ERRNO verdicts: fexit on `__seccomp_filter`, one program per parameter
+/// count (the return value's slot follows the parameters).
+const SECCOMP_FEXIT: [ProbeSpec; 2] = [
+    ProbeSpec {
+        probe: "seccomp_filter",
+        hook: "__seccomp_filter",
+        mode: Mode::Fexit,
+        program: "seccomp_filter_fexit3",
+        min_kernel: (5, 5),
+        disable_if: unless_fexit,
+        needs: &[],
+        fits: seccomp_filter_args_3,
+        unless_attached: &[],
+    },
+    ProbeSpec {
+        probe: "seccomp_filter",
+        hook: "__seccomp_filter",
+        mode: Mode::Fexit,
+        program: "seccomp_filter_fexit2",
+        min_kernel: (5, 5),
+        disable_if: unless_fexit,
+        needs: &[],
+        fits: seccomp_filter_args_2,
+        unless_attached: &[],
+    },
+];
 
 const EXIT_GD: [ProbeSpec; 2] = probe_rows!(
     "process_exit",
@@ -417,15 +439,17 @@ fn attach_row(ebpf: &mut Ebpf, btf: &aya::Btf, row: &ProbeSpec) -> Result<(), St
     Ok(())
 }
 
-/// `e` and its sources on one line (verifier logs are cut to their last line).
+/// `e` and its sources on one line (verifier logs are cut to their last three lines, where the
+/// verdict is).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
         let text = s.to_string();
-        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        let mut tail: Vec<&str> = text.lines().rev().map(str::trim).filter(|l| !l.is_empty()).take(3).collect();
+        tail.reverse();
         out.push_str(": ");
-        out.push_str(last);
+        out.push_str(&tail.join(" | "));
         cur = s.source();
     }
     out
@@ -532,7 +556,7 @@ mod tests {
             assert!(names.insert(rows[0].probe), "duplicate probe {}", rows[0].probe);
             assert!(rows.iter().all(|r| r.probe == rows[0].probe && r.hook == rows[0].hook));
             if rows[0].mode == Mode::Fexit {
-                assert_eq!(rows.len(), 1, "the fast path has one mode");
+                assert!(rows.iter().all(|r| r.mode == Mode::Fexit), "the fast path has one mode");
             } else {
                 assert_eq!(rows[0].mode, Mode::TpBtf, "tp_btf is preferred");
             }

@@ -148,8 +148,9 @@ fn a_global_oom_is_a_host_limit() {
     }
     let agent = Agent::start(&[]);
     let cg = TestCgroup::new("globaloom");
-    // No limit anywhere: allocate more than the VM's RAM, as the OOM killer's first choice.
-    let script = "echo 1000 > /proc/self/oom_score_adj && exec cgwatch-workload alloc --mb 8192";
+    // No limit anywhere: touch nearly all of the VM's 2 GiB (one allocation must stay under
+    // RAM + swap, or the overcommit heuristic refuses it), as the OOM killer's first choice.
+    let script = "echo 1000 > /proc/self/oom_score_adj && exec cgwatch-workload alloc --mb 1960";
     let status = cg.run(&["exec", "--", "sh", "-c", script]);
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
     let m = agent.scrape();

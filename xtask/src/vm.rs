@@ -129,6 +129,7 @@ cgwatch --listen 127.0.0.1:19120 $args > /tmp/agent.log 2>&1 &
 agent=$!
 for i in $(seq 1 120); do wget -qO /tmp/m http://127.0.0.1:19120/metrics 2>/dev/null && break; sleep 0.5; done
 grep '^cgwatch_probe_attached' /tmp/m | sed 's/^/VMPROBE /'
+grep 'probe seccomp_filter' /tmp/agent.log | sed 's/^/VMLOG /'
 kill $agent; wait $agent
 grep -q . /proc/$agent/status 2>/dev/null && echo "VMTEST agent $agent still running"
 for t in /tests/*; do
@@ -236,7 +237,7 @@ fn parse(log: &str) -> Outcome {
     for line in log.lines().map(|l| l.trim_end_matches('\r')) {
         if let Some(rest) = line.split_once("VMTEST kernel ").map(|(_, r)| r) {
             o.kernel = rest.split_whitespace().next().unwrap_or("?").to_string();
-        } else if let Some(p) = line.strip_prefix("VMPROBE ") {
+        } else if let Some(p) = line.strip_prefix("VMPROBE ").or_else(|| line.strip_prefix("VMLOG ")) {
             o.probes.push(p.to_string());
         } else if line.starts_with("VMTEST done") {
             o.finished = true;

@@ -12,27 +12,27 @@ use aya_ebpf::{
     programs::FExitContext,
 };
 
-use crate::{
-    kernel::{self, kconfig},
-    maps,
-};
+use crate::{kernel, maps};
+
+// The return value follows the arguments, whose number differs between kernel versions:
+// (this_syscall, sd, recheck_after_trace) before 6.x, (this_syscall, sd) after. The verifier
+// checks every context offset against the function's BTF, so each count is its own program and
+// the loader picks the one that fits.
 
 #[fexit(function = "__seccomp_filter")]
-pub fn seccomp_filter_fexit(ctx: FExitContext) -> i32 {
-    let _ = try_seccomp_filter(&ctx);
+pub fn seccomp_filter_fexit3(ctx: FExitContext) -> i32 {
+    let _ = try_seccomp_filter(&ctx, ctx.arg::<i64>(3));
+    0
+}
+
+#[fexit(function = "__seccomp_filter")]
+pub fn seccomp_filter_fexit2(ctx: FExitContext) -> i32 {
+    let _ = try_seccomp_filter(&ctx, ctx.arg::<i64>(2));
     0
 }
 
 #[inline(always)]
-fn try_seccomp_filter(ctx: &FExitContext) -> Result<(), i64> {
-    // The return value follows the arguments, whose number differs between kernel versions (the
-    // loader reads it from BTF); a tracing context only takes constant offsets.
-    let ret: i64 = match kconfig!(seccomp_filter_args) {
-        2 => ctx.arg(2),
-        3 => ctx.arg(3),
-        4 => ctx.arg(4),
-        _ => return Ok(()),
-    };
+fn try_seccomp_filter(ctx: &FExitContext, ret: i64) -> Result<(), i64> {
     if ret as i32 == 0 {
         return Ok(());
     }
