@@ -1,6 +1,6 @@
 //! Access to kernel structures through the offsets the loader read from BTF.
 
-use agent_common::{KernelConfig, OomKey, config_flags, kabi, oom_limit};
+use agent_common::{ExitDedupKey, KernelConfig, OomKey, config_flags, kabi, oom_limit};
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_get_current_task_btf};
 
 /// Set by the loader (`EbpfLoader::set_global`) before the programs load; it lives in `.rodata`,
@@ -176,4 +176,17 @@ pub fn oom_key(victim: u64, victim_cgroup: u64) -> OomKey {
     }
     key.limit = oom_limit::HOST;
     key
+}
+
+/// Identifies `task`'s thread group across probes: the leader's start time and global pid.
+#[inline(always)]
+pub fn group_key(task: u64) -> Result<ExitDedupKey, i64> {
+    let leader = read::<u64>(task, kconfig!(task_group_leader))?;
+    let pid = read::<u64>(leader, kconfig!(task_thread_pid))?;
+    Ok(ExitDedupKey {
+        leader_start_time: read::<u64>(leader, kconfig!(task_start_time))?,
+        // numbers[0] is the pid in the initial namespace: the tgid.
+        tgid: read::<i32>(pid, kconfig!(pid_numbers) + kconfig!(upid_nr))? as u32,
+        _pad: 0,
+    })
 }

@@ -29,6 +29,21 @@ pub static EXIT_COUNTS: PerCpuHashMap<ExitKey, u64> = PerCpuHashMap::with_max_en
 #[map]
 pub static OOM_COUNTS: PerCpuHashMap<OomKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
+/// A process exit counted as a plain SIGKILL, kept briefly: the OOM killer sends SIGKILL before
+/// it marks the victim, so a victim that was asleep can exit before `mark_victim` fires; then
+/// `mark_victim` moves that exit to `oom_kill`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RecentKill {
+    pub key: ExitKey,
+    /// The exit was also counted as a container exit.
+    pub container: u32,
+    pub _pad: u32,
+}
+
+#[map]
+pub static RECENT_SIGKILL: LruHashMap<ExitDedupKey, RecentKill> = LruHashMap::with_max_entries(1024, 0);
+
 /// Thread groups whose exit was counted, on kernels whose exit tracepoint lacks `group_dead`.
 #[map]
 pub static EXIT_DEDUP: LruHashMap<ExitDedupKey, u32> = LruHashMap::with_max_entries(4096, 0);
@@ -73,6 +88,23 @@ pub fn count_seccomp(key: &SeccompKey) {
 #[inline(always)]
 pub fn count_exit(key: &ExitKey) {
     count(&EXIT_COUNTS, key, lost::EXIT_MAP);
+}
+
+/// Takes one back from an exit counter: this CPU's slot wraps below zero, and userspace sums
+/// the slots with wrapping addition.
+#[inline(always)]
+pub fn uncount_exit(key: &ExitKey) {
+    if let Some(p) = EXIT_COUNTS.get_ptr_mut(key) {
+        unsafe { *p = (*p).wrapping_sub(1) };
+        return;
+    }
+    if EXIT_COUNTS.insert(key, u64::MAX, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    match EXIT_COUNTS.get_ptr_mut(key) {
+        Some(p) => unsafe { *p = (*p).wrapping_sub(1) },
+        None => count_lost(lost::EXIT_MAP),
+    }
 }
 
 #[inline(always)]

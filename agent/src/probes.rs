@@ -475,7 +475,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn sum_all<K: aya::Pod + Eq + std::hash::Hash>(map: &PerCpuHashMap<MapData, K, u64>) -> Vec<(K, u64)> {
     // An entry deleted while iterating yields an error for that key only: skip it.
-    map.iter().filter_map(Result::ok).map(|(k, per_cpu)| (k, per_cpu.iter().sum())).collect()
+    // Wrapping: a probe may take a count back on another CPU than the one that added it
+    // (`uncount_exit`), leaving that CPU's slot below zero.
+    map.iter()
+        .filter_map(Result::ok)
+        .map(|(k, per_cpu)| (k, per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v))))
+        .filter(|(_, total)| *total != 0)
+        .collect()
 }
 
 fn forget<K: aya::Pod + Eq + std::hash::Hash>(

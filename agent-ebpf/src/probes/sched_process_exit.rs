@@ -108,11 +108,19 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     } else {
         (reason::SIGNAL, sig)
     };
-    let mut key = ExitKey { cgroup_id, reason: why, signal, container: 0, _pad: 0 };
+    let key = ExitKey { cgroup_id, reason: why, signal, container: 0, _pad: 0 };
     maps::count_exit(&key);
-    if kernel::is_pidns_init(task)? {
-        key.container = 1;
-        maps::count_exit(&key);
+    let container = kernel::is_pidns_init(task)?;
+    if container {
+        maps::count_exit(&ExitKey { container: 1, ..key });
+    }
+    if why == reason::SIGNAL && sig == kabi::SIGKILL && flags & config_flags::MARK_VICTIM_HAS_TASK != 0 {
+        // Possibly an OOM victim that exited before the OOM killer marked it: mark_victim looks
+        // here (see maps::RECENT_SIGKILL).
+        if let Ok(k) = kernel::group_key(task) {
+            let rec = maps::RecentKill { key, container: u32::from(container), _pad: 0 };
+            let _ = maps::RECENT_SIGKILL.insert(k, rec, 0);
+        }
     }
     Ok(())
 }
