@@ -1,7 +1,9 @@
 //! Access to kernel structures through the offsets the loader read from BTF.
 
 use agent_common::{ExitDedupKey, KernelConfig, OomKey, config_flags, kabi, oom_limit};
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_get_current_task_btf};
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_get_current_task_btf,
+};
 
 /// Set by the loader (`EbpfLoader::set_global`) before the programs load; it lives in `.rodata`,
 /// so the verifier sees the offsets as constants.
@@ -143,9 +145,15 @@ fn at_limit(memcg: u64, usage_off: u32, max_off: u32) -> Result<bool, i64> {
     Ok(usage > 0 && usage.saturating_add(CHARGE_SLACK_PAGES + (max >> 7)) >= max)
 }
 
+/// How long a memory cgroup OOM decision is reused for further victims under the same cgroup
+/// (`memory.oom.group` kills the whole group one by one, and the reaper may have freed the first
+/// victim's memory before the last one is marked).
+const OOM_DECISION_NS: u64 = 1_000_000_000;
+
 /// The OOM counter key of a victim: its cgroup, and the memory cgroup whose limit fired, found
-/// as the nearest memory cgroup at or above the victim's that is full. Called while the victim
-/// still holds its memory (from `mark_victim`, before the kill).
+/// as the nearest memory cgroup at or above the victim's that is full (or that the OOM decision
+/// of the last second named). Called while the victim still holds its memory (from
+/// `mark_victim`, before the kill).
 #[inline(always)]
 pub fn oom_key(victim: u64, victim_cgroup: u64) -> OomKey {
     let mut key = OomKey { cgroup_id: victim_cgroup, limit_cgroup_id: 0, limit: oom_limit::UNKNOWN, levels_up: 0 };
@@ -156,17 +164,26 @@ pub fn oom_key(victim: u64, victim_cgroup: u64) -> OomKey {
     let Ok(css_set) = read::<u64>(victim, kconfig!(task_cgroups)) else { return key };
     let Ok(mut css) = read::<u64>(css_set, kconfig!(css_set_memcg)) else { return key };
     let v1 = flags & config_flags::MEMCG_V1 != 0;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let recent = match crate::maps::LAST_OOM.get(0) {
+        Some(last) if last.css != 0 && now.saturating_sub(last.time_ns) < OOM_DECISION_NS => last.css,
+        _ => 0,
+    };
     for level in 0..MAX_MEMCG_LEVELS {
         if css == 0 {
             break;
         }
         let memcg = css - kconfig!(memcg_css) as u64;
-        let full = at_limit(memcg, kconfig!(memcg_memory_usage), kconfig!(memcg_memory_max)).unwrap_or(false)
+        let full = css == recent
+            || at_limit(memcg, kconfig!(memcg_memory_usage), kconfig!(memcg_memory_max)).unwrap_or(false)
             || (v1 && at_limit(memcg, kconfig!(memcg_memsw_usage), kconfig!(memcg_memsw_max)).unwrap_or(false));
         if full {
             key.limit = if level == 0 { oom_limit::OWN } else { oom_limit::ANCESTOR };
             key.levels_up = level;
             key.limit_cgroup_id = read::<u64>(css, kconfig!(css_cgroup)).and_then(cgroup_id).unwrap_or(0);
+            if let Some(last) = crate::maps::LAST_OOM.get_ptr_mut(0) {
+                unsafe { *last = crate::maps::LastOom { css, time_ns: now } };
+            }
             return key;
         }
         match read::<u64>(css, kconfig!(css_parent)) {

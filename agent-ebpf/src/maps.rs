@@ -5,7 +5,7 @@ use agent_common::{ExitDedupKey, ExitKey, OomKey, SeccompKey, TaskState, lost};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// Syscall state of threads under a seccomp filter, by thread id.
@@ -43,6 +43,18 @@ pub struct RecentKill {
 
 #[map]
 pub static RECENT_SIGKILL: LruHashMap<ExitDedupKey, RecentKill> = LruHashMap::with_max_entries(1024, 0);
+
+/// The last memory cgroup OOM decision (see `kernel::oom_key`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastOom {
+    /// `cgroup_subsys_state *` of the memory cgroup whose limit fired.
+    pub css: u64,
+    pub time_ns: u64,
+}
+
+#[map]
+pub static LAST_OOM: Array<LastOom> = Array::with_max_entries(1, 0);
 
 /// Thread groups whose exit was counted, on kernels whose exit tracepoint lacks `group_dead`.
 #[map]
