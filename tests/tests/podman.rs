@@ -53,6 +53,26 @@ fn a_container_over_its_memory_limit_is_one_oom_kill_and_an_oom_kill_exit() {
 }
 
 #[test]
+fn an_oom_kill_of_a_non_init_process_counts_under_the_container() {
+    let agent = Agent::start(&[]);
+    // PID 1 is the shell; its child goes over the limit and is killed; the shell lives on.
+    let c = Container::start(
+        "cgwatch-oom-child",
+        &["--memory", "64m", "--memory-swap", "64m"],
+        &["sh", "-c", "/cgwatch-workload alloc --mb 512; echo child=$?; exit 3"],
+    );
+    assert_eq!(c.wait(), 3);
+    assert!(c.logs().contains("child=137"), "{}", c.logs());
+    let l = ctr_labels(&c);
+    let m = agent.scrape_until(WAIT, |m| m.get("cgwatch_container_exits_total", &l).is_some());
+    assert_eq!(m.sum("cgwatch_oom_kills_total", &l), 1.0);
+    assert_eq!(m.get("cgwatch_process_exits_total", &with(&l, &[("reason", "oom_kill")])), Some(1.0));
+    // The container itself exited 3, not by the OOM killer.
+    assert_eq!(m.get("cgwatch_container_exits_total", &with(&l, &[("reason", "error")])), Some(1.0));
+    assert_eq!(m.sum("cgwatch_container_exits_total", &l), 1.0);
+}
+
+#[test]
 fn a_container_exiting_42_is_a_container_exit_with_reason_error() {
     let agent = Agent::start(&[]);
     let c = Container::start("cgwatch-exit", &[], &["/cgwatch-workload", "exit", "42"]);
