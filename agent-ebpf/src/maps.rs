@@ -29,9 +29,10 @@ pub static EXIT_COUNTS: PerCpuHashMap<ExitKey, u64> = PerCpuHashMap::with_max_en
 #[map]
 pub static OOM_COUNTS: PerCpuHashMap<OomKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
-/// A process exit counted as a plain SIGKILL, kept briefly: the OOM killer sends SIGKILL before
-/// it marks the victim, so a victim that was asleep can exit before `mark_victim` fires; then
-/// `mark_victim` moves that exit to `oom_kill`.
+/// A process exit counted as a plain SIGKILL or SIGSYS, kept briefly, for a probe that learns
+/// the real cause later: the OOM killer sends SIGKILL before it marks the victim, so a victim that
+/// was asleep can exit before `mark_victim` fires; and where a seccomp kill raises no signal
+/// (< 5.17) another thread of the group can reach the exit tracepoint before the killed one.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct RecentKill {
@@ -42,7 +43,25 @@ pub struct RecentKill {
 }
 
 #[map]
-pub static RECENT_SIGKILL: LruHashMap<ExitDedupKey, RecentKill> = LruHashMap::with_max_entries(1024, 0);
+pub static RECENT_KILLS: LruHashMap<ExitDedupKey, RecentKill> = LruHashMap::with_max_entries(1024, 0);
+
+/// Moves the exit recorded for `group` with `signal` to `reason`, if there is one.
+#[inline(always)]
+pub fn reclassify_exit(group: &ExitDedupKey, signal: u32, reason: u32) -> bool {
+    let Some(rec) = (unsafe { RECENT_KILLS.get(group) }).copied() else { return false };
+    if rec.key.signal != signal {
+        return false;
+    }
+    let _ = RECENT_KILLS.remove(group);
+    let moved = ExitKey { reason, ..rec.key };
+    uncount_exit(&rec.key);
+    count_exit(&moved);
+    if rec.container != 0 {
+        uncount_exit(&ExitKey { container: 1, ..rec.key });
+        count_exit(&ExitKey { container: 1, ..moved });
+    }
+    true
+}
 
 /// The last memory cgroup OOM decision (see `kernel::oom_key`).
 #[repr(C)]

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
-use agent_common::{ExitKey, reason};
+use agent_common::{kabi, reason};
 
 use crate::{kernel, maps};
 
@@ -29,16 +29,6 @@ fn try_mark_victim(victim: u64) -> Result<(), i64> {
     maps::count_oom(&kernel::oom_key(victim, cgroup_id));
     // The kill's SIGKILL goes out before this tracepoint: a victim that was asleep may already
     // have exited and been counted as a plain SIGKILL. Move that exit to oom_kill.
-    let group = kernel::group_key(victim)?;
-    if let Some(rec) = unsafe { maps::RECENT_SIGKILL.get(&group) }.copied() {
-        let _ = maps::RECENT_SIGKILL.remove(&group);
-        let oom = ExitKey { reason: reason::OOM_KILL, ..rec.key };
-        maps::uncount_exit(&rec.key);
-        maps::count_exit(&oom);
-        if rec.container != 0 {
-            maps::uncount_exit(&ExitKey { container: 1, ..rec.key });
-            maps::count_exit(&ExitKey { container: 1, ..oom });
-        }
-    }
+    maps::reclassify_exit(&kernel::group_key(victim)?, kabi::SIGKILL, reason::OOM_KILL);
     Ok(())
 }

@@ -65,6 +65,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     if mode == kabi::SECCOMP_MODE_FILTER || mode == kabi::SECCOMP_MODE_DEAD {
         let _ = maps::TASKS.remove(tid);
     }
+    let group_dead_arg = group_dead;
     let group_dead = is_group_exit(task, tgid, group_dead)?;
     // A kill verdict that raised no signal (signal_generate did not see it, so SECCOMP_KILLED
     // has no entry): KILL_THREAD of a non-last thread (`do_exit(SIGSYS)`), and on kernels
@@ -78,8 +79,13 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         let group_code = kernel::read::<i32>(signal, kconfig!(signal_group_exit_code))? as u32;
         let act = if group_code & 0x7f == kabi::SIGSYS { action::KILL_PROCESS } else { action::KILL_THREAD };
         if act == action::KILL_PROCESS || group_dead {
-            // The whole thread group dies of it: its exit is a seccomp_kill.
-            let _ = maps::SECCOMP_KILLED.insert(tgid, 1u32, 0);
+            // The whole thread group dies of it: its exit is a seccomp_kill. Without group_dead
+            // another thread may have counted the group exit already, as a plain SIGSYS.
+            let moved = group_dead_arg.is_none()
+                && kernel::group_key(task).is_ok_and(|k| maps::reclassify_exit(&k, kabi::SIGSYS, reason::SECCOMP_KILL));
+            if !moved {
+                let _ = maps::SECCOMP_KILLED.insert(tgid, 1u32, 0);
+            }
         }
         let nr = if regs != 0 {
             kernel::read::<u64>(regs, kconfig!(pt_regs_orig_ax)).unwrap_or(u64::MAX) as i32
@@ -114,13 +120,16 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     if container {
         maps::count_exit(&ExitKey { container: 1, ..key });
     }
-    if why == reason::SIGNAL && sig == kabi::SIGKILL && flags & config_flags::MARK_VICTIM_HAS_TASK != 0 {
-        // Possibly an OOM victim that exited before the OOM killer marked it: mark_victim looks
-        // here (see maps::RECENT_SIGKILL).
-        if let Ok(k) = kernel::group_key(task) {
-            let rec = maps::RecentKill { key, container: u32::from(container), _pad: 0 };
-            let _ = maps::RECENT_SIGKILL.insert(k, rec, 0);
-        }
+    // Possibly an OOM victim that exited before the OOM killer marked it, or a seccomp kill
+    // whose killed thread reaches this tracepoint after the one counting the group exit: the
+    // probe that learns it later looks here (see maps::RECENT_KILLS).
+    let oom_later = sig == kabi::SIGKILL && flags & config_flags::MARK_VICTIM_HAS_TASK != 0;
+    let seccomp_later = sig == kabi::SIGSYS && group_dead_arg.is_none();
+    if why == reason::SIGNAL && (oom_later || seccomp_later)
+        && let Ok(k) = kernel::group_key(task)
+    {
+        let rec = maps::RecentKill { key, container: u32::from(container), _pad: 0 };
+        let _ = maps::RECENT_KILLS.insert(k, rec, 0);
     }
     Ok(())
 }
