@@ -308,11 +308,13 @@ impl Series {
         self.identity.pending()
     }
 
-    /// `cgroup`, `container_id`, `container`, `pod`, `namespace`, `runtime`.
+    /// `cgroup`, then those of `container_id`, `container`, `pod`, `namespace`, `runtime` that
+    /// are known: an empty label is the same as none to Prometheus, and leaving them out keeps
+    /// a scrape of thousands of plain cgroups small.
     pub fn labels(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::with_capacity(8);
         out.push(("cgroup", self.label.as_value()));
-        out.extend(self.identity.labels());
+        out.extend(self.identity.labels().into_iter().filter(|(_, v)| !v.is_empty()));
         out
     }
 }
@@ -768,6 +770,7 @@ mod tests {
         assert!(!r.event_series(3).pending());
         assert!(r.needs_names().is_empty(), "a removed container is not retried");
         assert_eq!(r.event_series(3).labels()[1], ("container_id", id));
+        assert_eq!(r.event_series(4).labels(), vec![("cgroup", "/plain".to_string())], "unknown identity: no empty labels");
     }
 
     #[test]

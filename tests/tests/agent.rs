@@ -109,16 +109,19 @@ fn max_cgroups_folds_the_rest_into_overflow_without_losing_counts() {
     let a = TestCgroup::new("maxa");
     let b = TestCgroup::new("maxb");
     assert_eq!(a.run(&["exit", "4"]).code(), Some(4));
-    let first = agent.scrape();
-    assert_eq!(first.get("cgwatch_process_exits_total", &[("cgroup", &a.rel), ("reason", "error")]), Some(1.0));
     assert_eq!(b.run(&["exit", "4"]).code(), Some(4));
     assert_eq!(b.run(&["exit", "4"]).code(), Some(4));
     let m = agent.scrape();
-    // `a` keeps its slot; `b`'s exits are summed into "(overflow)" together with whatever else
-    // happened on the host meanwhile: at least its two exits, none lost.
-    assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", &a.rel), ("reason", "error")]), Some(1.0));
-    assert!(m.find("cgwatch_process_exits_total", &[("cgroup", &b.rel)]).is_empty());
-    assert!(m.sum("cgwatch_process_exits_total", &[("cgroup", "(overflow)"), ("reason", "error")]) >= 2.0);
+    let p = "cgwatch_process_exits_total";
+    // One cgroup holds the one slot (which one depends on what else exits on the host while the
+    // tests run in parallel; the registry's unit tests pin the admission order)...
+    let shown: std::collections::BTreeSet<&str> =
+        m.find(p, &[]).iter().map(|s| s.labels["cgroup"].as_str()).filter(|c| !c.starts_with('(')).collect();
+    assert!(shown.len() <= 1, "{shown:?}");
+    // ...and every exit is counted, under its cgroup or summed into "(overflow)".
+    let error = |cg: &str| m.sum(p, &[("cgroup", cg), ("reason", "error")]);
+    assert!(error(&a.rel) + error(&b.rel) + error("(overflow)") >= 3.0);
+    assert!(error("(overflow)") >= 1.0, "a and b cannot both have a slot");
     assert!(m.get("cgwatch_cgroups_not_shown", &[]).unwrap() >= 1.0);
 }
 

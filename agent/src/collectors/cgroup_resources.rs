@@ -8,14 +8,16 @@
 //! and the collector encodes the latest snapshot.
 
 use std::{
-    collections::BTreeMap,
     fmt,
     sync::{Arc, RwLock},
 };
 
-use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
 
-use super::{Labels, counter_family, gauge_family};
 use crate::cgroups::{Label, Layout, Registry, Resources, Series};
 
 /// One sampling pass: (the cgroup's series labels, its readings).
@@ -35,14 +37,23 @@ impl ResourceSnapshot {
             .into_iter()
             .map(|cg| {
                 let r = layout.resources(&cg.path);
-                (Series { label: Label::Path(cg.path), identity: cg.identity }, r)
+                (
+                    Series {
+                        label: Label::Path(cg.path),
+                        identity: cg.identity,
+                    },
+                    r,
+                )
             })
             .collect();
         *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
     }
 
     pub fn get(&self) -> Arc<Readings> {
-        self.latest.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -51,86 +62,139 @@ pub struct CgroupResourceCollector {
     pub snapshot: Arc<ResourceSnapshot>,
 }
 
-impl Collector for CgroupResourceCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let mut cpu: BTreeMap<Labels, f64> = BTreeMap::new();
-        let mut throttled: BTreeMap<Labels, f64> = BTreeMap::new();
-        let mut mem: BTreeMap<Labels, i64> = BTreeMap::new();
-        let mut working_set: BTreeMap<Labels, i64> = BTreeMap::new();
-        let mut limit: BTreeMap<Labels, i64> = BTreeMap::new();
-        let mut events: BTreeMap<Labels, u64> = BTreeMap::new();
-        let mut pressure: BTreeMap<Labels, f64> = BTreeMap::new();
-        let bytes = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        for (series, r) in self.snapshot.get().iter() {
-            let labels = series.labels();
-            let with = |extra: &[(&'static str, &str)]| {
-                let mut l = labels.clone();
-                l.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-                l
-            };
-            if let Some(v) = r.cpu_seconds {
-                cpu.insert(labels.clone(), v);
-            }
-            if let Some(v) = r.cpu_throttled_seconds {
-                throttled.insert(labels.clone(), v);
-            }
-            if let Some(v) = r.memory_bytes {
-                mem.insert(labels.clone(), bytes(v));
-            }
-            if let Some(v) = r.memory_working_set_bytes {
-                working_set.insert(labels.clone(), bytes(v));
-            }
-            if let Some(v) = r.memory_limit_bytes {
-                limit.insert(labels.clone(), bytes(v));
-            }
-            for (event, v) in &r.memory_events {
-                events.insert(with(&[("event", event)]), *v);
-            }
-            for (resource, kind, v) in &r.pressure {
-                pressure.insert(with(&[("resource", resource), ("kind", kind)]), *v);
+/// Emits one series of the current family: the extra labels after the cgroup's own, and the value.
+type Emit<'e> = dyn FnMut(&[(&'static str, &'static str)], &dyn EncodeMetric) -> fmt::Result + 'e;
+
+/// Encodes one family with a series per cgroup (or several, with extra labels), borrowing the
+/// label values from the snapshot: with thousands of cgroups, building owned label sets for
+/// every series cost more than the rest of the scrape.
+fn per_cgroup(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    readings: &Readings,
+    mut values: impl FnMut(&Resources, &mut Emit<'_>) -> fmt::Result,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (series, r) in readings.iter() {
+        let Label::Path(path) = &series.label else {
+            continue;
+        };
+        let id = &series.identity;
+        // Empty identity labels are left out, as in `Series::labels`.
+        let mut base: [(&'static str, &str); 6] = [("cgroup", path); 6];
+        let mut n = 1;
+        for (k, v) in [
+            ("container_id", &*id.container_id),
+            ("container", &*id.container),
+            ("pod", &*id.pod),
+            ("namespace", &*id.namespace),
+            ("runtime", id.runtime.as_str()),
+        ] {
+            if !v.is_empty() {
+                base[n] = (k, v);
+                n += 1;
             }
         }
-        counter_family(
-            &mut encoder,
+        let base = &base[..n];
+        let mut emit =
+            |extra: &[(&'static str, &'static str)], metric: &dyn EncodeMetric| -> fmt::Result {
+                metric.encode(family.encode_family(&(base, extra))?)
+            };
+        values(r, &mut emit)?;
+    }
+    Ok(())
+}
+
+fn bytes(v: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+impl Collector for CgroupResourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let readings = self.snapshot.get();
+        let e = &mut encoder;
+        per_cgroup(
+            e,
             "cgwatch_cgroup_cpu_usage_seconds",
             "CPU time used by the cgroup and its descendants.",
-            &cpu,
+            MetricType::Counter,
+            &readings,
+            |r, emit| {
+                r.cpu_seconds
+                    .map_or(Ok(()), |v| emit(&[], &ConstCounter::new(v)))
+            },
         )?;
-        counter_family(
-            &mut encoder,
+        per_cgroup(
+            e,
             "cgwatch_cgroup_cpu_throttled_seconds",
             "Time the cgroup's tasks were throttled by its CPU quota (v2 cpu.stat throttled_usec, v1 throttled_time).",
-            &throttled,
+            MetricType::Counter,
+            &readings,
+            |r, emit| {
+                r.cpu_throttled_seconds
+                    .map_or(Ok(()), |v| emit(&[], &ConstCounter::new(v)))
+            },
         )?;
-        gauge_family(
-            &mut encoder,
+        per_cgroup(
+            e,
             "cgwatch_cgroup_memory_usage_bytes",
             "Memory charged to the cgroup (v2 memory.current, v1 memory.usage_in_bytes).",
-            &mem,
+            MetricType::Gauge,
+            &readings,
+            |r, emit| r.memory_bytes.map_or(Ok(()), |v| emit(&[], &bytes(v))),
         )?;
-        gauge_family(
-            &mut encoder,
+        per_cgroup(
+            e,
             "cgwatch_cgroup_memory_working_set_bytes",
             "Memory usage minus inactive file pages, as the kubelet computes it for eviction.",
-            &working_set,
+            MetricType::Gauge,
+            &readings,
+            |r, emit| {
+                r.memory_working_set_bytes
+                    .map_or(Ok(()), |v| emit(&[], &bytes(v)))
+            },
         )?;
-        gauge_family(
-            &mut encoder,
+        per_cgroup(
+            e,
             "cgwatch_cgroup_memory_limit_bytes",
             "Memory limit of the cgroup; absent when unlimited.",
-            &limit,
+            MetricType::Gauge,
+            &readings,
+            |r, emit| {
+                r.memory_limit_bytes
+                    .map_or(Ok(()), |v| emit(&[], &bytes(v)))
+            },
         )?;
-        counter_family(
-            &mut encoder,
+        per_cgroup(
+            e,
             "cgwatch_cgroup_memory_events",
             "Memory events of the cgroup and its descendants: v2 memory.events (low, high, max, oom, oom_kill, oom_group_kill); v1 oom_kill only.",
-            &events,
+            MetricType::Counter,
+            &readings,
+            |r, emit| {
+                for (event, v) in &r.memory_events {
+                    emit(&[("event", event)], &ConstCounter::new(*v))?;
+                }
+                Ok(())
+            },
         )?;
-        counter_family(
-            &mut encoder,
+        per_cgroup(
+            e,
             "cgwatch_cgroup_pressure_seconds",
             "PSI total stall time of the cgroup, by resource (cpu, memory, io) and kind (some, full).",
-            &pressure,
+            MetricType::Counter,
+            &readings,
+            |r, emit| {
+                for (resource, kind, v) in &r.pressure {
+                    emit(
+                        &[("resource", resource), ("kind", kind)],
+                        &ConstCounter::new(*v),
+                    )?;
+                }
+                Ok(())
+            },
         )
     }
 }
