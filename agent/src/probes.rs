@@ -180,6 +180,12 @@ fn seccomp_filter_args_3(c: &ProbeContext) -> bool {
     c.kernel.seccomp_filter_args == 3
 }
 
+/// Oldest kernel the fexit path is used on. fexit itself exists since 5.5, but on Debian's 5.10
+/// the VM matrix saw soft lockups (two CPUs stuck in the kernel for minutes) in a workload of
+/// 4 threads making denied syscalls with the program attached, and none on 6.1; below 6.1 the
+/// syscall tracepoints are used.
+const FEXIT_MIN_KERNEL: (u32, u32) = (6, 1);
+
 /// The fast path for ERRNO verdicts: fexit on `__seccomp_filter`, one program per parameter
 /// count (the return value's slot follows the parameters).
 const SECCOMP_FEXIT: [ProbeSpec; 2] = [
@@ -188,7 +194,7 @@ const SECCOMP_FEXIT: [ProbeSpec; 2] = [
         hook: "__seccomp_filter",
         mode: Mode::Fexit,
         program: "seccomp_filter_fexit3",
-        min_kernel: (5, 5),
+        min_kernel: FEXIT_MIN_KERNEL,
         disable_if: unless_fexit,
         needs: &[],
         fits: seccomp_filter_args_3,
@@ -199,7 +205,7 @@ const SECCOMP_FEXIT: [ProbeSpec; 2] = [
         hook: "__seccomp_filter",
         mode: Mode::Fexit,
         program: "seccomp_filter_fexit2",
-        min_kernel: (5, 5),
+        min_kernel: FEXIT_MIN_KERNEL,
         disable_if: unless_fexit,
         needs: &[],
         fits: seccomp_filter_args_2,
