@@ -12,10 +12,10 @@ pub const DEFAULT_PORT: u16 = 19120;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SeccompMode {
-    /// Best available: fexit on `__seccomp_filter` where it attaches, else the tracepoints.
+    /// The tracepoints (the fexit fast path is opt-in while it is experimental).
     Auto,
-    /// fexit on `__seccomp_filter` (only filtered tasks pay) plus `signal_generate`; no
-    /// fallback.
+    /// Experimental: fexit on `__seccomp_filter` (only filtered tasks pay) plus
+    /// `signal_generate`; no fallback.
     Fexit,
     /// `raw_syscalls` enter/exit plus `signal_generate`: all actions.
     Tracepoint,

@@ -10,17 +10,16 @@ use cgwatch_tests::{Agent, TestCgroup};
 fn every_probe_of_the_table_attaches_here() {
     let agent = Agent::start(&[]);
     let m = agent.scrape();
-    // Exactly one path counts ERRNO verdicts: the fexit fast path where the kernel lets it load
-    // (not on this development host, whose kernel refuses fentry/fexit), else the tracepoints.
+    // Exactly one path counts ERRNO verdicts.
     let fexit = m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter"), ("mode", "fexit")]) == Some(1.0);
     for tp in ["seccomp_sys_enter", "seccomp_sys_exit"] {
         let mode = if fexit { "off" } else { "tp_btf" };
         assert_eq!(m.get("cgwatch_probe_attached", &[("probe", tp), ("mode", mode)]), Some(if fexit { 0.0 } else { 1.0 }));
     }
-    if !fexit {
-        assert_eq!(m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter"), ("mode", "off")]), Some(0.0));
-        assert!(agent.log().contains("probe seccomp_filter: off: fexit: load"), "{}", agent.log());
-    }
+    // The fast path is opt-in (--seccomp-mode fexit): auto keeps to the tracepoints.
+    assert!(!fexit);
+    assert_eq!(m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter"), ("mode", "off")]), Some(0.0));
+    assert!(agent.log().contains("probe seccomp_filter: off: the fexit fast path is opt-in"), "{}", agent.log());
     for rows in PROBES.iter().filter(|r| !r[0].probe.starts_with("seccomp_sys_") && r[0].probe != "seccomp_filter") {
         let probe = rows[0].probe;
         // This kernel has BTF and tp_btf: the preferred mode must be the one that attached.
