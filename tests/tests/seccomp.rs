@@ -117,6 +117,13 @@ fn seccomp_mode_signals_counts_traps_but_not_errno() {
 
 #[test]
 fn seccomp_mode_fexit_counts_each_verdict_once_or_says_why_not() {
+    let in_vm = std::env::var_os("CGWATCH_VM").is_some();
+    if in_vm && !std::env::var("CGWATCH_AGENT_ARGS").unwrap_or_default().contains("fexit") {
+        // The experimental fast path soft-locked VMs under the storm tests running beside this
+        // one: in the VM matrix it is exercised in its own column (`--mode fexit`) only.
+        eprintln!("skipped: the VM matrix runs the fexit path in its fexit column only");
+        return;
+    }
     let agent = Agent::start(&["--seccomp-mode", "fexit"]);
     let cg = TestCgroup::new("fexit");
     assert!(cg.run(&["seccomp", "--action", "errno", "--count", "25"]).success());
