@@ -82,8 +82,6 @@ pub fn current_seccomp_mode_btf() -> i32 {
     }
 }
 
-pub const KABI_FILTER: i32 = kabi::SECCOMP_MODE_FILTER;
-
 #[inline(always)]
 pub fn is_filtered(mode: i32) -> bool {
     mode == kabi::SECCOMP_MODE_FILTER

@@ -94,21 +94,28 @@ pub fn count_lost(index: u32) {
     }
 }
 
-/// Adds one to a per-CPU counter, creating it when missing.
+/// Adds `delta` (wrapping: `u64::MAX` takes one back) to this CPU's slot of a per-CPU counter,
+/// creating it when missing.
 #[inline(always)]
-fn count<K>(map: &PerCpuHashMap<K, u64>, key: &K, lost_index: u32) {
+fn add<K>(map: &PerCpuHashMap<K, u64>, key: &K, delta: u64, lost_index: u32) {
     if let Some(p) = map.get_ptr_mut(key) {
-        unsafe { *p += 1 };
+        unsafe { *p = (*p).wrapping_add(delta) };
         return;
     }
     // Another CPU may have created the key meanwhile: NOEXIST fails then, and the lookup finds it.
-    if map.insert(key, 1u64, BPF_NOEXIST as u64).is_ok() {
+    if map.insert(key, delta, BPF_NOEXIST as u64).is_ok() {
         return;
     }
     match map.get_ptr_mut(key) {
-        Some(p) => unsafe { *p += 1 },
+        Some(p) => unsafe { *p = (*p).wrapping_add(delta) },
         None => count_lost(lost_index),
     }
+}
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+fn count<K>(map: &PerCpuHashMap<K, u64>, key: &K, lost_index: u32) {
+    add(map, key, 1, lost_index);
 }
 
 #[inline(always)]
@@ -125,17 +132,7 @@ pub fn count_exit(key: &ExitKey) {
 /// the slots with wrapping addition.
 #[inline(always)]
 pub fn uncount_exit(key: &ExitKey) {
-    if let Some(p) = EXIT_COUNTS.get_ptr_mut(key) {
-        unsafe { *p = (*p).wrapping_sub(1) };
-        return;
-    }
-    if EXIT_COUNTS.insert(key, u64::MAX, BPF_NOEXIST as u64).is_ok() {
-        return;
-    }
-    match EXIT_COUNTS.get_ptr_mut(key) {
-        Some(p) => unsafe { *p = (*p).wrapping_sub(1) },
-        None => count_lost(lost::EXIT_MAP),
-    }
+    add(&EXIT_COUNTS, key, u64::MAX, lost::EXIT_MAP);
 }
 
 #[inline(always)]

@@ -148,10 +148,10 @@ impl KernelBtf {
     }
 
     /// True when the kernel has the function `name` (fentry/kprobe targets).
-    /// The value of enumerator `name` (e.g. `memory_cgrp_id`).
-    pub fn enum_value(&self, name: &str) -> Option<u32> {
-        // Enumerators are not types of their own: look through the enums that might hold it.
-        let types = self.btf.resolve_types_by_name("cgroup_subsys_id").ok()?;
+    /// The value of enumerator `name` of enum `enum_name` (e.g. `cgroup_subsys_id`,
+    /// `memory_cgrp_id`).
+    pub fn enum_value(&self, enum_name: &str, name: &str) -> Option<u32> {
+        let types = self.btf.resolve_types_by_name(enum_name).ok()?;
         types.into_iter().find_map(|t| match t {
             Type::Enum(e) => e
                 .members
@@ -165,7 +165,7 @@ impl KernelBtf {
     /// Offsets of the memory cgroup fields the OOM probe reads, or `None` where the kernel has
     /// no memory controller (or a layout this version does not know).
     fn memcg_offsets(&self) -> Option<[u32; 8]> {
-        let memcg_id = self.enum_value("memory_cgrp_id")?;
+        let memcg_id = self.enum_value("cgroup_subsys_id", "memory_cgrp_id")?;
         let subsys = self.offset("css_set", &["subsys"]).ok()?;
         let usage = self.offset("page_counter", &["usage"]).ok()?;
         let max = self.offset("page_counter", &["max"]).ok()?;

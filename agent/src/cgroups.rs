@@ -308,13 +308,12 @@ impl Series {
         self.identity.pending()
     }
 
-    /// `cgroup`, then those of `container_id`, `container`, `pod`, `namespace`, `runtime` that
-    /// are known: an empty label is the same as none to Prometheus, and leaving them out keeps
-    /// a scrape of thousands of plain cgroups small.
+    /// `cgroup`, then the known ones of `container_id`, `container`, `pod`, `namespace`,
+    /// `runtime` (`Identity::known_labels`).
     pub fn labels(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::with_capacity(8);
         out.push(("cgroup", self.label.as_value()));
-        out.extend(self.identity.labels().into_iter().filter(|(_, v)| !v.is_empty()));
+        out.extend(self.identity.known_labels().map(|(k, v)| (k, v.to_string())));
         out
     }
 }

@@ -187,30 +187,22 @@ const FEXIT_MIN_KERNEL: (u32, u32) = (5, 5);
 
 /// The fast path for ERRNO verdicts: fexit on `__seccomp_filter`, one program per parameter
 /// count (the return value's slot follows the parameters).
-const SECCOMP_FEXIT: [ProbeSpec; 2] = [
+const SECCOMP_FEXIT: [ProbeSpec; 2] =
+    [fexit_row("seccomp_filter_fexit3", seccomp_filter_args_3), fexit_row("seccomp_filter_fexit2", seccomp_filter_args_2)];
+
+const fn fexit_row(program: &'static str, fits: fn(&ProbeContext) -> bool) -> ProbeSpec {
     ProbeSpec {
         probe: "seccomp_filter",
         hook: "__seccomp_filter",
         mode: Mode::Fexit,
-        program: "seccomp_filter_fexit3",
+        program,
         min_kernel: FEXIT_MIN_KERNEL,
         disable_if: unless_fexit,
         needs: &[],
-        fits: seccomp_filter_args_3,
+        fits,
         unless_attached: &[],
-    },
-    ProbeSpec {
-        probe: "seccomp_filter",
-        hook: "__seccomp_filter",
-        mode: Mode::Fexit,
-        program: "seccomp_filter_fexit2",
-        min_kernel: FEXIT_MIN_KERNEL,
-        disable_if: unless_fexit,
-        needs: &[],
-        fits: seccomp_filter_args_2,
-        unless_attached: &[],
-    },
-];
+    }
+}
 
 const EXIT_GD: [ProbeSpec; 2] = probe_rows!(
     "process_exit",
@@ -342,14 +334,6 @@ pub fn load(
     for rows in &PROBES {
         let st = attach_one(&mut ebpf, &btf, rows, ctx, &status);
         status.push(st);
-    }
-    // In auto mode the fast path is optional: when it cannot attach, the tracepoints took over.
-    let tracepoints = status.iter().any(|s| s.probe == "seccomp_sys_exit" && s.attached);
-    if let Some(fexit) = status.iter_mut().find(|s| s.probe == "seccomp_filter" && !s.attached && s.mode == "fexit")
-        && tracepoints
-    {
-        fexit.mode = "off";
-        fexit.detail = format!("{}; the syscall tracepoints count ERRNO verdicts instead", fexit.detail);
     }
 
     let maps = KernelMaps {

@@ -4,7 +4,7 @@
 //! exit, classified by reason.
 
 use agent_common::{
-    ExitDedupKey, ExitKey, OomKey, SeccompKey, action, config_flags, kabi, oom_limit, reason,
+    ExitKey, OomKey, SeccompKey, action, config_flags, kabi, oom_limit, reason,
 };
 use aya_ebpf::{
     helpers::{
@@ -66,7 +66,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         let _ = maps::TASKS.remove(tid);
     }
     let group_dead_arg = group_dead;
-    let group_dead = is_group_exit(task, tgid, group_dead)?;
+    let group_dead = is_group_exit(task, group_dead)?;
     // A kill verdict that raised no signal (signal_generate did not see it, so SECCOMP_KILLED
     // has no entry): KILL_THREAD of a non-last thread (`do_exit(SIGSYS)`), and on kernels
     // before the signal-based kill (5.10) every kill: KILL_PROCESS is `do_group_exit(SIGSYS)`,
@@ -136,7 +136,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
 
 /// True for the last thread of the thread group.
 #[inline(always)]
-fn is_group_exit(task: u64, tgid: u32, group_dead: Option<u64>) -> Result<bool, i64> {
+fn is_group_exit(task: u64, group_dead: Option<u64>) -> Result<bool, i64> {
     if let Some(group_dead) = group_dead {
         return Ok(group_dead & 0xff != 0);
     }
@@ -146,14 +146,8 @@ fn is_group_exit(task: u64, tgid: u32, group_dead: Option<u64>) -> Result<bool, 
     if kernel::read::<i32>(signal, kconfig!(signal_live))? != 0 {
         return Ok(false);
     }
-    let leader = kernel::read::<u64>(task, kconfig!(task_group_leader))?;
-    let key = ExitDedupKey {
-        leader_start_time: kernel::read::<u64>(leader, kconfig!(task_start_time))?,
-        tgid,
-        _pad: 0,
-    };
     Ok(maps::EXIT_DEDUP
-        .insert(key, 1u32, aya_ebpf::bindings::BPF_NOEXIST as u64)
+        .insert(kernel::group_key(task)?, 1u32, aya_ebpf::bindings::BPF_NOEXIST as u64)
         .is_ok())
 }
 

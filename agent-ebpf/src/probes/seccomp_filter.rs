@@ -38,7 +38,7 @@ fn try_seccomp_filter(ctx: &FExitContext, ret: i64) -> Result<(), i64> {
     }
     // Read with a helper rather than through the BTF task pointer: bpf_get_current_task_btf
     // needs 5.11, fexit only 5.5. Only tasks with a filter get here.
-    if kernel::seccomp_mode(kernel::current_task())? != kernel::KABI_FILTER {
+    if !kernel::is_filtered(kernel::seccomp_mode(kernel::current_task())?) {
         // SECCOMP_MODE_DEAD: a KILL verdict, counted from its SIGSYS or the exit.
         return Ok(());
     }

@@ -81,21 +81,11 @@ fn per_cgroup(
         let Label::Path(path) = &series.label else {
             continue;
         };
-        let id = &series.identity;
-        // Empty identity labels are left out, as in `Series::labels`.
         let mut base: [(&'static str, &str); 6] = [("cgroup", path); 6];
         let mut n = 1;
-        for (k, v) in [
-            ("container_id", &*id.container_id),
-            ("container", &*id.container),
-            ("pod", &*id.pod),
-            ("namespace", &*id.namespace),
-            ("runtime", id.runtime.as_str()),
-        ] {
-            if !v.is_empty() {
-                base[n] = (k, v);
-                n += 1;
-            }
+        for label in series.identity.known_labels() {
+            base[n] = label;
+            n += 1;
         }
         let base = &base[..n];
         let mut emit =

@@ -18,7 +18,7 @@ impl Collector for ContainerCollector {
         let mut info: BTreeMap<Labels, i64> = BTreeMap::new();
         let mut count: BTreeMap<Labels, i64> = BTreeMap::new();
         for c in self.registry.live_containers() {
-            let mut labels: Labels = c.labels().into_iter().collect();
+            let mut labels: Labels = c.labels().into_iter().map(|(k, v)| (k, v.to_string())).collect();
             labels.push(("image", c.image.to_string()));
             info.insert(labels, 1);
             *count.entry(vec![("runtime", c.runtime.as_str().to_string())]).or_default() += 1;

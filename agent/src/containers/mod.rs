@@ -72,15 +72,22 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The labels every per-cgroup series carries besides `cgroup`.
-    pub fn labels(&self) -> [(&'static str, String); 5] {
+    /// The identity labels, known or not (`cgwatch_container_info` carries all of them).
+    pub fn labels(&self) -> [(&'static str, &str); 5] {
         [
-            ("container_id", self.container_id.to_string()),
-            ("container", self.container.to_string()),
-            ("pod", self.pod.to_string()),
-            ("namespace", self.namespace.to_string()),
-            ("runtime", self.runtime.as_str().to_string()),
+            ("container_id", &self.container_id),
+            ("container", &self.container),
+            ("pod", &self.pod),
+            ("namespace", &self.namespace),
+            ("runtime", self.runtime.as_str()),
         ]
+    }
+
+    /// The labels every per-cgroup series carries besides `cgroup`: those that are known. An
+    /// empty label is the same as none to Prometheus, and leaving them out keeps a scrape of
+    /// thousands of plain cgroups small.
+    pub fn known_labels(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.labels().into_iter().filter(|(_, v)| !v.is_empty())
     }
 
     /// Whether names still need a lookup.
