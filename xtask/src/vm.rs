@@ -178,7 +178,12 @@ fn boot(vmlinuz: &Path, initrd: &Path, mode: &str, log: &Path, timeout: Duration
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 quiet loglevel=3 cgwatch.mode={mode}"))
+        // Warnings reach the console (a soft lockup's stacks, on every CPU), and a lockup or a hung
+        // task panics, which ends the boot at once instead of at the timeout.
+        .arg(format!(
+            "console=ttyS0 panic=-1 loglevel=4 softlockup_panic=1 softlockup_all_cpu_backtrace=1 \
+             hung_task_panic=1 cgwatch.mode={mode}"
+        ))
         .stdin(Stdio::null())
         .stdout(fs::File::create(log)?)
         .stderr(Stdio::null())
