@@ -70,6 +70,9 @@ pub mod config_flags {
     /// The memory controller is mounted on cgroup v1 (hybrid host): its mem+swap counter can
     /// fire too, and its cgroup ids are v1 ids.
     pub const MEMCG_V1: u32 = 1 << 3;
+    /// BTF had `oom_control.chosen` and `.memcg` (`KernelConfig::oom_control_*`): a kprobe on
+    /// `oom_kill_process` can tell the victim and the limit that fired.
+    pub const HAS_OOM_CONTROL: u32 = 1 << 4;
 }
 
 /// Which memory limit an OOM kill enforced (`OomKey::limit`).
@@ -152,10 +155,14 @@ pub struct KernelConfig {
     /// Number of parameters of `__seccomp_filter` (its return value follows them in an fexit
     /// context); 0 when BTF does not have the function.
     pub seccomp_filter_args: u32,
+    /// `oom_control.chosen`, the victim.
+    pub oom_control_chosen: u32,
+    /// `oom_control.memcg`, the memory cgroup whose limit fired (NULL for a global OOM).
+    pub oom_control_memcg: u32,
     /// `config_flags::*`.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 128);
+const _: () = assert!(size_of::<KernelConfig>() == 136);
 
 /// Key of the per-CPU OOM kill counters.
 #[repr(C)]

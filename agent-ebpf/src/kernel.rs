@@ -40,6 +40,8 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     memcg_memsw_usage: 0,
     memcg_memsw_max: 0,
     seccomp_filter_args: 0,
+    oom_control_chosen: 0,
+    oom_control_memcg: 0,
     flags: 0,
 };
 
@@ -180,7 +182,7 @@ pub fn oom_key(victim: u64, victim_cgroup: u64) -> OomKey {
             key.levels_up = level;
             key.limit_cgroup_id = read::<u64>(css, kconfig!(css_cgroup)).and_then(cgroup_id).unwrap_or(0);
             if let Some(last) = crate::maps::LAST_OOM.get_ptr_mut(0) {
-                unsafe { *last = crate::maps::LastOom { css, time_ns: now } };
+                unsafe { *last = crate::maps::LastOom { css, time_ns: now, host: 0 } };
             }
             return key;
         }
@@ -191,6 +193,73 @@ pub fn oom_key(victim: u64, victim_cgroup: u64) -> OomKey {
     }
     key.limit = oom_limit::HOST;
     key
+}
+
+/// How many memory cgroup levels `target_css` is above `task`'s memory cgroup, if it is one of
+/// its ancestors (or the cgroup itself).
+#[inline(always)]
+fn memcg_level(task: u64, target_css: u64) -> Option<u32> {
+    if kconfig!(flags) & config_flags::HAS_MEMCG == 0 || target_css == 0 {
+        return None;
+    }
+    let css_set = read::<u64>(task, kconfig!(task_cgroups)).ok()?;
+    let mut css = read::<u64>(css_set, kconfig!(css_set_memcg)).ok()?;
+    for level in 0..MAX_MEMCG_LEVELS {
+        if css == 0 {
+            return None;
+        }
+        if css == target_css {
+            return Some(level);
+        }
+        css = read::<u64>(css, kconfig!(css_parent)).ok()?;
+    }
+    None
+}
+
+/// The OOM counter key of a victim whose limit is known: `limit_css` is the memory cgroup whose
+/// limit fired, 0 for a global OOM (the `oom_kill_process` kprobe reads it from `oc->memcg`).
+#[inline(always)]
+pub fn oom_key_for_limit(victim: u64, victim_cgroup: u64, limit_css: u64) -> OomKey {
+    let mut key = OomKey { cgroup_id: victim_cgroup, limit_cgroup_id: 0, limit: oom_limit::UNKNOWN, levels_up: 0 };
+    if limit_css == 0 {
+        key.limit = oom_limit::HOST;
+    } else if let Some(level) = memcg_level(victim, limit_css) {
+        key.limit = if level == 0 { oom_limit::OWN } else { oom_limit::ANCESTOR };
+        key.levels_up = level;
+        key.limit_cgroup_id = read::<u64>(limit_css, kconfig!(css_cgroup)).and_then(cgroup_id).unwrap_or(0);
+    }
+    key
+}
+
+/// `oc->memcg` as the `cgroup_subsys_state *` the walks compare with (0 for a global OOM).
+#[inline(always)]
+pub fn memcg_to_css(memcg: u64) -> u64 {
+    if memcg == 0 { 0 } else { memcg + kconfig!(memcg_css) as u64 }
+}
+
+/// How long after an OOM decision a victim's exit is still matched to it: `memory.oom.group`
+/// members are killed by the same decision and exit shortly after.
+const OOM_EXIT_WINDOW_NS: u64 = 10_000_000_000;
+
+/// The OOM counter key of an OOM victim at its exit, on kernels whose `mark_victim` carries
+/// only a pid: from the last decision the `oom_kill_process` kprobe recorded, if it is recent
+/// and covers the victim's memory cgroup; `UNKNOWN` otherwise.
+#[inline(always)]
+pub fn oom_key_at_exit(task: u64, cgroup_id: u64) -> OomKey {
+    let unknown = OomKey { cgroup_id, limit_cgroup_id: 0, limit: oom_limit::UNKNOWN, levels_up: 0 };
+    let now = unsafe { bpf_ktime_get_ns() };
+    match crate::maps::LAST_OOM.get(0) {
+        Some(last) if last.time_ns != 0 && now.saturating_sub(last.time_ns) < OOM_EXIT_WINDOW_NS => {
+            if last.host != 0 {
+                oom_key_for_limit(task, cgroup_id, 0)
+            } else if memcg_level(task, last.css).is_some() {
+                oom_key_for_limit(task, cgroup_id, last.css)
+            } else {
+                unknown
+            }
+        }
+        _ => unknown,
+    }
 }
 
 /// Identifies `task`'s thread group across probes: the leader's start time and global pid.

@@ -70,10 +70,18 @@ pub struct LastOom {
     /// `cgroup_subsys_state *` of the memory cgroup whose limit fired.
     pub css: u64,
     pub time_ns: u64,
+    /// A global OOM (the `oom_kill_process` kprobe saw no memory cgroup); `css` is 0.
+    pub host: u64,
 }
 
 #[map]
 pub static LAST_OOM: Array<LastOom> = Array::with_max_entries(1, 0);
+
+/// OOM kills decided by `oom_kill_process` (kprobe), by the victim's thread group, until the
+/// victim's exit counts them: on kernels whose `mark_victim` carries only a pid, the only place
+/// that knows which limit fired. Also catches a victim that exits before it is marked.
+#[map]
+pub static OOM_PENDING: LruHashMap<ExitDedupKey, OomKey> = LruHashMap::with_max_entries(1024, 0);
 
 /// Thread groups whose exit was counted, on kernels whose exit tracepoint lacks `group_dead`.
 #[map]

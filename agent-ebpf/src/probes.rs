@@ -1,12 +1,14 @@
 //! One module per kernel hook. Each exposes a `tp_btf` entry point (preferred: BTF-typed
 //! arguments, lower overhead) and a `raw_tp` one (fallback) that share the same `try_*` body.
 //! Pointer arguments are read with `bpf_probe_read_kernel` so that both program types accept them.
-//! `seccomp_filter` is an fexit program on a kernel function instead (the fast path).
+//! `seccomp_filter` is an fexit program on a kernel function instead (the fast path), and
+//! `oom_kill_process` a kprobe (where `mark_victim` lacks the victim task).
 
 mod cgroup_mkdir;
 mod floor;
 mod cgroup_rmdir;
 mod mark_victim;
+mod oom_kill_process;
 mod sched_process_exit;
 mod seccomp_filter;
 mod signal_generate;

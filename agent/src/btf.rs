@@ -217,6 +217,11 @@ impl KernelBtf {
         if memcg.is_some() {
             flags |= config_flags::HAS_MEMCG;
         }
+        let chosen = self.offset("oom_control", &["chosen"]);
+        let oc_memcg = self.offset("oom_control", &["memcg"]);
+        if chosen.is_ok() && oc_memcg.is_ok() {
+            flags |= config_flags::HAS_OOM_CONTROL;
+        }
         let [css_set_memcg, css_parent, css_cgroup, memcg_css, mem_usage, mem_max, memsw_usage, memsw_max] =
             memcg.unwrap_or_default();
         Ok(KernelConfig {
@@ -229,6 +234,8 @@ impl KernelBtf {
             memcg_memsw_usage: memsw_usage,
             memcg_memsw_max: memsw_max,
             seccomp_filter_args: self.function_params("__seccomp_filter").unwrap_or(0),
+            oom_control_chosen: chosen.unwrap_or(0),
+            oom_control_memcg: oc_memcg.unwrap_or(0),
             task_seccomp_mode: self.offset("task_struct", &["seccomp", "mode"])?,
             task_exit_code: self.offset("task_struct", &["exit_code"])?,
             task_signal: self.offset("task_struct", &["signal"])?,
@@ -280,6 +287,10 @@ mod tests {
         // recheck_after_trace]): the third argument went away in 6.x.
         assert!(matches!(cfg.seccomp_filter_args, 2 | 3), "{}", cfg.seccomp_filter_args);
         assert!(cfg.css_set_memcg > 0 && cfg.memcg_memory_max > cfg.memcg_memory_usage);
+        // struct oom_control { zonelist, nodemask, memcg, ... chosen, ... }: two pointers first.
+        assert!(cfg.flags & config_flags::HAS_OOM_CONTROL != 0);
+        assert_eq!(cfg.oom_control_memcg, 16);
+        assert!(cfg.oom_control_chosen > cfg.oom_control_memcg);
     }
 
     #[test]

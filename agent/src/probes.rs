@@ -12,7 +12,7 @@ use agent_common::{ExitKey, KernelConfig, OomKey, SeccompKey, config_flags, lost
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, FExit, RawTracePoint},
+    programs::{BtfTracePoint, FExit, KProbe, RawTracePoint},
 };
 
 use crate::config::{ProbeMode, SeccompMode};
@@ -29,6 +29,8 @@ pub enum Mode {
     RawTp,
     /// fexit on a kernel function (BPF trampoline), kernel >= 5.5 with BTF for the function.
     Fexit,
+    /// kprobe on a kernel function (`CONFIG_KPROBES`).
+    Kprobe,
 }
 
 impl Mode {
@@ -37,6 +39,7 @@ impl Mode {
             Mode::TpBtf => "tp_btf",
             Mode::RawTp => "raw_tp",
             Mode::Fexit => "fexit",
+            Mode::Kprobe => "kprobe",
         }
     }
 }
@@ -204,6 +207,29 @@ const fn fexit_row(program: &'static str, fits: fn(&ProbeContext) -> bool) -> Pr
     }
 }
 
+fn unless_oom_kill_process_needed(c: &ProbeContext) -> Option<&'static str> {
+    if c.kernel.flags & config_flags::MARK_VICTIM_HAS_TASK != 0 {
+        Some("not needed: mark_victim carries the victim and tells the limit that fired")
+    } else if c.kernel.flags & config_flags::HAS_OOM_CONTROL == 0 {
+        Some("kernel BTF has no struct oom_control; OOM kills are counted with limit=\"unknown\"")
+    } else {
+        None
+    }
+}
+
+/// Where `mark_victim` carries only a pid: the OOM killer's decision, for the limit that fired.
+const OOM_KILL_PROCESS: [ProbeSpec; 1] = [ProbeSpec {
+    probe: "oom_kill_process",
+    hook: "oom_kill_process",
+    mode: Mode::Kprobe,
+    program: "oom_kill_process_kprobe",
+    min_kernel: (4, 17),
+    disable_if: unless_oom_kill_process_needed,
+    needs: &[],
+    fits: always,
+    unless_attached: &[],
+}];
+
 const EXIT_GD: [ProbeSpec; 2] = probe_rows!(
     "process_exit",
     "sched_process_exit",
@@ -224,12 +250,13 @@ const EXIT_NO_GD: [ProbeSpec; 2] = probe_rows!(
 );
 
 /// Every probe, in attach order, each with its rows in order of preference.
-pub static PROBES: [&[ProbeSpec]; 8] = [
+pub static PROBES: [&[ProbeSpec]; 9] = [
     &probe_rows!("cgroup_mkdir", "cgroup_mkdir", "cgroup_mkdir_btf", "cgroup_mkdir_raw", never),
     &probe_rows!("cgroup_rmdir", "cgroup_rmdir", "cgroup_rmdir_btf", "cgroup_rmdir_raw", never),
     // With group_dead (>= 6.16) or without it, tp_btf before raw_tp.
     &[EXIT_GD[0], EXIT_NO_GD[0], EXIT_GD[1], EXIT_NO_GD[1]],
     &probe_rows!("oom_mark_victim", "mark_victim", "mark_victim_btf", "mark_victim_raw", unless_mark_victim_has_task),
+    &OOM_KILL_PROCESS,
     &probe_rows!("seccomp_signal", "signal_generate", "signal_generate_btf", "signal_generate_raw", unless_seccomp),
     &SECCOMP_FEXIT,
     &unless_attached(
@@ -377,7 +404,8 @@ fn attach_one(
     let allowed = |row: &ProbeSpec| {
         (row.fits)(ctx)
             && match ctx.probe_mode {
-                _ if row.mode == Mode::Fexit => true,
+                // --probe-mode picks between the two tracepoint kinds only.
+                _ if matches!(row.mode, Mode::Fexit | Mode::Kprobe) => true,
                 ProbeMode::Auto => true,
                 ProbeMode::TpBtf => row.mode == Mode::TpBtf,
                 ProbeMode::RawTp => row.mode == Mode::RawTp,
@@ -418,6 +446,11 @@ fn attach_row(ebpf: &mut Ebpf, btf: &aya::Btf, row: &ProbeSpec) -> Result<(), St
             let p: &mut FExit = program.try_into().map_err(|e| format!("{e}"))?;
             p.load(row.hook, btf).map_err(|e| format!("load: {}", error_chain(&e)))?;
             p.attach().map_err(|e| format!("attach: {}", error_chain(&e)))?;
+        }
+        Mode::Kprobe => {
+            let p: &mut KProbe = program.try_into().map_err(|e| format!("{e}"))?;
+            p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
+            p.attach(row.hook, 0).map_err(|e| format!("attach: {}", error_chain(&e)))?;
         }
         Mode::RawTp => {
             let p: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
@@ -550,8 +583,8 @@ mod tests {
         for rows in PROBES {
             assert!(names.insert(rows[0].probe), "duplicate probe {}", rows[0].probe);
             assert!(rows.iter().all(|r| r.probe == rows[0].probe && r.hook == rows[0].hook));
-            if rows[0].mode == Mode::Fexit {
-                assert!(rows.iter().all(|r| r.mode == Mode::Fexit), "the fast path has one mode");
+            if matches!(rows[0].mode, Mode::Fexit | Mode::Kprobe) {
+                assert!(rows.iter().all(|r| r.mode == rows[0].mode), "a function probe has one mode");
             } else {
                 assert_eq!(rows[0].mode, Mode::TpBtf, "tp_btf is preferred");
             }
@@ -610,20 +643,29 @@ mod tests {
         let disabled = |ctx: &ProbeContext| -> Vec<&str> {
             PROBES.iter().filter(|r| (r[0].disable_if)(ctx).is_some()).map(|r| r[0].probe).collect()
         };
+        assert_eq!(
+            disabled(&ctx),
+            ["oom_mark_victim", "oom_kill_process", "seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]
+        );
+        // mark_victim with only a pid: the oom_kill_process kprobe tells the limit instead.
+        ctx.kernel.flags = config_flags::HAS_OOM_CONTROL;
         assert_eq!(disabled(&ctx), ["oom_mark_victim", "seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]);
         ctx.seccomp_mode = SeccompMode::Off;
-        ctx.kernel.flags = config_flags::MARK_VICTIM_HAS_TASK;
-        assert_eq!(disabled(&ctx), ["seccomp_signal", "seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]);
+        ctx.kernel.flags = config_flags::MARK_VICTIM_HAS_TASK | config_flags::HAS_OOM_CONTROL;
+        assert_eq!(
+            disabled(&ctx),
+            ["oom_kill_process", "seccomp_signal", "seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]
+        );
         // fexit: the tracepoints stay off (no fallback), and fexit needs the function in BTF.
         ctx.seccomp_mode = SeccompMode::Fexit;
         ctx.kernel.seccomp_filter_args = 3;
-        assert_eq!(disabled(&ctx), ["seccomp_sys_enter", "seccomp_sys_exit"]);
+        assert_eq!(disabled(&ctx), ["oom_kill_process", "seccomp_sys_enter", "seccomp_sys_exit"]);
         ctx.kernel.seccomp_filter_args = 0;
-        assert_eq!(disabled(&ctx), ["seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]);
+        assert_eq!(disabled(&ctx), ["oom_kill_process", "seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]);
         // auto: the tracepoints (the fast path is opt-in); were it attached, it would keep them off.
         ctx.seccomp_mode = SeccompMode::Auto;
         ctx.kernel.seccomp_filter_args = 2;
-        assert_eq!(disabled(&ctx), ["seccomp_filter"]);
+        assert_eq!(disabled(&ctx), ["oom_kill_process", "seccomp_filter"]);
         let enter = PROBES.iter().find(|r| r[0].probe == "seccomp_sys_enter").unwrap();
         assert_eq!(enter[0].unless_attached, ["seccomp_filter"]);
     }

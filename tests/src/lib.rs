@@ -448,14 +448,21 @@ pub fn run_agent_expecting_exit(args: &[&str], wrap: Option<&[&str]>) -> (Option
     }
 }
 
-/// Whether this kernel lets the agent tell which memory limit an OOM kill enforced (its
-/// `mark_victim` passes the victim task, and BTF has the memory cgroup layout).
-pub fn oom_limit_known() -> bool {
+/// Whether the agent behind `m` can tell which memory limit an OOM kill enforced: BTF has the
+/// memory cgroup layout, and either `mark_victim` passes the victim task (attached as
+/// `oom_mark_victim`) or the `oom_kill_process` kprobe reads the OOM killer's decision. The
+/// kernels of the VM matrix all have kprobes: there, a kernel whose `mark_victim` carries only a
+/// pid must have the kprobe attached.
+pub fn oom_limit_known(m: &Metrics) -> bool {
+    use agent_common::config_flags;
     use cgwatch::btf::KernelBtf;
     let Ok(btf) = KernelBtf::from_sysfs(Path::new("/sys")) else { return false };
     let flags = btf.kernel_config().map(|c| c.flags).unwrap_or(0);
-    let need = agent_common::config_flags::MARK_VICTIM_HAS_TASK | agent_common::config_flags::HAS_MEMCG;
-    flags & need == need
+    let attached = |probe: &str| m.get("cgwatch_probe_attached", &[("probe", probe)]) == Some(1.0);
+    if std::env::var_os("CGWATCH_VM").is_some() && flags & config_flags::MARK_VICTIM_HAS_TASK == 0 {
+        assert!(attached("oom_kill_process"), "{:?}", m.find("cgwatch_probe_attached", &[]));
+    }
+    flags & config_flags::HAS_MEMCG != 0 && (attached("oom_mark_victim") || attached("oom_kill_process"))
 }
 
 /// Feeds an exposition to `promtool check metrics` (when installed): its lint may suggest

@@ -52,7 +52,7 @@ fn oom_kill_in_a_memory_limited_cgroup() {
     let m = agent.scrape();
     assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)]), Some(1.0));
     // Its own limit fired (where the kernel tells the agent the victim while it holds its memory).
-    let (limit, limit_cgroup) = if cgwatch_tests::oom_limit_known() { ("own", cg.rel.as_str()) } else { ("unknown", "") };
+    let (limit, limit_cgroup) = if cgwatch_tests::oom_limit_known(&m) { ("own", cg.rel.as_str()) } else { ("unknown", "") };
     assert_eq!(
         m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", limit), ("limit_cgroup", limit_cgroup)]),
         Some(1.0),
@@ -86,7 +86,7 @@ fn oom_kill_is_counted_in_the_victims_cgroup_not_the_triggering_one() {
     let m = agent.scrape();
     // The parent's limit fired, not the victim's own (it has none): limit="ancestor" names it.
     let (limit, limit_cgroup) =
-        if cgwatch_tests::oom_limit_known() { ("ancestor", parent.rel.as_str()) } else { ("unknown", "") };
+        if cgwatch_tests::oom_limit_known(&m) { ("ancestor", parent.rel.as_str()) } else { ("unknown", "") };
     assert_eq!(
         m.get("cgwatch_oom_kills_total", &[("cgroup", &big.rel), ("limit", limit), ("limit_cgroup", limit_cgroup)]),
         Some(1.0),
@@ -134,7 +134,7 @@ fn oom_group_counts_every_killed_task_once() {
     // Three tasks killed as a group: three OOM kills, three oom_kill exits, none twice.
     assert_eq!(m.sum("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)]), 3.0, "{:?}", m.find("cgwatch_oom_kills_total", &[]));
     assert_eq!(m.get(P, &[("cgroup", &cg.rel), ("reason", "oom_kill")]), Some(3.0), "{:?}", m.find(P, &[("cgroup", &cg.rel)]));
-    if cgwatch_tests::oom_limit_known() {
+    if cgwatch_tests::oom_limit_known(&m) {
         assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", "own")]), Some(3.0));
     }
 }
@@ -160,7 +160,7 @@ fn a_global_oom_is_a_host_limit() {
     let status = cg.run(&["exec", "--", "sh", "-c", script]);
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
     let m = agent.scrape();
-    let limit = if cgwatch_tests::oom_limit_known() { "host" } else { "unknown" };
+    let limit = if cgwatch_tests::oom_limit_known(&m) { "host" } else { "unknown" };
     assert_eq!(
         m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", limit), ("limit_cgroup", "")]),
         Some(1.0),

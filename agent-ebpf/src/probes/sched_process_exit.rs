@@ -4,7 +4,7 @@
 //! exit, classified by reason.
 
 use agent_common::{
-    ExitKey, OomKey, SeccompKey, action, config_flags, kabi, oom_limit, reason,
+    ExitKey, OomKey, SeccompKey, action, config_flags, kabi, reason,
 };
 use aya_ebpf::{
     helpers::{
@@ -104,12 +104,15 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         (if status == 0 { reason::SUCCESS } else { reason::ERROR }, 0)
     } else if sig == kabi::SIGSYS && maps::SECCOMP_KILLED.remove(tgid).is_ok() {
         (reason::SECCOMP_KILL, sig)
-    } else if sig == kabi::SIGKILL && is_oom_victim(task)? {
-        if flags & config_flags::MARK_VICTIM_HAS_TASK == 0 {
-            // mark_victim carries only a pid on this kernel: count the OOM kill here. The reaper
-            // may have freed the victim's memory by now, so which limit fired is not known.
-            maps::count_oom(&OomKey { cgroup_id, limit_cgroup_id: 0, limit: oom_limit::UNKNOWN, levels_up: 0 });
-        }
+    } else if sig == kabi::SIGKILL && flags & config_flags::MARK_VICTIM_HAS_TASK != 0 && is_oom_victim(task)? {
+        // Counted as an OOM kill by mark_victim.
+        (reason::OOM_KILL, sig)
+    } else if sig == kabi::SIGKILL
+        && flags & config_flags::MARK_VICTIM_HAS_TASK == 0
+        && let Some(key) = oom_kill_at_exit(task, cgroup_id)?
+    {
+        // mark_victim carries only a pid on this kernel: the OOM kill is counted here.
+        maps::count_oom(&key);
         (reason::OOM_KILL, sig)
     } else {
         (reason::SIGNAL, sig)
@@ -149,6 +152,25 @@ fn is_group_exit(task: u64, group_dead: Option<u64>) -> Result<bool, i64> {
     Ok(maps::EXIT_DEDUP
         .insert(kernel::group_key(task)?, 1u32, aya_ebpf::bindings::BPF_NOEXIST as u64)
         .is_ok())
+}
+
+/// The OOM counter key of an exiting OOM victim, on kernels whose `mark_victim` carries only a
+/// pid. The `oom_kill_process` kprobe (where kprobes exist) recorded the victim and the limit
+/// that fired; that record also catches a victim that exits before the OOM killer marks it
+/// (its SIGKILL comes first). Without a record (no kprobes, or a `memory.oom.group` member) the
+/// last decision or `unknown` names the limit: the reaper may have freed the memory by now.
+#[inline(always)]
+fn oom_kill_at_exit(task: u64, cgroup_id: u64) -> Result<Option<OomKey>, i64> {
+    if let Ok(group) = kernel::group_key(task)
+        && let Some(pending) = unsafe { maps::OOM_PENDING.get(&group) }.copied()
+    {
+        let _ = maps::OOM_PENDING.remove(&group);
+        return Ok(Some(OomKey { cgroup_id, ..pending }));
+    }
+    if !is_oom_victim(task)? {
+        return Ok(None);
+    }
+    Ok(Some(kernel::oom_key_at_exit(task, cgroup_id)))
 }
 
 /// `task->signal->oom_mm` is set by `mark_oom_victim` and never cleared.

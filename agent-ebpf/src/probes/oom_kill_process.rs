@@ -1,0 +1,35 @@
+//! kprobe on `oom_kill_process(struct oom_control *oc, const char *message)`: the OOM killer's
+//! decision, with the victim (`oc->chosen`) and the memory cgroup whose limit fired
+//! (`oc->memcg`, NULL for a global OOM). Attached only where `oom:mark_victim` carries just a
+//! pid (kernels before the task pointer was added): the victim's exit then counts the kill with
+//! the limit recorded here.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::kprobe, programs::ProbeContext};
+
+use crate::{
+    kernel::{self, kconfig},
+    maps,
+};
+
+#[kprobe]
+pub fn oom_kill_process_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(oc) = ctx.arg::<u64>(0) {
+        let _ = try_oom_kill_process(oc);
+    }
+    0
+}
+
+#[inline(always)]
+fn try_oom_kill_process(oc: u64) -> Result<(), i64> {
+    let victim = kernel::read::<u64>(oc, kconfig!(oom_control_chosen))?;
+    let memcg = kernel::read::<u64>(oc, kconfig!(oom_control_memcg))?;
+    let css = kernel::memcg_to_css(memcg);
+    let key = kernel::oom_key_for_limit(victim, kernel::task_cgroup_id(victim)?, css);
+    let _ = maps::OOM_PENDING.insert(&kernel::group_key(victim)?, &key, 0);
+    // memory.oom.group: the other members are killed by this same decision, unnamed here.
+    if let Some(last) = maps::LAST_OOM.get_ptr_mut(0) {
+        let time_ns = unsafe { bpf_ktime_get_ns() };
+        unsafe { *last = maps::LastOom { css, time_ns, host: u64::from(memcg == 0) } };
+    }
+    Ok(())
+}
