@@ -132,9 +132,12 @@ grep '^cgwatch_probe_attached' /tmp/m | sed 's/^/VMPROBE /'
 grep 'probe seccomp_filter' /tmp/agent.log | sed 's/^/VMLOG /'
 kill $agent; wait $agent
 grep -q . /proc/$agent/status 2>/dev/null && echo "VMTEST agent $agent still running"
+# The global OOM runs alone: the kernel may kill more than its victim (an agent of a test
+# running beside it was seen killed too).
 for t in /tests/*; do
-  "$t" --test-threads=2 2>&1 | sed "s|^|VMOUT $(basename $t) |"
+  "$t" --test-threads=2 --skip a_global_oom_is_a_host_limit 2>&1 | sed "s|^|VMOUT $(basename $t) |"
 done
+/tests/exits --exact a_global_oom_is_a_host_limit 2>&1 | sed "s|^|VMOUT exits |"
 dmesg | grep -iE "kill|oom|segfault|traps:" | sed 's/^/VMDMESG /'
 echo "VMTEST done"
 poweroff -f
@@ -171,7 +174,9 @@ fn build_initramfs(work: &Path, root_dir: &Path, tests: &BTreeMap<String, PathBu
 fn boot(vmlinuz: &Path, initrd: &Path, mode: &str, log: &Path, timeout: Duration) -> Result<String> {
     let cpu = std::env::var("CGWATCH_VM_CPU").unwrap_or_else(|_| DEFAULT_CPU.into());
     let accel = std::env::var("CGWATCH_VM_ACCEL").unwrap_or_else(|_| DEFAULT_ACCEL.into());
-    let mut child = Command::new("qemu-system-x86_64")
+    let (qemu, data) = qemu()?;
+    let mut child = Command::new(&qemu)
+        .args(data.iter().flat_map(|d| [Path::new("-L"), d.as_path()]))
         .args(["-accel", &accel, "-cpu", &cpu, "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(vmlinuz)
@@ -203,6 +208,18 @@ fn boot(vmlinuz: &Path, initrd: &Path, mode: &str, log: &Path, timeout: Duration
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(String::from_utf8_lossy(&fs::read(log)?).into_owned())
+}
+
+/// The qemu binary and its firmware directories: `$CGWATCH_VM_QEMU` (with `-L` directories in
+/// `$CGWATCH_VM_QEMU_DATA`, colon-separated), else the system's.
+fn qemu() -> Result<(PathBuf, Vec<PathBuf>)> {
+    match std::env::var_os("CGWATCH_VM_QEMU") {
+        Some(q) => Ok((
+            PathBuf::from(q),
+            std::env::var("CGWATCH_VM_QEMU_DATA").unwrap_or_default().split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
+        )),
+        None => Ok((PathBuf::from("qemu-system-x86_64"), Vec::new())),
+    }
 }
 
 /// Test binaries by name, built by `cargo test --no-run`.

@@ -67,6 +67,13 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     }
     let group_dead_arg = group_dead;
     let group_dead = is_group_exit(task, group_dead)?;
+    // The exit status of the thread group, as wait() reports it. Without `group_dead` the thread
+    // that counts the group exit is the first to reach here once `signal->live` is 0, not
+    // necessarily the last to exit: a thread killed by KILL_THREAD that the main thread already
+    // joined (the kernel wakes the joiner before this tracepoint) can arrive after the main
+    // thread's exit, and its own SIGSYS is not the process's status.
+    let status = if group_dead && group_dead_arg.is_none() { group_status(task)? } else { exit_code };
+    let group_sig = status & 0x7f;
     // A kill verdict that raised no signal (signal_generate did not see it, so SECCOMP_KILLED
     // has no entry): KILL_THREAD of a non-last thread (`do_exit(SIGSYS)`), and on kernels
     // before the signal-based kill (5.10) every kill: KILL_PROCESS is `do_group_exit(SIGSYS)`,
@@ -78,7 +85,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         let signal = kernel::read::<u64>(task, kconfig!(task_signal))?;
         let group_code = kernel::read::<i32>(signal, kconfig!(signal_group_exit_code))? as u32;
         let act = if group_code & 0x7f == kabi::SIGSYS { action::KILL_PROCESS } else { action::KILL_THREAD };
-        if act == action::KILL_PROCESS || group_dead {
+        if act == action::KILL_PROCESS || (group_dead && group_sig == kabi::SIGSYS) {
             // The whole thread group dies of it: its exit is a seccomp_kill. Without group_dead
             // another thread may have counted the group exit already, as a plain SIGSYS.
             let moved = group_dead_arg.is_none()
@@ -99,9 +106,10 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         return Ok(());
     }
 
+    let sig = group_sig;
     let (why, signal) = if sig == 0 {
-        let status = (exit_code >> 8) & 0xff;
-        (if status == 0 { reason::SUCCESS } else { reason::ERROR }, 0)
+        let code = (status >> 8) & 0xff;
+        (if code == 0 { reason::SUCCESS } else { reason::ERROR }, 0)
     } else if sig == kabi::SIGSYS && maps::SECCOMP_KILLED.remove(tgid).is_ok() {
         (reason::SECCOMP_KILL, sig)
     } else if sig == kabi::SIGKILL && flags & config_flags::MARK_VICTIM_HAS_TASK != 0 && is_oom_victim(task)? {
@@ -135,6 +143,19 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         let _ = maps::RECENT_KILLS.insert(k, rec, 0);
     }
     Ok(())
+}
+
+/// The thread group's exit status: `signal->group_exit_code` after a group exit (`exit_group`,
+/// a fatal signal), else the leader's `exit_code`, which is what the parent's wait() reports.
+#[inline(always)]
+fn group_status(task: u64) -> Result<u32, i64> {
+    let signal = kernel::read::<u64>(task, kconfig!(task_signal))?;
+    let group_code = kernel::read::<i32>(signal, kconfig!(signal_group_exit_code))? as u32;
+    if group_code != 0 {
+        return Ok(group_code);
+    }
+    let leader = kernel::read::<u64>(task, kconfig!(task_group_leader))?;
+    Ok(kernel::read::<i32>(leader, kconfig!(task_exit_code))? as u32)
 }
 
 /// True for the last thread of the thread group.
