@@ -12,6 +12,11 @@ use aya_ebpf::{
 #[map]
 pub static TASKS: LruHashMap<u32, TaskState> = LruHashMap::with_max_entries(32768, 0);
 
+/// Syscall number passed to `__seccomp_filter`, by thread, for the kretprobe (the fast path
+/// where fexit cannot attach).
+#[map]
+pub static SECCOMP_SYSCALL: LruHashMap<u32, i32> = LruHashMap::with_max_entries(32768, 0);
+
 /// Seccomp violations; per-CPU because a violation storm hits it from every CPU.
 #[map]
 pub static SECCOMP_COUNTS: PerCpuHashMap<SeccompKey, u64> =

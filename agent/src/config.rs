@@ -12,12 +12,15 @@ pub const DEFAULT_PORT: u16 = 19120;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SeccompMode {
-    /// The tracepoints (the fexit fast path is opt-in while it is experimental).
+    /// The fast path where it attaches (fexit on `__seccomp_filter`, else a kprobe / kretprobe
+    /// pair on it: only tasks with a filter pay), else the syscall tracepoints.
     Auto,
-    /// Experimental: fexit on `__seccomp_filter` (only filtered tasks pay) plus
-    /// `signal_generate`; no fallback.
+    /// The fast path only (fexit, else the kprobe pair), no tracepoint fallback.
     Fexit,
-    /// `raw_syscalls` enter/exit plus `signal_generate`: all actions.
+    /// The kprobe / kretprobe pair only (where fexit is unavailable or unwanted).
+    Kprobe,
+    /// `raw_syscalls` enter/exit plus `signal_generate`: all actions, every syscall of the host
+    /// pays for the tracepoints.
     Tracepoint,
     /// `signal_generate` and exits only: TRAP and KILL actions, no ERRNO, no per-syscall cost.
     Signals,

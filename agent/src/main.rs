@@ -73,9 +73,6 @@ async fn run(config: Config) -> Result<()> {
     }
     let listener = server::bind(config.listen).await?;
 
-    if config.seccomp_mode == cgwatch::config::SeccompMode::Fexit {
-        warn!("--seccomp-mode=fexit is experimental: soft lockups were seen under heavy denial storms on 5.10 and 6.1 test VMs");
-    }
     let ctx = ProbeContext {
         kernel,
         kernel_version: probes::kernel_version(),

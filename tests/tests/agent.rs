@@ -10,17 +10,31 @@ use cgwatch_tests::{Agent, TestCgroup};
 fn every_probe_of_the_table_attaches_here() {
     let agent = Agent::start(&[]);
     let m = agent.scrape();
-    // Exactly one path counts ERRNO verdicts.
-    let fexit = m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter"), ("mode", "fexit")]) == Some(1.0);
+    // Exactly one path counts ERRNO verdicts: the fast path, or the tracepoints where it cannot
+    // attach (this host refuses fexit and has no kprobes); a fallen-back fast path reads `off`.
+    let fast = m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter")]) == Some(1.0);
     for tp in ["seccomp_sys_enter", "seccomp_sys_exit"] {
-        let mode = if fexit { "off" } else { "tp_btf" };
-        assert_eq!(m.get("cgwatch_probe_attached", &[("probe", tp), ("mode", mode)]), Some(if fexit { 0.0 } else { 1.0 }));
+        let mode = if fast { "off" } else { "tp_btf" };
+        assert_eq!(m.get("cgwatch_probe_attached", &[("probe", tp), ("mode", mode)]), Some(if fast { 0.0 } else { 1.0 }));
     }
-    // The fast path is opt-in (--seccomp-mode fexit): auto keeps to the tracepoints.
-    assert!(!fexit);
-    assert_eq!(m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter"), ("mode", "off")]), Some(0.0));
-    assert!(agent.log().contains("probe seccomp_filter: off: the fexit fast path is opt-in"), "{}", agent.log());
-    for rows in PROBES.iter().filter(|r| !r[0].probe.starts_with("seccomp_sys_") && r[0].probe != "seccomp_filter") {
+    if !fast {
+        assert_eq!(m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter"), ("mode", "off")]), Some(0.0));
+        assert!(
+            agent.log().contains("probe seccomp_filter: off: unavailable here, the syscall tracepoints count ERRNO verdicts"),
+            "{}",
+            agent.log()
+        );
+    }
+    // The oom_kill_process kprobe only stands in for a mark_victim without the victim task.
+    let oom_kprobe_needed = cgwatch::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))
+        .and_then(|b| b.kernel_config())
+        .is_ok_and(|c| c.flags & agent_common::config_flags::MARK_VICTIM_HAS_TASK == 0);
+    let (skip, off) = if oom_kprobe_needed { ("oom_kill_process", "oom_mark_victim") } else { ("", "oom_kill_process") };
+    assert_eq!(m.get("cgwatch_probe_attached", &[("probe", off), ("mode", "off")]), Some(0.0));
+    for rows in PROBES
+        .iter()
+        .filter(|r| !r[0].probe.starts_with("seccomp_sys_") && !["seccomp_filter", skip, off].contains(&r[0].probe))
+    {
         let probe = rows[0].probe;
         // This kernel has BTF and tp_btf: the preferred mode must be the one that attached.
         assert_eq!(
@@ -39,7 +53,8 @@ fn every_probe_of_the_table_attaches_here() {
 fn raw_tp_mode_attaches_everything_and_counts_the_same() {
     let agent = Agent::start(&["--probe-mode", "raw_tp", "--seccomp-mode", "tracepoint"]);
     let m = agent.scrape();
-    for rows in PROBES.iter().filter(|r| r[0].probe != "seccomp_filter") {
+    // Every tracepoint probe attaches raw; the function probes are not tracepoints.
+    for rows in PROBES.iter().filter(|r| !["seccomp_filter", "oom_kill_process"].contains(&r[0].probe)) {
         let probe = rows[0].probe;
         assert_eq!(m.get("cgwatch_probe_attached", &[("probe", probe), ("mode", "raw_tp")]), Some(1.0), "{probe}");
     }

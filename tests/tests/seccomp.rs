@@ -116,33 +116,58 @@ fn seccomp_mode_signals_counts_traps_but_not_errno() {
 }
 
 #[test]
-fn seccomp_mode_fexit_counts_each_verdict_once_or_says_why_not() {
+fn the_fast_path_counts_each_verdict_once_or_says_why_not() {
     let in_vm = std::env::var_os("CGWATCH_VM").is_some();
-    if in_vm && !std::env::var("CGWATCH_AGENT_ARGS").unwrap_or_default().contains("fexit") {
-        // The experimental fast path soft-locked VMs under the storm tests running beside this
-        // one: in the VM matrix it is exercised in its own column (`--mode fexit`) only.
-        eprintln!("skipped: the VM matrix runs the fexit path in its fexit column only");
-        return;
+    // --seccomp-mode fexit: fexit, else the kprobe pair; kprobe: the pair only. Neither falls
+    // back to the tracepoints.
+    for (mode, want) in [("fexit", "fexit"), ("kprobe", "kprobe")] {
+        let agent = Agent::start(&["--seccomp-mode", mode]);
+        let cg = TestCgroup::new(&format!("fast-{mode}"));
+        assert!(cg.run(&["seccomp", "--action", "errno", "--count", "25"]).success());
+        assert!(cg.run(&["seccomp", "--action", "trap", "--count", "4"]).success());
+        let m = agent.scrape();
+        // The tracepoints stay off in these modes: nothing can be counted twice.
+        for tp in ["seccomp_sys_enter", "seccomp_sys_exit"] {
+            assert_eq!(m.get("cgwatch_probe_attached", &[("probe", tp), ("mode", "off")]), Some(0.0), "{mode} {tp}");
+        }
+        let attached = m.find("cgwatch_probe_attached", &[("probe", "seccomp_filter")]);
+        assert_eq!(attached.len(), 1, "{attached:?}");
+        if in_vm {
+            // The VM kernels have BPF trampolines and kprobes: each mode attaches its own hook.
+            assert_eq!((attached[0].labels["mode"].as_str(), attached[0].value), (want, 1.0), "{mode}");
+        }
+        if attached[0].value == 1.0 {
+            // The same counts as the tracepoint path.
+            assert_eq!(
+                violations(&m, &cg),
+                vec![("getppid".into(), "errno".into(), 25.0), ("getppid".into(), "trap".into(), 4.0)],
+                "{mode}"
+            );
+        } else {
+            // This development host refuses fentry/fexit and has no kprobes: said, and traps
+            // are still counted.
+            assert!(agent.log().contains("probe seccomp_filter: NOT attached"), "{}", agent.log());
+            assert_eq!(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 4.0)], "{mode}");
+        }
     }
-    let agent = Agent::start(&["--seccomp-mode", "fexit"]);
-    let cg = TestCgroup::new("fexit");
-    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "25"]).success());
-    assert!(cg.run(&["seccomp", "--action", "trap", "--count", "4"]).success());
+}
+
+/// `--seccomp-mode auto` falls back to the tracepoints where the fast path cannot attach, and
+/// uses the fast path alone where it can.
+#[test]
+fn auto_uses_the_fast_path_or_the_tracepoints_never_both() {
+    let agent = Agent::start(&["--seccomp-mode", "auto"]);
+    let cg = TestCgroup::new("auto-path");
+    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "9"]).success());
     let m = agent.scrape();
-    // The tracepoints stay off in this mode: nothing can be counted twice.
-    for tp in ["seccomp_sys_enter", "seccomp_sys_exit"] {
-        assert_eq!(m.get("cgwatch_probe_attached", &[("probe", tp), ("mode", "off")]), Some(0.0), "{tp}");
+    let attached = |probe: &str| m.get("cgwatch_probe_attached", &[("probe", probe)]) == Some(1.0);
+    assert_ne!(attached("seccomp_filter"), attached("seccomp_sys_exit"), "{:?}", m.find("cgwatch_probe_attached", &[]));
+    if std::env::var_os("CGWATCH_VM").is_some() && !std::env::var("CGWATCH_AGENT_ARGS").unwrap_or_default().contains("seccomp-mode") {
+        assert!(attached("seccomp_filter"), "the VM kernels take the fast path");
     }
-    if m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter"), ("mode", "fexit")]) == Some(1.0) {
-        // Kernels that allow fexit (the VM matrix): the same counts as the tracepoint path.
-        assert_eq!(
-            violations(&m, &cg),
-            vec![("getppid".into(), "errno".into(), 25.0), ("getppid".into(), "trap".into(), 4.0)]
-        );
-    } else {
-        // This development host refuses fentry/fexit: said once, traps still counted.
-        assert_eq!(m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter"), ("mode", "fexit")]), Some(0.0));
-        assert!(agent.log().contains("probe seccomp_filter: NOT attached"), "{}", agent.log());
-        assert_eq!(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 4.0)]);
-    }
+    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 9.0)]);
+    // A fast path that fell back is not a blind spot: the README's alert
+    // `cgwatch_probe_attached{mode!="off"} == 0` stays quiet.
+    let blind: Vec<_> = m.find("cgwatch_probe_attached", &[]).into_iter().filter(|s| s.value == 0.0 && s.labels["mode"] != "off").collect();
+    assert!(blind.is_empty(), "{blind:?}");
 }

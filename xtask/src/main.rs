@@ -39,17 +39,21 @@ enum Task {
         args: Vec<OsString>,
     },
     /// Build, then run the seccomp and exit integration tests on Debian's 5.10, 6.1 and 6.12
-    /// cloud kernels under qemu (TCG), in each --probe-mode; prints a kernel x mode table.
+    /// cloud kernels under qemu (TCG), in each agent mode; prints a kernel x mode x scenario table.
     VmTest {
         /// Only this kernel (suite or version: bullseye / 5.10, bookworm / 6.1, trixie / 6.12).
         #[arg(long)]
         kernel: Option<String>,
-        /// Only this mode: auto, raw_tp (--probe-mode) or fexit (--seccomp-mode fexit).
+        /// Only this mode: auto, tracepoint, raw_tp or kprobe (see vm::MODES).
         #[arg(long)]
         mode: Option<String>,
     },
-    /// Build, then run every test (unit and integration; needs root and a BTF kernel).
+    /// Build, then run every test: unit and integration tests on this kernel (needs root and a
+    /// BTF kernel), then the VM matrix (`vm-test`: 5.10, 6.1, 6.12 x auto, raw_tp, fexit).
     Test {
+        /// Skip the VM matrix (also skipped when a test filter is given).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -189,7 +193,7 @@ fn main() -> Result<()> {
             ensure_apt_tools(&[("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("cpio", "cpio")])?;
             vm::vm_test(&root, kernel.as_deref(), mode.as_deref())?;
         }
-        Task::Test { args } => {
+        Task::Test { no_vm, args } => {
             build(&root)?;
             // unshare/setpriv run workloads; promtool checks the exposition and prometheus
             // scrapes the agent; podman + runc run the real-container tests from an image of
@@ -202,7 +206,16 @@ fn main() -> Result<()> {
                 ("runc", "runc"),
                 ("busybox", "busybox-static"),
             ])?;
-            run(cargo(&root).args(["test", "--release"]).arg("--").args(args))?;
+            let host = run(cargo(&root).args(["test", "--release"]).arg("--").args(&args));
+            // The matrix runs even when a host test failed, so that one run shows both.
+            let vms = if no_vm || !args.is_empty() {
+                Ok(())
+            } else {
+                ensure_apt_tools(&[("qemu-system-x86_64", "qemu-system-x86"), ("cpio", "cpio")])?;
+                vm::vm_test(&root, None, None)
+            };
+            host.context("host tests failed")?;
+            vms.context("VM matrix failed")?;
         }
     }
     Ok(())

@@ -20,8 +20,11 @@ use crate::{output, run};
 
 /// Debian suites and the kernel each ships.
 pub const KERNELS: [(&str, &str); 3] = [("bullseye", "5.10"), ("bookworm", "6.1"), ("trixie", "6.12")];
-/// `auto` and `raw_tp` are `--probe-mode`s; `fexit` is `--seccomp-mode fexit` (the fast path).
-pub const MODES: [&str; 3] = ["auto", "raw_tp", "fexit"];
+/// Agent configurations: `auto` (the seccomp fast path, fexit, on these kernels), `tracepoint`
+/// (`--seccomp-mode tracepoint`: the syscall tracepoints, tp_btf), `raw_tp` (the same with
+/// `--probe-mode raw_tp`: every tracepoint probe raw) and `kprobe` (`--seccomp-mode kprobe`: the
+/// kprobe / kretprobe fast path).
+pub const MODES: [&str; 4] = ["auto", "tracepoint", "raw_tp", "kprobe"];
 /// qemu CPU model (`CGWATCH_VM_CPU` overrides it).
 const DEFAULT_CPU: &str = "max";
 /// qemu accelerator (`CGWATCH_VM_ACCEL` overrides it): TCG, since nested KVM is broken here.
@@ -121,8 +124,12 @@ mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
 ip link set lo up
 mode=$(sed -n 's/.*cgwatch.mode=\([a-z_]*\).*/\1/p' /proc/cmdline)
-# mode "fexit" is the fexit fast path for seccomp, the others a --probe-mode.
-case "$mode" in fexit) args="--seccomp-mode fexit" ;; *) args="--probe-mode $mode" ;; esac
+case "$mode" in
+  auto) args="" ;;
+  tracepoint) args="--seccomp-mode tracepoint" ;;
+  raw_tp) args="--seccomp-mode tracepoint --probe-mode raw_tp" ;;
+  kprobe) args="--seccomp-mode kprobe" ;;
+esac
 export CGWATCH_BIN=/bin/cgwatch CGWATCH_WORKLOAD_BIN=/bin/cgwatch-workload CGWATCH_AGENT_ARGS="$args" CGWATCH_VM=1
 echo "VMTEST kernel $(uname -r) mode $mode"
 cgwatch --listen 127.0.0.1:19120 $args > /tmp/agent.log 2>&1 &
@@ -171,11 +178,18 @@ fn build_initramfs(work: &Path, root_dir: &Path, tests: &BTreeMap<String, PathBu
 }
 
 /// Boots `vmlinuz` with the initramfs and returns the serial console output.
-fn boot(vmlinuz: &Path, initrd: &Path, mode: &str, log: &Path, timeout: Duration) -> Result<String> {
+fn boot(
+    qemu: &(PathBuf, Vec<PathBuf>),
+    vmlinuz: &Path,
+    initrd: &Path,
+    mode: &str,
+    log: &Path,
+    timeout: Duration,
+) -> Result<String> {
     let cpu = std::env::var("CGWATCH_VM_CPU").unwrap_or_else(|_| DEFAULT_CPU.into());
     let accel = std::env::var("CGWATCH_VM_ACCEL").unwrap_or_else(|_| DEFAULT_ACCEL.into());
-    let (qemu, data) = qemu()?;
-    let mut child = Command::new(&qemu)
+    let (qemu, data) = qemu;
+    let mut child = Command::new(qemu)
         .args(data.iter().flat_map(|d| [Path::new("-L"), d.as_path()]))
         .args(["-accel", &accel, "-cpu", &cpu, "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"])
         .arg("-kernel")
@@ -210,16 +224,67 @@ fn boot(vmlinuz: &Path, initrd: &Path, mode: &str, log: &Path, timeout: Duration
     Ok(String::from_utf8_lossy(&fs::read(log)?).into_owned())
 }
 
-/// The qemu binary and its firmware directories: `$CGWATCH_VM_QEMU` (with `-L` directories in
-/// `$CGWATCH_VM_QEMU_DATA`, colon-separated), else the system's.
-fn qemu() -> Result<(PathBuf, Vec<PathBuf>)> {
-    match std::env::var_os("CGWATCH_VM_QEMU") {
-        Some(q) => Ok((
-            PathBuf::from(q),
-            std::env::var("CGWATCH_VM_QEMU_DATA").unwrap_or_default().split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
-        )),
-        None => Ok((PathBuf::from("qemu-system-x86_64"), Vec::new())),
+/// Oldest qemu whose TCG ran the matrix cleanly. Debian 12's qemu 7.2 soft-locked 5.10 and 6.1
+/// guests now and then (both vCPUs spinning on a kernel text site just patched by
+/// `text_poke_bp`, which every tracepoint attach does) and crashed 6.12 on about half its boots;
+/// qemu 10.0 from bookworm-backports ran the same runs without either.
+const MIN_QEMU: (u32, u32) = (8, 0);
+
+fn qemu_version(bin: &Path) -> Option<(u32, u32)> {
+    let text = output(Command::new(bin).arg("--version")).ok()?;
+    let v = text.split_whitespace().skip_while(|w| *w != "version").nth(1)?;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// The qemu binary and its firmware directories (`-L`): `$CGWATCH_VM_QEMU` (with
+/// `$CGWATCH_VM_QEMU_DATA`, colon-separated), else the system's if it is at least `MIN_QEMU`,
+/// else, on Debian 12, qemu from bookworm-backports unpacked into the cache (private apt
+/// configuration; the system's packages are not touched).
+pub fn qemu() -> Result<(PathBuf, Vec<PathBuf>)> {
+    if let Some(q) = std::env::var_os("CGWATCH_VM_QEMU") {
+        let data = std::env::var("CGWATCH_VM_QEMU_DATA").unwrap_or_default();
+        return Ok((PathBuf::from(q), data.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect()));
     }
+    let system = PathBuf::from("qemu-system-x86_64");
+    if qemu_version(&system).is_some_and(|v| v >= MIN_QEMU) {
+        return Ok((system, Vec::new()));
+    }
+    let bookworm = fs::read_to_string("/etc/debian_version").is_ok_and(|v| v.starts_with("12"));
+    if !bookworm {
+        eprintln!("xtask: warning: qemu older than {}.{}: its TCG is known to lock up guests", MIN_QEMU.0, MIN_QEMU.1);
+        return Ok((system, Vec::new()));
+    }
+    let root = cache_dir().join("qemu-bpo");
+    let bin = root.join("usr/bin/qemu-system-x86_64");
+    if !bin.exists() {
+        let dir = cache_dir().join("apt").join("bookworm-backports");
+        fs::create_dir_all(dir.join("lists/partial"))?;
+        fs::create_dir_all(dir.join("cache/archives/partial"))?;
+        fs::write(
+            dir.join("sources.list"),
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main\n",
+        )?;
+        let opts = apt_options(&dir);
+        eprintln!("xtask: fetching qemu from bookworm-backports (the system's qemu 7.2 TCG locks up guests)");
+        run(Command::new("apt-get").args(&opts).arg("-qq").arg("update"))?;
+        let debs = dir.join("debs");
+        let _ = fs::remove_dir_all(&debs);
+        fs::create_dir_all(&debs)?;
+        let pkgs = ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios"];
+        run(Command::new("apt-get").args(&opts).args(["-qq", "download"]).args(pkgs).current_dir(&debs))?;
+        let tmp = cache_dir().join("qemu-bpo.tmp");
+        let _ = fs::remove_dir_all(&tmp);
+        for deb in fs::read_dir(&debs)? {
+            run(Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(&tmp))?;
+        }
+        let _ = fs::remove_dir_all(&root);
+        fs::rename(&tmp, &root)?;
+    }
+    if qemu_version(&bin).is_none() {
+        bail!("{} does not run (missing shared libraries? apt-get install qemu-system-x86 brings them)", bin.display());
+    }
+    Ok((bin, vec![root.join("usr/share/qemu"), root.join("usr/share/seabios")]))
 }
 
 /// Test binaries by name, built by `cargo test --no-run`.
@@ -280,6 +345,8 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
     let work = root.join("target/vm");
     fs::create_dir_all(&work)?;
     let initrd = build_initramfs(&work, root, &tests)?;
+    let qemu = qemu()?;
+    eprintln!("xtask: {} (version {:?})", qemu.0.display(), qemu_version(&qemu.0));
     let mut rows = Vec::new();
     let mut failed = 0;
     for (suite, version) in KERNELS.iter().filter(|(s, v)| only_suite.is_none_or(|o| o == *s || o == *v)) {
@@ -292,8 +359,8 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
             let mut attempts = 0;
             let o = loop {
                 attempts += 1;
-                eprintln!("xtask: booting {} ({suite}), --probe-mode {mode}, attempt {attempts}", vmlinuz.display());
-                let text = boot(&vmlinuz, &initrd, mode, &log, Duration::from_secs(240))?;
+                eprintln!("xtask: booting {} ({suite}), mode {mode}, attempt {attempts}", vmlinuz.display());
+                let text = boot(&qemu, &vmlinuz, &initrd, mode, &log, Duration::from_secs(240))?;
                 // A healthy run takes well under a minute under TCG: a hang is a crash too.
                 let crashed = text.contains("Kernel panic") || !text.contains("VMTEST done");
                 if crashed {
@@ -310,7 +377,7 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
                 let _ = fs::copy(&log, work.join(format!("{suite}-{mode}.failed.log")));
             }
             println!(
-                "\n## {version} ({}) --probe-mode {mode}: {passed}/{total} passed{}, {attempts} boot(s)",
+                "\n## {version} ({}) mode {mode}: {passed}/{total} passed{}, {attempts} boot(s)",
                 o.kernel,
                 if o.finished { "" } else { ", VM did not finish" }
             );
@@ -318,11 +385,19 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
             for (name, result) in &o.tests {
                 println!("| {name} | {result} |");
             }
-            rows.push((version.to_string(), mode.to_string(), passed, total, o.finished, attempts));
+            rows.push((version.to_string(), mode.to_string(), passed, total, o.finished, attempts, o.tests));
         }
     }
+    // kernel x mode x scenario: one row per scenario, one column per kernel and mode.
+    let scenarios: std::collections::BTreeSet<&String> = rows.iter().flat_map(|r| r.6.keys()).collect();
+    println!("\n| scenario | {} |", rows.iter().map(|r| format!("{} {}", r.0, r.1)).collect::<Vec<_>>().join(" | "));
+    println!("| --- |{}", " --- |".repeat(rows.len()));
+    for name in scenarios {
+        let cells: Vec<&str> = rows.iter().map(|r| r.6.get(name).map_or("-", String::as_str)).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
     println!("\n| kernel | mode | passed | finished | boots |\n| --- | --- | --- | --- | --- |");
-    for (k, m, p, t, f, a) in &rows {
+    for (k, m, p, t, f, a, _) in &rows {
         println!("| {k} | {m} | {p}/{t} | {f} | {a} |");
     }
     println!("\n{} passed, {} failed", rows.len() - failed, failed);

@@ -64,6 +64,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
 
     if mode == kabi::SECCOMP_MODE_FILTER || mode == kabi::SECCOMP_MODE_DEAD {
         let _ = maps::TASKS.remove(tid);
+        let _ = maps::SECCOMP_SYSCALL.remove(tid);
     }
     let group_dead_arg = group_dead;
     let group_dead = is_group_exit(task, group_dead)?;

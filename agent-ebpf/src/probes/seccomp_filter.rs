@@ -3,13 +3,14 @@
 //! A return of -1 means the syscall was skipped: an ERRNO (or USER_NOTIF / TRACE) verdict, or a
 //! TRAP (already counted by `signal_generate`, which marks the thread), or a KILL (the task is
 //! `SECCOMP_MODE_DEAD` by then; counted from the signal or the exit, as in the tracepoint path).
-//! A KILL_THREAD of a non-last thread never returns.
+//! A KILL_THREAD of a non-last thread never returns. Where fexit cannot attach, a kprobe /
+//! kretprobe pair on the same function does the same work.
 
-use agent_common::{SeccompKey, action};
+use agent_common::{SeccompKey, action, lost};
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
-    macros::fexit,
-    programs::FExitContext,
+    macros::{fexit, kprobe, kretprobe},
+    programs::{FExitContext, ProbeContext, RetProbeContext},
 };
 
 use crate::{kernel, maps};
@@ -21,18 +22,43 @@ use crate::{kernel, maps};
 
 #[fexit(function = "__seccomp_filter")]
 pub fn seccomp_filter_fexit3(ctx: FExitContext) -> i32 {
-    let _ = try_seccomp_filter(&ctx, ctx.arg::<i64>(3));
+    let _ = try_seccomp_filter(ctx.arg::<i64>(3), || Some(ctx.arg::<i32>(0)));
     0
 }
 
 #[fexit(function = "__seccomp_filter")]
 pub fn seccomp_filter_fexit2(ctx: FExitContext) -> i32 {
-    let _ = try_seccomp_filter(&ctx, ctx.arg::<i64>(2));
+    let _ = try_seccomp_filter(ctx.arg::<i64>(2), || Some(ctx.arg::<i32>(0)));
     0
 }
 
+// Where fexit cannot attach (no BPF trampoline, or BTF without the function): a kprobe on entry
+// keeps the syscall number for the thread, and a kretprobe reads the verdict. The filter may
+// sleep in between (USER_NOTIF, a ptrace stop), hence a map by thread and not per CPU.
+
+#[kprobe]
+pub fn seccomp_filter_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(nr) = ctx.arg::<u64>(0) {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        if maps::SECCOMP_SYSCALL.insert(tid, nr as i32, 0).is_err() {
+            maps::count_lost(lost::TASK_MAP);
+        }
+    }
+    0
+}
+
+#[kretprobe]
+pub fn seccomp_filter_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret = ctx.ret::<u64>();
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = try_seccomp_filter(ret as i64, || unsafe { maps::SECCOMP_SYSCALL.get(tid) }.copied());
+    0
+}
+
+/// `ret` is `__seccomp_filter`'s return value; `nr` gives the syscall number, read only for a
+/// skipped syscall.
 #[inline(always)]
-fn try_seccomp_filter(ctx: &FExitContext, ret: i64) -> Result<(), i64> {
+fn try_seccomp_filter(ret: i64, nr: impl FnOnce() -> Option<i32>) -> Result<(), i64> {
     if ret as i32 == 0 {
         return Ok(());
     }
@@ -52,10 +78,9 @@ fn try_seccomp_filter(ctx: &FExitContext, ret: i64) -> Result<(), i64> {
             }
         }
     }
-    let nr: i32 = ctx.arg(0);
     maps::count_seccomp(&SeccompKey {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        syscall_nr: nr,
+        syscall_nr: nr().unwrap_or(-1),
         action: action::ERRNO,
     });
     Ok(())

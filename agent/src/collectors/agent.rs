@@ -28,7 +28,7 @@ impl Collector for AgentCollector {
         gauge_family(
             &mut encoder,
             "cgwatch_probe_attached",
-            "1 when the probe is attached (mode: tp_btf, raw_tp, or off when disabled), 0 when not.",
+            "1 when the probe is attached (mode: tp_btf, raw_tp, fexit, kprobe), 0 when not: with mode=off when not wanted here (disabled by a flag, not needed on this kernel, or replaced by another probe).",
             &attached,
         )?;
         let lost: u64 = self.maps.lost().iter().sum();
