@@ -400,7 +400,15 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
     for (k, m, p, t, f, a, _) in &rows {
         println!("| {k} | {m} | {p}/{t} | {f} | {a} |");
     }
-    println!("\n{} passed, {} failed", rows.len() - failed, failed);
+    let scenarios_run: usize = rows.iter().map(|r| r.3).sum();
+    let scenarios_ok: usize = rows.iter().map(|r| r.2).sum();
+    println!(
+        "\nvm matrix: {} of {} kernel x mode runs passed, {} of {} scenarios ok",
+        rows.len() - failed,
+        rows.len(),
+        scenarios_ok,
+        scenarios_run
+    );
     if failed > 0 {
         bail!("{failed} kernel/mode combinations failed; serial logs in {}", work.display());
     }
