@@ -150,85 +150,104 @@ fn at_limit(memcg: u64, usage_off: u32, max_off: u32) -> Result<bool, i64> {
 /// victim's memory before the last one is marked).
 const OOM_DECISION_NS: u64 = 1_000_000_000;
 
+/// The nearest memory cgroup at or above `task`'s for which `hit` holds, as
+/// (`cgroup_subsys_state *`, levels above the task's); `None` when the walk reaches the root.
+#[inline(always)]
+fn find_memcg(task: u64, hit: impl Fn(u64) -> bool) -> Result<Option<(u64, u32)>, i64> {
+    let css_set = read::<u64>(task, kconfig!(task_cgroups))?;
+    let mut css = read::<u64>(css_set, kconfig!(css_set_memcg))?;
+    for level in 0..MAX_MEMCG_LEVELS {
+        if css == 0 {
+            return Ok(None);
+        }
+        if hit(css) {
+            return Ok(Some((css, level)));
+        }
+        css = read::<u64>(css, kconfig!(css_parent))?;
+    }
+    Ok(None)
+}
+
+/// The OOM counter key of a victim whose limit fired in the memory cgroup `css`, `level` levels
+/// above the victim's (`None`: the walk reached the root, a global OOM).
+#[inline(always)]
+fn limit_key(victim_cgroup: u64, found: Option<(u64, u32)>) -> OomKey {
+    let mut key = OomKey { cgroup_id: victim_cgroup, limit_cgroup_id: 0, limit: oom_limit::HOST, levels_up: 0 };
+    if let Some((css, level)) = found {
+        key.limit = if level == 0 { oom_limit::OWN } else { oom_limit::ANCESTOR };
+        key.levels_up = level;
+        key.limit_cgroup_id = read::<u64>(css, kconfig!(css_cgroup)).and_then(cgroup_id).unwrap_or(0);
+    }
+    key
+}
+
+#[inline(always)]
+fn unknown_key(victim_cgroup: u64) -> OomKey {
+    OomKey { cgroup_id: victim_cgroup, limit_cgroup_id: 0, limit: oom_limit::UNKNOWN, levels_up: 0 }
+}
+
+/// The last OOM decision, if it is younger than `window_ns`: the memory cgroup whose limit
+/// fired, 0 for a global OOM (only the `oom_kill_process` kprobe records those).
+#[inline(always)]
+fn recent_decision(window_ns: u64) -> Option<u64> {
+    let last = crate::maps::LAST_OOM.get(0)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    (last.time_ns != 0 && now.saturating_sub(last.time_ns) < window_ns).then_some(last.css)
+}
+
+/// Records an OOM decision for the victims that follow it (`css` 0: a global OOM).
+#[inline(always)]
+pub fn remember_decision(css: u64) {
+    if let Some(last) = crate::maps::LAST_OOM.get_ptr_mut(0) {
+        let time_ns = unsafe { bpf_ktime_get_ns() };
+        unsafe { *last = crate::maps::LastOom { css, time_ns } };
+    }
+}
+
 /// The OOM counter key of a victim: its cgroup, and the memory cgroup whose limit fired, found
 /// as the nearest memory cgroup at or above the victim's that is full (or that the OOM decision
 /// of the last second named). Called while the victim still holds its memory (from
 /// `mark_victim`, before the kill).
 #[inline(always)]
 pub fn oom_key(victim: u64, victim_cgroup: u64) -> OomKey {
-    let mut key = OomKey { cgroup_id: victim_cgroup, limit_cgroup_id: 0, limit: oom_limit::UNKNOWN, levels_up: 0 };
     let flags = kconfig!(flags);
     if flags & config_flags::HAS_MEMCG == 0 {
-        return key;
+        return unknown_key(victim_cgroup);
     }
-    let Ok(css_set) = read::<u64>(victim, kconfig!(task_cgroups)) else { return key };
-    let Ok(mut css) = read::<u64>(css_set, kconfig!(css_set_memcg)) else { return key };
     let v1 = flags & config_flags::MEMCG_V1 != 0;
-    let now = unsafe { bpf_ktime_get_ns() };
-    let recent = match crate::maps::LAST_OOM.get(0) {
-        Some(last) if last.css != 0 && now.saturating_sub(last.time_ns) < OOM_DECISION_NS => last.css,
-        _ => 0,
-    };
-    for level in 0..MAX_MEMCG_LEVELS {
-        if css == 0 {
-            break;
-        }
+    let recent = recent_decision(OOM_DECISION_NS).unwrap_or(0);
+    let full = |css: u64| {
         let memcg = css - kconfig!(memcg_css) as u64;
-        let full = css == recent
+        css == recent
             || at_limit(memcg, kconfig!(memcg_memory_usage), kconfig!(memcg_memory_max)).unwrap_or(false)
-            || (v1 && at_limit(memcg, kconfig!(memcg_memsw_usage), kconfig!(memcg_memsw_max)).unwrap_or(false));
-        if full {
-            key.limit = if level == 0 { oom_limit::OWN } else { oom_limit::ANCESTOR };
-            key.levels_up = level;
-            key.limit_cgroup_id = read::<u64>(css, kconfig!(css_cgroup)).and_then(cgroup_id).unwrap_or(0);
-            if let Some(last) = crate::maps::LAST_OOM.get_ptr_mut(0) {
-                unsafe { *last = crate::maps::LastOom { css, time_ns: now, host: 0 } };
+            || (v1 && at_limit(memcg, kconfig!(memcg_memsw_usage), kconfig!(memcg_memsw_max)).unwrap_or(false))
+    };
+    match find_memcg(victim, full) {
+        Ok(found) => {
+            if let Some((css, _)) = found {
+                remember_decision(css);
             }
-            return key;
+            limit_key(victim_cgroup, found)
         }
-        match read::<u64>(css, kconfig!(css_parent)) {
-            Ok(parent) => css = parent,
-            Err(_) => return key,
-        }
+        Err(_) => unknown_key(victim_cgroup),
     }
-    key.limit = oom_limit::HOST;
-    key
-}
-
-/// How many memory cgroup levels `target_css` is above `task`'s memory cgroup, if it is one of
-/// its ancestors (or the cgroup itself).
-#[inline(always)]
-fn memcg_level(task: u64, target_css: u64) -> Option<u32> {
-    if kconfig!(flags) & config_flags::HAS_MEMCG == 0 || target_css == 0 {
-        return None;
-    }
-    let css_set = read::<u64>(task, kconfig!(task_cgroups)).ok()?;
-    let mut css = read::<u64>(css_set, kconfig!(css_set_memcg)).ok()?;
-    for level in 0..MAX_MEMCG_LEVELS {
-        if css == 0 {
-            return None;
-        }
-        if css == target_css {
-            return Some(level);
-        }
-        css = read::<u64>(css, kconfig!(css_parent)).ok()?;
-    }
-    None
 }
 
 /// The OOM counter key of a victim whose limit is known: `limit_css` is the memory cgroup whose
 /// limit fired, 0 for a global OOM (the `oom_kill_process` kprobe reads it from `oc->memcg`).
+/// `UNKNOWN` when `limit_css` is not the victim's memory cgroup or one of its ancestors.
 #[inline(always)]
 pub fn oom_key_for_limit(victim: u64, victim_cgroup: u64, limit_css: u64) -> OomKey {
-    let mut key = OomKey { cgroup_id: victim_cgroup, limit_cgroup_id: 0, limit: oom_limit::UNKNOWN, levels_up: 0 };
     if limit_css == 0 {
-        key.limit = oom_limit::HOST;
-    } else if let Some(level) = memcg_level(victim, limit_css) {
-        key.limit = if level == 0 { oom_limit::OWN } else { oom_limit::ANCESTOR };
-        key.levels_up = level;
-        key.limit_cgroup_id = read::<u64>(limit_css, kconfig!(css_cgroup)).and_then(cgroup_id).unwrap_or(0);
+        return limit_key(victim_cgroup, None);
     }
-    key
+    if kconfig!(flags) & config_flags::HAS_MEMCG == 0 {
+        return unknown_key(victim_cgroup);
+    }
+    match find_memcg(victim, |css| css == limit_css) {
+        Ok(found @ Some(_)) => limit_key(victim_cgroup, found),
+        _ => unknown_key(victim_cgroup),
+    }
 }
 
 /// `oc->memcg` as the `cgroup_subsys_state *` the walks compare with (0 for a global OOM).
@@ -246,19 +265,9 @@ const OOM_EXIT_WINDOW_NS: u64 = 10_000_000_000;
 /// and covers the victim's memory cgroup; `UNKNOWN` otherwise.
 #[inline(always)]
 pub fn oom_key_at_exit(task: u64, cgroup_id: u64) -> OomKey {
-    let unknown = OomKey { cgroup_id, limit_cgroup_id: 0, limit: oom_limit::UNKNOWN, levels_up: 0 };
-    let now = unsafe { bpf_ktime_get_ns() };
-    match crate::maps::LAST_OOM.get(0) {
-        Some(last) if last.time_ns != 0 && now.saturating_sub(last.time_ns) < OOM_EXIT_WINDOW_NS => {
-            if last.host != 0 {
-                oom_key_for_limit(task, cgroup_id, 0)
-            } else if memcg_level(task, last.css).is_some() {
-                oom_key_for_limit(task, cgroup_id, last.css)
-            } else {
-                unknown
-            }
-        }
-        _ => unknown,
+    match recent_decision(OOM_EXIT_WINDOW_NS) {
+        Some(css) => oom_key_for_limit(task, cgroup_id, css),
+        None => unknown_key(cgroup_id),
     }
 }
 

@@ -73,10 +73,10 @@ pub fn reclassify_exit(group: &ExitDedupKey, signal: u32, reason: u32) -> bool {
 #[derive(Clone, Copy)]
 pub struct LastOom {
     /// `cgroup_subsys_state *` of the memory cgroup whose limit fired.
+    /// 0 for a global OOM (recorded only by the `oom_kill_process` kprobe).
     pub css: u64,
+    /// 0 until the first decision.
     pub time_ns: u64,
-    /// A global OOM (the `oom_kill_process` kprobe saw no memory cgroup); `css` is 0.
-    pub host: u64,
 }
 
 #[map]

@@ -4,7 +4,7 @@
 //! pid (kernels before the task pointer was added): the victim's exit then counts the kill with
 //! the limit recorded here.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::kprobe, programs::ProbeContext};
+use aya_ebpf::{macros::kprobe, programs::ProbeContext};
 
 use crate::{
     kernel::{self, kconfig},
@@ -27,9 +27,6 @@ fn try_oom_kill_process(oc: u64) -> Result<(), i64> {
     let key = kernel::oom_key_for_limit(victim, kernel::task_cgroup_id(victim)?, css);
     let _ = maps::OOM_PENDING.insert(&kernel::group_key(victim)?, &key, 0);
     // memory.oom.group: the other members are killed by this same decision, unnamed here.
-    if let Some(last) = maps::LAST_OOM.get_ptr_mut(0) {
-        let time_ns = unsafe { bpf_ktime_get_ns() };
-        unsafe { *last = maps::LastOom { css, time_ns, host: u64::from(memcg == 0) } };
-    }
+    kernel::remember_decision(css);
     Ok(())
 }
