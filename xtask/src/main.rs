@@ -49,7 +49,7 @@ enum Task {
         mode: Option<String>,
     },
     /// Build, then run every test: unit and integration tests on this kernel (needs root and a
-    /// BTF kernel), then the VM matrix (`vm-test`: 5.10, 6.1, 6.12 x auto, raw_tp, fexit).
+    /// BTF kernel), then the VM matrix (`vm-test`: 5.10, 6.1, 6.12 x vm::MODES).
     Test {
         /// Skip the VM matrix (also skipped when a test filter is given).
         #[arg(long)]

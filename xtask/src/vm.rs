@@ -53,13 +53,11 @@ fn apt_options(dir: &Path) -> Vec<String> {
     ]
 }
 
-/// The vmlinuz of the suite's cloud kernel, downloaded once.
-pub fn fetch_kernel(suite: &str) -> Result<PathBuf> {
+/// A private apt configuration for one Debian suite (`bookworm-backports`, `trixie`, ...) in the
+/// cache, with its package lists updated: the options every apt command on it takes. The host's
+/// apt sources and state are not touched.
+fn private_apt(suite: &str) -> Result<Vec<String>> {
     let dir = cache_dir().join("apt").join(suite);
-    let boot = cache_dir().join("boot").join(suite);
-    if let Some(found) = fs::read_dir(&boot).ok().and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path()))) {
-        return Ok(found);
-    }
     fs::create_dir_all(dir.join("lists/partial"))?;
     fs::create_dir_all(dir.join("cache/archives/partial"))?;
     fs::write(
@@ -67,8 +65,18 @@ pub fn fetch_kernel(suite: &str) -> Result<PathBuf> {
         format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {suite} main\n"),
     )?;
     let opts = apt_options(&dir);
-    eprintln!("xtask: fetching the Debian {suite} cloud kernel (private apt config in {})", dir.display());
     run(Command::new("apt-get").args(&opts).arg("-qq").arg("update"))?;
+    Ok(opts)
+}
+
+/// The vmlinuz of the suite's cloud kernel, downloaded once.
+pub fn fetch_kernel(suite: &str) -> Result<PathBuf> {
+    let boot = cache_dir().join("boot").join(suite);
+    if let Some(found) = fs::read_dir(&boot).ok().and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path()))) {
+        return Ok(found);
+    }
+    eprintln!("xtask: fetching the Debian {suite} cloud kernel (private apt config in {})", cache_dir().join("apt").display());
+    let opts = private_apt(suite)?;
     let depends = output(Command::new("apt-cache").args(&opts).args(["depends", "linux-image-cloud-amd64"]))?;
     let image = depends
         .lines()
@@ -179,7 +187,7 @@ fn build_initramfs(work: &Path, root_dir: &Path, tests: &BTreeMap<String, PathBu
 
 /// Boots `vmlinuz` with the initramfs and returns the serial console output.
 fn boot(
-    qemu: &(PathBuf, Vec<PathBuf>),
+    qemu: &Qemu,
     vmlinuz: &Path,
     initrd: &Path,
     mode: &str,
@@ -188,9 +196,8 @@ fn boot(
 ) -> Result<String> {
     let cpu = std::env::var("CGWATCH_VM_CPU").unwrap_or_else(|_| DEFAULT_CPU.into());
     let accel = std::env::var("CGWATCH_VM_ACCEL").unwrap_or_else(|_| DEFAULT_ACCEL.into());
-    let (qemu, data) = qemu;
-    let mut child = Command::new(qemu)
-        .args(data.iter().flat_map(|d| [Path::new("-L"), d.as_path()]))
+    let mut child = Command::new(&qemu.bin)
+        .args(qemu.data.iter().flat_map(|d| [Path::new("-L"), d.as_path()]))
         .args(["-accel", &accel, "-cpu", &cpu, "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(vmlinuz)
@@ -241,34 +248,26 @@ fn qemu_version(bin: &Path) -> Option<(u32, u32)> {
 /// `$CGWATCH_VM_QEMU_DATA`, colon-separated), else the system's if it is at least `MIN_QEMU`,
 /// else, on Debian 12, qemu from bookworm-backports unpacked into the cache (private apt
 /// configuration; the system's packages are not touched).
-pub fn qemu() -> Result<(PathBuf, Vec<PathBuf>)> {
+pub fn qemu() -> Result<Qemu> {
     if let Some(q) = std::env::var_os("CGWATCH_VM_QEMU") {
         let data = std::env::var("CGWATCH_VM_QEMU_DATA").unwrap_or_default();
-        return Ok((PathBuf::from(q), data.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect()));
+        return Ok(Qemu { bin: PathBuf::from(q), data: data.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect() });
     }
-    let system = PathBuf::from("qemu-system-x86_64");
-    if qemu_version(&system).is_some_and(|v| v >= MIN_QEMU) {
-        return Ok((system, Vec::new()));
+    let system = Qemu { bin: PathBuf::from("qemu-system-x86_64"), data: Vec::new() };
+    if qemu_version(&system.bin).is_some_and(|v| v >= MIN_QEMU) {
+        return Ok(system);
     }
     let bookworm = fs::read_to_string("/etc/debian_version").is_ok_and(|v| v.starts_with("12"));
     if !bookworm {
         eprintln!("xtask: warning: qemu older than {}.{}: its TCG is known to lock up guests", MIN_QEMU.0, MIN_QEMU.1);
-        return Ok((system, Vec::new()));
+        return Ok(system);
     }
     let root = cache_dir().join("qemu-bpo");
     let bin = root.join("usr/bin/qemu-system-x86_64");
     if !bin.exists() {
-        let dir = cache_dir().join("apt").join("bookworm-backports");
-        fs::create_dir_all(dir.join("lists/partial"))?;
-        fs::create_dir_all(dir.join("cache/archives/partial"))?;
-        fs::write(
-            dir.join("sources.list"),
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main\n",
-        )?;
-        let opts = apt_options(&dir);
         eprintln!("xtask: fetching qemu from bookworm-backports (the system's qemu 7.2 TCG locks up guests)");
-        run(Command::new("apt-get").args(&opts).arg("-qq").arg("update"))?;
-        let debs = dir.join("debs");
+        let opts = private_apt("bookworm-backports")?;
+        let debs = cache_dir().join("apt/bookworm-backports/debs");
         let _ = fs::remove_dir_all(&debs);
         fs::create_dir_all(&debs)?;
         let pkgs = ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios"];
@@ -284,7 +283,13 @@ pub fn qemu() -> Result<(PathBuf, Vec<PathBuf>)> {
     if qemu_version(&bin).is_none() {
         bail!("{} does not run (missing shared libraries? apt-get install qemu-system-x86 brings them)", bin.display());
     }
-    Ok((bin, vec![root.join("usr/share/qemu"), root.join("usr/share/seabios")]))
+    Ok(Qemu { bin, data: vec![root.join("usr/share/qemu"), root.join("usr/share/seabios")] })
+}
+
+/// A qemu binary and the firmware directories it needs (`-L`).
+pub struct Qemu {
+    bin: PathBuf,
+    data: Vec<PathBuf>,
 }
 
 /// Test binaries by name, built by `cargo test --no-run`.
@@ -346,7 +351,7 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
     fs::create_dir_all(&work)?;
     let initrd = build_initramfs(&work, root, &tests)?;
     let qemu = qemu()?;
-    eprintln!("xtask: {} (version {:?})", qemu.0.display(), qemu_version(&qemu.0));
+    eprintln!("xtask: {} (version {:?})", qemu.bin.display(), qemu_version(&qemu.bin));
     let mut rows = Vec::new();
     let mut failed = 0;
     for (suite, version) in KERNELS.iter().filter(|(s, v)| only_suite.is_none_or(|o| o == *s || o == *v)) {
