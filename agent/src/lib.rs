@@ -2,6 +2,7 @@
 //! with cgroup and host CPU / memory, served as Prometheus metrics.
 
 pub mod btf;
+pub mod catalog;
 pub mod cgroups;
 pub mod collectors;
 pub mod config;
@@ -9,5 +10,5 @@ pub mod containers;
 pub mod names;
 pub mod privileges;
 pub mod probes;
-pub mod server;
 pub mod tasks;
+pub mod web;

@@ -19,7 +19,8 @@ use cgwatch::{
     containers::metadata::Resolver,
     privileges,
     probes::{self, MapSizes, ProbeContext},
-    server, tasks,
+    tasks,
+    web::{self, Exporter},
 };
 use clap::{Parser as _, error::ErrorKind};
 use log::{info, warn};
@@ -64,37 +65,22 @@ async fn run(config: Config) -> Result<()> {
     if let Err(e) = privileges::raise_memlock() {
         info!("RLIMIT_MEMLOCK not raised ({e}); fine on kernels >= 5.11, which charge BPF memory to the memory cgroup");
     }
-    let btf = KernelBtf::from_sysfs(&config.sysfs)?;
-    let mut kernel = btf.kernel_config().context("reading the kernel layout from BTF")?;
-    drop(btf);
-    let layout = Arc::new(Layout::detect(&config.sysfs)?);
-    if layout.memory_v1.is_some() {
-        kernel.flags |= config_flags::MEMCG_V1;
-    }
-    let listener = server::bind(config.listen).await?;
-
-    let ctx = ProbeContext {
-        kernel,
-        kernel_version: probes::kernel_version(),
-        seccomp_mode: config.seccomp_mode,
-        probe_mode: config.probe_mode,
-    };
-    let loaded = probes::load(
-        &config.sysfs.join("kernel/btf/vmlinux"),
-        &ctx,
-        MapSizes::for_max_cgroups(config.max_cgroups),
-    )?;
-    for s in &loaded.status {
-        match (s.attached, s.mode) {
-            (true, mode) => info!("probe {}: attached ({mode})", s.probe),
-            (false, "off") => info!("probe {}: off: {}", s.probe, s.detail),
-            (false, _) => warn!("probe {}: NOT attached, its metrics stay empty: {}", s.probe, s.detail),
+    // Serve from the start: /healthz answers while the probes load, /readyz and /metrics once
+    // they are attached.
+    let listener = web::bind(config.listen).await?;
+    let exporter = Arc::new(Exporter::default());
+    let mut server = tokio::spawn(web::serve(listener, exporter.clone(), shutdown_signal()));
+    let cfg = config.clone();
+    let started = tokio::task::spawn_blocking(move || load_probes(&cfg));
+    let loaded = tokio::select! {
+        loaded = started => loaded.context("loading the probes")??,
+        served = &mut server => {
+            // Stopped (or failed) before the probes were loaded.
+            served.context("HTTP server")??;
+            return Ok(());
         }
-    }
-    if loaded.status.iter().all(|s| !s.attached) {
-        warn!("no probe attached: serving cgroup and host CPU / memory only");
-    }
-    release_startup_memory();
+    };
+    let (loaded, layout) = loaded;
     let probes::LoadedProbes { ebpf: _ebpf, status, maps, events } = loaded;
     let maps = Arc::new(maps);
 
@@ -114,6 +100,7 @@ async fn run(config: Config) -> Result<()> {
     let resources = Arc::new(ResourceSnapshot::default());
     resources.refresh(&layout, &registry);
 
+    let probe_summary = status.iter().map(|s| format!("{} {} {}\n", s.probe, s.mode, u8::from(s.attached))).collect();
     let mut metrics = prometheus_client::registry::Registry::default();
     metrics.register_collector(Box::new(SeccompCollector { maps: maps.clone(), registry: registry.clone() }));
     metrics.register_collector(Box::new(OomCollector {
@@ -138,10 +125,45 @@ async fn run(config: Config) -> Result<()> {
     tokio::spawn(tasks::housekeeping_loop(layout.clone(), registry.clone(), maps, config.scan_interval));
     tokio::spawn(tasks::sampler(config.procfs.clone(), sampler, layout, registry, resources, config.sample_interval));
 
+    exporter.set_ready(Arc::new(metrics), probe_summary);
     info!("serving metrics on http://{}/metrics", config.listen);
-    server::serve(listener, Arc::new(metrics), shutdown_signal()).await?;
+    server.await.context("HTTP server")??;
     info!("shutting down");
     Ok(())
+}
+
+/// Reads the kernel layout from BTF and loads and attaches the probes (slow: a blocking task).
+fn load_probes(config: &Config) -> Result<(probes::LoadedProbes, Arc<Layout>)> {
+    let btf = KernelBtf::from_sysfs(&config.sysfs)?;
+    let mut kernel = btf.kernel_config().context("reading the kernel layout from BTF")?;
+    drop(btf);
+    let layout = Arc::new(Layout::detect(&config.sysfs)?);
+    if layout.memory_v1.is_some() {
+        kernel.flags |= config_flags::MEMCG_V1;
+    }
+    let ctx = ProbeContext {
+        kernel,
+        kernel_version: probes::kernel_version(),
+        seccomp_mode: config.seccomp_mode,
+        probe_mode: config.probe_mode,
+    };
+    let loaded = probes::load(
+        &config.sysfs.join("kernel/btf/vmlinux"),
+        &ctx,
+        MapSizes::for_max_cgroups(config.max_cgroups),
+    )?;
+    for s in &loaded.status {
+        match (s.attached, s.mode) {
+            (true, mode) => info!("probe {}: attached ({mode})", s.probe),
+            (false, "off") => info!("probe {}: off: {}", s.probe, s.detail),
+            (false, _) => warn!("probe {}: NOT attached, its metrics stay empty: {}", s.probe, s.detail),
+        }
+    }
+    if loaded.status.iter().all(|s| !s.attached) {
+        warn!("no probe attached: serving cgroup and host CPU / memory only");
+    }
+    release_startup_memory();
+    Ok((loaded, layout))
 }
 
 async fn shutdown_signal() {

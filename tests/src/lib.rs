@@ -127,6 +127,12 @@ impl Agent {
             .read_to_string()
     }
 
+    /// GET `path` with `headers`, any status: (status, response headers, body).
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        http_get(&format!("http://127.0.0.1:{}{path}", self.port), headers)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()))
+    }
+
     pub fn scrape(&self) -> Metrics {
         let text = self.try_scrape().unwrap_or_else(|e| panic!("scrape failed: {e}\n{}", self.log()));
         Metrics::parse(&text)
@@ -150,6 +156,46 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An HTTP response, whatever its status.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// GET `url` with `headers`; an HTTP error status is a response, not an error.
+pub fn http_get(url: &str, headers: &[(&str, &str)]) -> Result<Response, ureq::Error> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut req = agent.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.call()?;
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().with_config().limit(256 << 20).read_to_vec()?;
+    Ok(Response { status, headers, body })
 }
 
 /// One parsed sample.
@@ -465,10 +511,10 @@ pub fn oom_limit_known(m: &Metrics) -> bool {
     flags & config_flags::HAS_MEMCG != 0 && (attached("oom_mark_victim") || attached("oom_kill_process"))
 }
 
-/// Feeds an exposition to `promtool check metrics` (when installed): its lint may suggest
-/// naming tweaks; a parse error is what must never happen.
-pub fn assert_promtool_parses(text: &str) {
-    let Some(promtool) = which("promtool") else { return };
+/// `promtool check metrics` on an exposition: (exit status success, what it said). Its lint
+/// findings and parse errors both make it fail.
+pub fn promtool_check_metrics(text: &str) -> (bool, String) {
+    let promtool = which("promtool").expect("promtool is needed: apt-get install prometheus (cargo xtask test does)");
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -480,6 +526,12 @@ pub fn assert_promtool_parses(text: &str) {
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), said)
+}
+
+/// The exposition parses with `promtool check metrics`: a parse error must never happen.
+pub fn assert_promtool_parses(text: &str) {
+    let (_, said) = promtool_check_metrics(text);
     assert!(!said.contains("error while linting") && !said.contains("text format parsing error"), "{said}");
 }
 

@@ -15,10 +15,14 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
 
-use crate::cgroups::{Label, Layout, Registry, Resources, Series};
+use super::descriptor;
+use crate::{
+    catalog::{self, Metric},
+    cgroups::{Label, Layout, Registry, Resources, Series},
+};
 
 /// One sampling pass: (the cgroup's series labels, its readings).
 pub type Readings = Vec<(Series, Resources)>;
@@ -70,13 +74,11 @@ type Emit<'e> = dyn FnMut(&[(&'static str, &'static str)], &dyn EncodeMetric) ->
 /// every series cost more than the rest of the scrape.
 fn per_cgroup(
     encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    kind: MetricType,
+    metric: &Metric,
     readings: &Readings,
     mut values: impl FnMut(&Resources, &mut Emit<'_>) -> fmt::Result,
 ) -> fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    let mut family = descriptor(encoder, metric)?;
     for (series, r) in readings.iter() {
         let Label::Path(path) = &series.label else {
             continue;
@@ -107,9 +109,7 @@ impl Collector for CgroupResourceCollector {
         let e = &mut encoder;
         per_cgroup(
             e,
-            "cgwatch_cgroup_cpu_usage_seconds",
-            "CPU time used by the cgroup and its descendants.",
-            MetricType::Counter,
+            &catalog::CGROUP_CPU_USAGE,
             &readings,
             |r, emit| {
                 r.cpu_seconds
@@ -118,9 +118,7 @@ impl Collector for CgroupResourceCollector {
         )?;
         per_cgroup(
             e,
-            "cgwatch_cgroup_cpu_throttled_seconds",
-            "Time the cgroup's tasks were throttled by its CPU quota (v2 cpu.stat throttled_usec, v1 throttled_time).",
-            MetricType::Counter,
+            &catalog::CGROUP_CPU_THROTTLED,
             &readings,
             |r, emit| {
                 r.cpu_throttled_seconds
@@ -129,17 +127,13 @@ impl Collector for CgroupResourceCollector {
         )?;
         per_cgroup(
             e,
-            "cgwatch_cgroup_memory_usage_bytes",
-            "Memory charged to the cgroup (v2 memory.current, v1 memory.usage_in_bytes).",
-            MetricType::Gauge,
+            &catalog::CGROUP_MEMORY_USAGE,
             &readings,
             |r, emit| r.memory_bytes.map_or(Ok(()), |v| emit(&[], &bytes(v))),
         )?;
         per_cgroup(
             e,
-            "cgwatch_cgroup_memory_working_set_bytes",
-            "Memory usage minus inactive file pages, as the kubelet computes it for eviction.",
-            MetricType::Gauge,
+            &catalog::CGROUP_MEMORY_WORKING_SET,
             &readings,
             |r, emit| {
                 r.memory_working_set_bytes
@@ -148,9 +142,7 @@ impl Collector for CgroupResourceCollector {
         )?;
         per_cgroup(
             e,
-            "cgwatch_cgroup_memory_limit_bytes",
-            "Memory limit of the cgroup; absent when unlimited.",
-            MetricType::Gauge,
+            &catalog::CGROUP_MEMORY_LIMIT,
             &readings,
             |r, emit| {
                 r.memory_limit_bytes
@@ -159,9 +151,7 @@ impl Collector for CgroupResourceCollector {
         )?;
         per_cgroup(
             e,
-            "cgwatch_cgroup_memory_events",
-            "Memory events of the cgroup and its descendants: v2 memory.events (low, high, max, oom, oom_kill, oom_group_kill); v1 oom_kill only.",
-            MetricType::Counter,
+            &catalog::CGROUP_MEMORY_EVENTS,
             &readings,
             |r, emit| {
                 for (event, v) in &r.memory_events {
@@ -172,9 +162,7 @@ impl Collector for CgroupResourceCollector {
         )?;
         per_cgroup(
             e,
-            "cgwatch_cgroup_pressure_seconds",
-            "PSI total stall time of the cgroup, by resource (cpu, memory, io) and kind (some, full).",
-            MetricType::Counter,
+            &catalog::CGROUP_PRESSURE,
             &readings,
             |r, emit| {
                 for (resource, kind, v) in &r.pressure {

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use super::{Labels, gauge_family};
-use crate::cgroups::Registry;
+use crate::{catalog, cgroups::Registry};
 
 #[derive(Debug)]
 pub struct ContainerCollector {
@@ -23,12 +23,7 @@ impl Collector for ContainerCollector {
             info.insert(labels, 1);
             *count.entry(vec![("runtime", c.runtime.as_str().to_string())]).or_default() += 1;
         }
-        gauge_family(
-            &mut encoder,
-            "cgwatch_container_info",
-            "1 for each live container, with its names; join on container_id.",
-            &info,
-        )?;
-        gauge_family(&mut encoder, "cgwatch_containers", "Live containers, by runtime.", &count)
+        gauge_family(&mut encoder, &catalog::CONTAINER_INFO, &info)?;
+        gauge_family(&mut encoder, &catalog::CONTAINERS, &count)
     }
 }

@@ -6,7 +6,7 @@ use agent_common::reason;
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use super::{Labels, counter_family};
-use crate::{cgroups::Registry, names::signal_name, probes::KernelMaps};
+use crate::{catalog, cgroups::Registry, names::signal_name, probes::KernelMaps};
 
 pub fn reason_name(r: u32) -> &'static str {
     match r {
@@ -47,17 +47,7 @@ impl Collector for ExitCollector {
             let target = if key.container != 0 { &mut containers } else { &mut processes };
             *target.entry(labels).or_default() += count;
         }
-        counter_family(
-            &mut encoder,
-            "cgwatch_process_exits",
-            "Process (thread group) exits, by cgroup and reason (success, error, signal, oom_kill, seccomp_kill); signal is set for reason=\"signal\".",
-            &processes,
-        )?;
-        counter_family(
-            &mut encoder,
-            "cgwatch_container_exits",
-            "Exits of a PID-namespace init (a container's PID 1), by cgroup and reason.",
-            &containers,
-        )
+        counter_family(&mut encoder, &catalog::PROCESS_EXITS, &processes)?;
+        counter_family(&mut encoder, &catalog::CONTAINER_EXITS, &containers)
     }
 }

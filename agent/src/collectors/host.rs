@@ -14,7 +14,7 @@ use procfs::{CpuTime, FromRead, FromReadSI, KernelStats, Meminfo};
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use super::{Labels, counter_family, single_gauge};
-use crate::cgroups::read_pressure;
+use crate::{catalog, cgroups::read_pressure};
 
 /// CPU seconds by mode from `<procfs>/stat`'s first line.
 pub fn read_cpu_seconds(procfs: &Path) -> Option<Vec<(&'static str, f64)>> {
@@ -91,15 +91,10 @@ impl Collector for HostCollector {
         if let Some(modes) = read_cpu_seconds(&self.procfs) {
             let series: BTreeMap<Labels, f64> =
                 modes.into_iter().map(|(m, v)| (vec![("mode", m.to_string())], v)).collect();
-            counter_family(&mut encoder, "cgwatch_host_cpu_seconds", "Host CPU time by mode, all CPUs.", &series)?;
+            counter_family(&mut encoder, &catalog::HOST_CPU_SECONDS, &series)?;
         }
         if let Some(r) = self.sampler.ratio() {
-            single_gauge(
-                &mut encoder,
-                "cgwatch_host_cpu_usage_ratio",
-                "Share of host CPU time not idle or in iowait over the last sampling interval (0..1).",
-                r,
-            )?;
+            single_gauge(&mut encoder, &catalog::HOST_CPU_USAGE_RATIO, r)?;
         }
         let mut pressure: BTreeMap<Labels, f64> = BTreeMap::new();
         for resource in ["cpu", "memory", "io", "irq"] {
@@ -108,29 +103,18 @@ impl Collector for HostCollector {
             }
         }
         if !pressure.is_empty() {
-            counter_family(
-                &mut encoder,
-                "cgwatch_host_pressure_seconds",
-                "PSI total stall time of the host, by resource (cpu, memory, io, irq) and kind (some, full).",
-                &pressure,
-            )?;
+            counter_family(&mut encoder, &catalog::HOST_PRESSURE, &pressure)?;
         }
         if let Ok(mem) = Meminfo::from_file(self.procfs.join("meminfo")) {
             let total = mem.mem_total;
             // Kernels before 3.14 have no MemAvailable: approximate it with free + page cache.
             let available = mem.mem_available.unwrap_or(mem.mem_free + mem.cached);
-            single_gauge(&mut encoder, "cgwatch_host_memory_total_bytes", "Host usable RAM.", total as i64)?;
-            single_gauge(
-                &mut encoder,
-                "cgwatch_host_memory_available_bytes",
-                "Host memory available for new work without swapping (MemAvailable).",
-                available as i64,
-            )?;
+            single_gauge(&mut encoder, &catalog::HOST_MEMORY_TOTAL, total as i64)?;
+            single_gauge(&mut encoder, &catalog::HOST_MEMORY_AVAILABLE, available as i64)?;
             if total > 0 {
                 single_gauge(
                     &mut encoder,
-                    "cgwatch_host_memory_usage_ratio",
-                    "1 - MemAvailable / MemTotal (0..1).",
+                    &catalog::HOST_MEMORY_USAGE_RATIO,
                     (1.0 - available as f64 / total as f64).clamp(0.0, 1.0),
                 )?;
             }

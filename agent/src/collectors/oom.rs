@@ -10,6 +10,7 @@ use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use super::{Labels, counter_family};
 use crate::{
+    catalog,
     cgroups::{Label, Registry},
     probes::KernelMaps,
 };
@@ -72,11 +73,6 @@ impl Collector for OomCollector {
             labels.push(("limit_cgroup", self.limit_cgroup(&key, &victim.label)));
             *series.entry(labels).or_default() += count;
         }
-        counter_family(
-            &mut encoder,
-            "cgwatch_oom_kills",
-            "Processes killed by the OOM killer, by the victim's cgroup and the limit that fired (own, ancestor with limit_cgroup, host, unknown).",
-            &series,
-        )
+        counter_family(&mut encoder, &catalog::OOM_KILLS, &series)
     }
 }

@@ -6,7 +6,7 @@ use agent_common::action;
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use super::{Labels, counter_family};
-use crate::{cgroups::Registry, names::syscall_name, probes::KernelMaps};
+use crate::{catalog, cgroups::Registry, names::syscall_name, probes::KernelMaps};
 
 pub fn action_name(a: u32) -> &'static str {
     match a {
@@ -37,11 +37,6 @@ impl Collector for SeccompCollector {
             labels.push(("action", action_name(key.action).to_string()));
             *series.entry(labels).or_default() += count;
         }
-        counter_family(
-            &mut encoder,
-            "cgwatch_seccomp_violations",
-            "Syscalls denied by a seccomp filter, by cgroup, syscall and action (errno, trap, kill_process, kill_thread).",
-            &series,
-        )
+        counter_family(&mut encoder, &catalog::SECCOMP_VIOLATIONS, &series)
     }
 }

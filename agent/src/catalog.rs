@@ -1,0 +1,298 @@
+//! The metric catalog: every metric's name, type, labels and help text. Collectors encode from
+//! it, and `docs/metrics.md` is generated from it (a test fails when the two differ).
+
+use std::fmt::Write as _;
+
+use prometheus_client::metrics::MetricType;
+
+/// The labels every per-cgroup series may carry: `cgroup`, then the identity labels that are
+/// known (`crate::containers::Identity::known_labels`).
+pub const CGROUP_LABELS: [&str; 6] = ["cgroup", "container_id", "container", "pod", "namespace", "runtime"];
+
+/// What a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Kind {
+    pub fn metric_type(self) -> MetricType {
+        match self {
+            Kind::Counter => MetricType::Counter,
+            Kind::Gauge => MetricType::Gauge,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+}
+
+/// One metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// The family name; a counter's samples add `_total`.
+    pub name: &'static str,
+    pub kind: Kind,
+    /// Carries `CGROUP_LABELS` before `labels`.
+    pub per_cgroup: bool,
+    pub labels: &'static [&'static str],
+    /// The HELP text (plain: no quotes, backslashes or newlines, so that it needs no escaping in
+    /// either exposition format).
+    pub help: &'static str,
+}
+
+impl Metric {
+    /// The name of its samples: `<name>_total` for a counter.
+    pub fn sample_name(&self) -> String {
+        match self.kind {
+            Kind::Counter => format!("{}_total", self.name),
+            Kind::Gauge => self.name.to_string(),
+        }
+    }
+
+    /// Every label name a series may carry.
+    pub fn all_labels(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = if self.per_cgroup { CGROUP_LABELS.to_vec() } else { Vec::new() };
+        v.extend_from_slice(self.labels);
+        v
+    }
+}
+
+const fn counter(name: &'static str, per_cgroup: bool, labels: &'static [&'static str], help: &'static str) -> Metric {
+    Metric { name, kind: Kind::Counter, per_cgroup, labels, help }
+}
+
+const fn gauge(name: &'static str, per_cgroup: bool, labels: &'static [&'static str], help: &'static str) -> Metric {
+    Metric { name, kind: Kind::Gauge, per_cgroup, labels, help }
+}
+
+// Kernel events, per cgroup.
+pub const SECCOMP_VIOLATIONS: Metric = counter(
+    "cgwatch_seccomp_violations",
+    true,
+    &["syscall", "action"],
+    "Syscalls denied by a seccomp filter, by cgroup, syscall (x86_64 name, syscall_NR when unknown) and action (errno, trap, kill_process, kill_thread).",
+);
+pub const OOM_KILLS: Metric = counter(
+    "cgwatch_oom_kills",
+    true,
+    &["limit", "limit_cgroup"],
+    "Processes killed by the OOM killer, by the victim's cgroup and the limit that fired: own (the victim's cgroup), ancestor (limit_cgroup names the pod or slice), host (a global OOM) or unknown (kernels that do not tell).",
+);
+pub const PROCESS_EXITS: Metric = counter(
+    "cgwatch_process_exits",
+    true,
+    &["reason", "signal"],
+    "Process (thread group) exits, by cgroup and reason (success, error, signal, oom_kill, seccomp_kill); signal names the signal for reason signal and is empty otherwise. An OOM kill is oom_kill, never signal SIGKILL.",
+);
+pub const CONTAINER_EXITS: Metric = counter(
+    "cgwatch_container_exits",
+    true,
+    &["reason", "signal"],
+    "Exits of a PID-namespace init (a container's PID 1), by cgroup and reason, as for cgwatch_process_exits_total.",
+);
+
+// Cgroup resources, sampled every --sample-interval.
+pub const CGROUP_CPU_USAGE: Metric = counter(
+    "cgwatch_cgroup_cpu_usage_seconds",
+    true,
+    &[],
+    "CPU time used by the cgroup and its descendants (v2 cpu.stat usage_usec, or v1 cpuacct.usage on hybrid hosts).",
+);
+pub const CGROUP_CPU_THROTTLED: Metric = counter(
+    "cgwatch_cgroup_cpu_throttled_seconds",
+    true,
+    &[],
+    "Time the cgroup's tasks were throttled by its CPU quota (v2 cpu.stat throttled_usec, v1 throttled_time).",
+);
+pub const CGROUP_MEMORY_USAGE: Metric = gauge(
+    "cgwatch_cgroup_memory_usage_bytes",
+    true,
+    &[],
+    "Memory charged to the cgroup (v2 memory.current, v1 memory.usage_in_bytes).",
+);
+pub const CGROUP_MEMORY_WORKING_SET: Metric = gauge(
+    "cgwatch_cgroup_memory_working_set_bytes",
+    true,
+    &[],
+    "Memory usage minus inactive file pages, as the kubelet computes it for eviction.",
+);
+pub const CGROUP_MEMORY_LIMIT: Metric = gauge(
+    "cgwatch_cgroup_memory_limit_bytes",
+    true,
+    &[],
+    "Memory limit of the cgroup; absent when unlimited.",
+);
+pub const CGROUP_MEMORY_EVENTS: Metric = counter(
+    "cgwatch_cgroup_memory_events",
+    true,
+    &["event"],
+    "Memory events of the cgroup and its descendants: v2 memory.events (low, high, max, oom, oom_kill, oom_group_kill); v1 oom_kill only.",
+);
+pub const CGROUP_PRESSURE: Metric = counter(
+    "cgwatch_cgroup_pressure_seconds",
+    true,
+    &["resource", "kind"],
+    "PSI total stall time of the cgroup, by resource (cpu, memory, io) and kind (some, full), where the kernel has PSI.",
+);
+
+// Containers.
+pub const CONTAINER_INFO: Metric = gauge(
+    "cgwatch_container_info",
+    false,
+    &["container_id", "container", "pod", "namespace", "runtime", "image"],
+    "1 for each live container, with its names and image; join on container_id.",
+);
+pub const CONTAINERS: Metric = gauge("cgwatch_containers", false, &["runtime"], "Live containers, by runtime.");
+
+// Host.
+pub const HOST_CPU_SECONDS: Metric = counter(
+    "cgwatch_host_cpu_seconds",
+    false,
+    &["mode"],
+    "Host CPU time by mode (user, nice, system, idle, iowait, irq, softirq, steal), all CPUs.",
+);
+pub const HOST_CPU_USAGE_RATIO: Metric = gauge(
+    "cgwatch_host_cpu_usage_ratio",
+    false,
+    &[],
+    "Share of host CPU time not idle or in iowait over the last sampling interval (0 to 1).",
+);
+pub const HOST_PRESSURE: Metric = counter(
+    "cgwatch_host_pressure_seconds",
+    false,
+    &["resource", "kind"],
+    "PSI total stall time of the host, by resource (cpu, memory, io, irq) and kind (some, full).",
+);
+pub const HOST_MEMORY_TOTAL: Metric =
+    gauge("cgwatch_host_memory_total_bytes", false, &[], "Host usable RAM (MemTotal).");
+pub const HOST_MEMORY_AVAILABLE: Metric = gauge(
+    "cgwatch_host_memory_available_bytes",
+    false,
+    &[],
+    "Host memory available for new work without swapping (MemAvailable).",
+);
+pub const HOST_MEMORY_USAGE_RATIO: Metric = gauge(
+    "cgwatch_host_memory_usage_ratio",
+    false,
+    &[],
+    "1 - MemAvailable / MemTotal (0 to 1).",
+);
+
+// The agent itself.
+pub const PROBE_ATTACHED: Metric = gauge(
+    "cgwatch_probe_attached",
+    false,
+    &["probe", "mode"],
+    "1 when the probe is attached (mode tp_btf, raw_tp, fexit or kprobe); 0 with mode off when not wanted here (turned off by a flag, not needed on this kernel, or replaced by another probe); 0 with another mode when it failed to attach.",
+);
+pub const EVENTS_LOST: Metric = counter(
+    "cgwatch_events_lost",
+    false,
+    &[],
+    "Kernel events that could not be recorded (full ring buffer or full counter map).",
+);
+pub const CGROUPS_NOT_SHOWN: Metric = gauge(
+    "cgwatch_cgroups_not_shown",
+    false,
+    &[],
+    "Live cgroups over --max-cgroups: their event counts are summed under the cgroup label (overflow).",
+);
+pub const BUILD_INFO: Metric =
+    gauge("cgwatch_build_info", false, &["version", "kernel"], "cgwatch version and running kernel; always 1.");
+
+/// Every metric, in the order of `docs/metrics.md`.
+pub const ALL: &[Metric] = &[
+    SECCOMP_VIOLATIONS,
+    OOM_KILLS,
+    PROCESS_EXITS,
+    CONTAINER_EXITS,
+    CGROUP_CPU_USAGE,
+    CGROUP_CPU_THROTTLED,
+    CGROUP_MEMORY_USAGE,
+    CGROUP_MEMORY_WORKING_SET,
+    CGROUP_MEMORY_LIMIT,
+    CGROUP_MEMORY_EVENTS,
+    CGROUP_PRESSURE,
+    CONTAINER_INFO,
+    CONTAINERS,
+    HOST_CPU_SECONDS,
+    HOST_CPU_USAGE_RATIO,
+    HOST_PRESSURE,
+    HOST_MEMORY_TOTAL,
+    HOST_MEMORY_AVAILABLE,
+    HOST_MEMORY_USAGE_RATIO,
+    PROBE_ATTACHED,
+    EVENTS_LOST,
+    CGROUPS_NOT_SHOWN,
+    BUILD_INFO,
+];
+
+/// The catalog entry whose samples are named `sample` (`x_total` finds counter `x`).
+pub fn by_sample_name(sample: &str) -> Option<&'static Metric> {
+    ALL.iter().find(|m| match m.kind {
+        Kind::Counter => sample.strip_suffix("_total") == Some(m.name),
+        Kind::Gauge => sample == m.name,
+    })
+}
+
+/// The metrics reference table of `docs/metrics.md`, generated from [`ALL`].
+pub fn markdown_table() -> String {
+    let mut out = String::from("| metric | type | labels | meaning |\n| --- | --- | --- | --- |\n");
+    for m in ALL {
+        let mut labels: Vec<String> = Vec::new();
+        if m.per_cgroup {
+            labels.push("*cg*".into());
+        }
+        labels.extend(m.labels.iter().map(|l| format!("`{l}`")));
+        let _ = writeln!(out, "| `{}` | {} | {} | {} |", m.sample_name(), m.kind.as_str(), labels.join(", "), m.help);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, path::Path};
+
+    use super::*;
+
+    const BEGIN: &str = "<!-- BEGIN GENERATED: cgwatch::catalog::markdown_table -->\n";
+    const END: &str = "<!-- END GENERATED -->";
+
+    #[test]
+    fn names_are_unique_and_help_needs_no_escaping() {
+        let mut seen = HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.sample_name()), "{} twice", m.name);
+            assert!(m.name.starts_with("cgwatch_"), "{}", m.name);
+            assert!(!m.name.ends_with("_total"), "{}: the encoder appends _total", m.name);
+            assert!(!m.help.contains(['"', '\\', '\n']), "{}: help needs escaping", m.name);
+            assert_eq!(by_sample_name(&m.sample_name()), Some(m));
+        }
+    }
+
+    /// docs/metrics.md carries the generated table; `CGWATCH_BLESS=1 cargo test -p cgwatch
+    /// catalog` rewrites it after a change to the catalog.
+    #[test]
+    fn docs_metrics_md_is_generated_from_the_catalog() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
+        let doc = std::fs::read_to_string(&path).expect("docs/metrics.md");
+        let start = doc.find(BEGIN).expect("generated-table start marker") + BEGIN.len();
+        let end = doc[start..].find(END).expect("generated-table end marker") + start;
+        let want = markdown_table();
+        if doc[start..end] != want {
+            if std::env::var_os("CGWATCH_BLESS").is_some() {
+                std::fs::write(&path, format!("{}{want}{}", &doc[..start], &doc[end..])).unwrap();
+                return;
+            }
+            panic!(
+                "docs/metrics.md differs from agent/src/catalog.rs: run `CGWATCH_BLESS=1 cargo test -p cgwatch --lib catalog` to regenerate it"
+            );
+        }
+    }
+}
