@@ -16,6 +16,8 @@ use std::{
 
 use cgwatch::cgroups::Layout;
 
+pub mod deploy;
+
 /// The release binaries under test.
 pub fn bin(name: &str) -> PathBuf {
     let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
@@ -543,6 +545,10 @@ pub mod podman {
 
     pub const IMAGE: &str = "localhost/cgwatch-test:latest";
 
+    /// Resource limits within this host's hard limits (CAP_SYS_RESOURCE is dropped here, so
+    /// podman's defaults cannot be set).
+    pub const ULIMITS: [&str; 4] = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=1000:1000"];
+
     pub fn command() -> Command {
         let mut c = Command::new("podman");
         c.args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
@@ -597,7 +603,8 @@ pub mod podman {
         pub fn start(name_prefix: &str, run_args: &[&str], command_args: &[&str]) -> Container {
             let name = format!("{name_prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
             let out = command()
-                .args(["run", "-d", "--network", "none", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=1000:1000"])
+                .args(["run", "-d", "--network", "none"])
+                .args(ULIMITS)
                 .args(["--name", &name])
                 .args(run_args)
                 .arg(image())

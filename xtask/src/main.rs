@@ -1,4 +1,5 @@
-//! Developer tasks: `cargo xtask build-ebpf | build | run -- ARGS | test`.
+//! Developer tasks: `cargo xtask build-ebpf | build | run -- ARGS | image | install | bench |
+//! vm-test | test`.
 //!
 //! Every task first makes sure the eBPF toolchain is there (nightly with rust-src, bpf-linker
 //! built against the nightly toolchain's own LLVM) and says what it installs.
@@ -12,6 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod ship;
 mod vm;
 
 #[derive(Parser)]
@@ -31,6 +33,20 @@ enum Task {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Build the static agent and the container image localhost/cgwatch:<version> with podman
+    /// (deploy/image/Containerfile, FROM scratch: nothing is pulled); prints its size.
+    Image {
+        /// Extra tags for the image (e.g. registry.example.com/cgwatch:0.1.0, to push).
+        #[arg(long)]
+        tag: Vec<String>,
+    },
+    /// Build, then install the binary (/usr/local/bin/cgwatch), the hardened systemd unit and
+    /// its environment file (kept when it exists); on a live systemd host, enable and start it.
+    Install {
+        /// Install below this directory instead of / (packaging, tests).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
     },
     /// Build, then measure the agent's costs (needs root); the report goes to stdout and to
     /// target/bench-report.md, for BENCHMARKS.md.
@@ -179,6 +195,14 @@ fn main() -> Result<()> {
             build(&root)?;
             run(Command::new(root.join("target/release/cgwatch")).args(args))?;
         }
+        Task::Image { tag } => {
+            let built = ship::image(&root, &tag)?;
+            eprintln!("xtask: built {built}");
+        }
+        Task::Install { root: dest } => {
+            build(&root)?;
+            ship::install(&root, &dest)?;
+        }
         Task::Bench { args } => {
             build(&root)?;
             // Benchmark 6 compares with node_exporter.
@@ -202,11 +226,24 @@ fn main() -> Result<()> {
                 ("unshare", "util-linux"),
                 ("setpriv", "util-linux"),
                 ("promtool", "prometheus"),
+                ("prometheus-alertmanager", "prometheus-alertmanager"),
                 ("podman", "podman"),
                 ("runc", "runc"),
                 ("busybox", "busybox-static"),
+                ("systemd-analyze", "systemd"),
+                // kubectl (with kustomize) comes from the Google Cloud CLI packages where they
+                // are set up; Debian's kubernetes-client is the fallback.
+                ("kubectl", "kubernetes-client"),
             ])?;
-            let host = run(cargo(&root).args(["test", "--release"]).arg("--").args(&args));
+            // The deploy tests run the image (podman kube play) and validate the manifests
+            // against the Kubernetes schema offline.
+            ship::image(&root, &[])?;
+            let validate = ship::kubernetes_validate()?;
+            let host = run(cargo(&root)
+                .args(["test", "--release"])
+                .env("CGWATCH_KUBERNETES_VALIDATE", &validate)
+                .arg("--")
+                .args(&args));
             // The matrix runs even when a host test failed, so that one run shows both.
             let vms = if no_vm || !args.is_empty() {
                 Ok(())

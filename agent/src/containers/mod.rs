@@ -142,6 +142,18 @@ fn pod_uid_of(component: &str, under_kubepods: bool) -> Option<String> {
     None
 }
 
+/// A podman pod: `<pod id>` below `libpod_parent` (cgroupfs driver) or
+/// `machine-libpod_pod_<pod id>.slice` (systemd driver). Its containers are below it.
+fn is_podman_pod(component: &str, parent: Option<&str>) -> bool {
+    if parent == Some("libpod_parent") && is_hex_id(component) {
+        return true;
+    }
+    component
+        .strip_prefix("machine-libpod_pod_")
+        .and_then(|r| r.strip_suffix(".slice"))
+        .is_some_and(is_hex_id)
+}
+
 /// A container component: `(runtime if the shape tells it, 64-hex id)`.
 fn container_of(component: &str, parent: Option<&str>, in_pod: bool) -> Option<(Runtime, String)> {
     // systemd driver: <prefix>-<id>.scope
@@ -196,6 +208,9 @@ pub fn parse_path(path: &str) -> Identity {
         if let Some(uid) = pod_uid_of(component, under_kubepods) {
             id.kind = Kind::Pod;
             id.pod_uid = Arc::from(uid.as_str());
+        } else if is_podman_pod(component, parent) {
+            id.kind = Kind::Pod;
+            id.runtime = Runtime::Podman;
         } else if let Some((runtime, cid)) = container_of(component, parent, id.kind == Kind::Pod) {
             id.kind = Kind::Container;
             id.runtime = runtime;
@@ -269,6 +284,19 @@ mod tests {
         ];
         for (path, runtime) in cases {
             assert_eq!(container(&path), (runtime, ID.to_string(), String::new()), "{path}");
+        }
+    }
+
+    /// `podman pod create` / `podman kube play`: the pod's cgroup is a pod, its containers are
+    /// below it (not nested cgroups of a container named by the pod id).
+    #[test]
+    fn podman_pods_under_both_drivers() {
+        const POD: &str = "900263b5686b6bccd5f2f5b202b404be812a653e9dab3780bdc577b75aaf0d03";
+        for pod in [format!("/libpod_parent/{POD}"), format!("/machine.slice/machine-libpod_pod_{POD}.slice")] {
+            let p = parse_path(&pod);
+            assert_eq!((p.kind, p.runtime, &*p.container_id), (Kind::Pod, Runtime::Podman, ""), "{pod}");
+            let inner = if pod.ends_with(".slice") { format!("{pod}/libpod-{ID}.scope") } else { format!("{pod}/libpod-{ID}") };
+            assert_eq!(container(&inner), (Runtime::Podman, ID.to_string(), String::new()), "{inner}");
         }
     }
 
