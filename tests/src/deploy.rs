@@ -123,3 +123,23 @@ pub fn image() -> String {
     assert!(ok.success(), "{image} is not built: run `cargo xtask image` (cargo xtask test does)");
     image
 }
+
+/// A Pod with the DaemonSet's pod template, for `podman kube play`: podman 4.3 ignores
+/// `securityContext.seccompProfile`, so the same setting goes in as the annotation it reads.
+pub fn pod_from_daemonset(ds: &Yaml, name: &str) -> Yaml {
+    let template = &ds["spec"]["template"];
+    let spec = &template["spec"];
+    let seccomp = spec["containers"][0]["securityContext"]["seccompProfile"]["type"].as_str().map(str::to_lowercase);
+    let mut annotations = template["metadata"]["annotations"].clone();
+    if let (Some(profile), Some(map)) = (seccomp, annotations.as_mapping_mut()) {
+        map.insert("seccomp.security.alpha.kubernetes.io/pod".into(), profile.into());
+    }
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": serde_json::to_value(&template["metadata"]["labels"]).unwrap(),
+                     "annotations": serde_json::to_value(&annotations).unwrap()},
+        "spec": serde_json::to_value(spec).unwrap(),
+    });
+    serde_json::from_value(pod).unwrap()
+}

@@ -289,6 +289,23 @@ fn parse_line(line: &str) -> Option<Sample> {
     Some(Sample { name, labels, value })
 }
 
+/// Runs `f` on a thread that has entered the network namespace of process `pid` (to reach a
+/// server that listens only inside a container's namespace).
+pub fn in_netns_of<T: Send>(pid: u32, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = fs::File::open(format!("/proc/{pid}/ns/net")).expect("network namespace");
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: setns on this thread only; the fd is valid for the call.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    })
+}
+
 /// A fresh cgroup (v2, plus v1 memory and cpuacct at the same path on hybrid hosts), removed on
 /// drop after killing whatever still runs in it.
 pub struct TestCgroup {

@@ -229,6 +229,8 @@ fn main() -> Result<()> {
                 ("prometheus-alertmanager", "prometheus-alertmanager"),
                 ("podman", "podman"),
                 ("runc", "runc"),
+                // podman kube play builds its pod's pause image from catatonit.
+                ("catatonit", "catatonit"),
                 ("busybox", "busybox-static"),
                 ("systemd-analyze", "systemd"),
                 // kubectl (with kustomize) comes from the Google Cloud CLI packages where they
