@@ -17,6 +17,7 @@ use std::{
 use cgwatch::cgroups::Layout;
 
 pub mod deploy;
+pub mod prom;
 
 /// The release binaries under test.
 pub fn bin(name: &str) -> PathBuf {

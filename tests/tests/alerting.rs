@@ -1,0 +1,154 @@
+//! The shipped rules and dashboard against a real Prometheus and Alertmanager (Debian's
+//! packages): real containers (podman + runc, the default seccomp profile) are denied a syscall,
+//! OOM-killed and crash-loop; Prometheus's `increase()` of each counter is exact, the alerts fire
+//! with the container's labels and reach Alertmanager, and every dashboard query evaluates.
+
+use std::time::{Duration, Instant};
+
+use cgwatch_tests::{
+    Agent, deploy,
+    podman::{self, Container},
+    prom::{Alertmanager, Prometheus, has_labels},
+};
+use serde_json::Value;
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `secs`.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The value of a one-series instant query.
+fn value(prom: &Prometheus, promql: &str) -> Option<f64> {
+    let r = prom.query(promql);
+    assert!(r.len() <= 1, "{promql}: {r:?}");
+    r.first().and_then(|s| s["value"][1].as_str()).and_then(|v| v.parse().ok())
+}
+
+/// Runs a command in a container (it joins the container's cgroup and seccomp filter).
+fn exec(c: &Container, args: &[&str]) -> i32 {
+    let out = podman::command().arg("exec").arg(&c.name).args(args).output().expect("podman exec");
+    out.status.code().unwrap_or(-1)
+}
+
+/// Causes `first` events, waits until Prometheus holds the series at that value, causes
+/// `more`, waits for the total, then checks that `increase()` over exactly the span between
+/// the last scrape before and the first scrape after is `more`: no count lost or invented
+/// between the kernel and Prometheus.
+fn check_increase(prom: &Prometheus, selector: &str, first: f64, more: f64, cause_more: impl FnOnce()) {
+    wait_for(60, &format!("{selector} = {first}"), || (value(prom, selector) == Some(first)).then_some(()));
+    cause_more();
+    let total = first + more;
+    wait_for(60, &format!("{selector} = {total}"), || (value(prom, selector) == Some(total)).then_some(()));
+    let samples = prom.query(&format!("{selector}[10m]"));
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    let points: Vec<(f64, f64)> = samples[0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().parse().unwrap()))
+        .collect();
+    let t0 = points.iter().rev().find(|(_, v)| *v == first).unwrap().0;
+    let t1 = points.iter().find(|(_, v)| *v == total).unwrap().0;
+    let span_ms = ((t1 - t0) * 1000.0).round() as u64;
+    let at = format!("{t1:.3}");
+    let r = prom.query_at(&format!("increase({selector}[{span_ms}ms])"), &at);
+    assert_eq!(r.len(), 1, "{r:?}");
+    let inc: f64 = r[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert_eq!(inc, more, "increase({selector}) from {t0} to {t1}");
+}
+
+fn alert_state(alerts: &[Value], want: &[(&str, &str)]) -> Option<String> {
+    alerts.iter().find(|a| has_labels(a, want)).map(|a| a["state"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn containers_denied_oom_killed_and_crash_looping_fire_alerts_that_reach_alertmanager() {
+    let agent = Agent::start(&[]);
+    let am = Alertmanager::start();
+    let prom = Prometheus::start(&[agent.port], &[&deploy::repo(deploy::RULES)], Some(am.port));
+
+    // 1. A container denied acct() by the default profile: once, then 41 times.
+    let denied = Container::start("cgwatch-alert-seccomp", &[], &["sleep", "600"]);
+    assert_eq!(exec(&denied, &["/cgwatch-workload", "acct", "--count", "1"]), 0);
+    let seccomp = format!("cgwatch_seccomp_violations_total{{container=\"{}\",syscall=\"acct\",action=\"errno\"}}", denied.name);
+    check_increase(&prom, &seccomp, 1.0, 41.0, || {
+        assert_eq!(exec(&denied, &["/cgwatch-workload", "acct", "--count", "41"]), 0);
+    });
+
+    // 2. A process of a 64 MiB container allocates 512 MiB: OOM-killed, by the container's own
+    // limit; then once more.
+    let oom = Container::start("cgwatch-alert-oom", &["--memory", "64m", "--memory-swap", "64m"], &["sleep", "600"]);
+    let alloc = ["/cgwatch-workload", "alloc", "--mb", "512"];
+    assert_eq!(exec(&oom, &alloc), 137, "killed by SIGKILL");
+    let oom_kills = format!("cgwatch_oom_kills_total{{container=\"{}\",limit=\"own\"}}", oom.name);
+    check_increase(&prom, &oom_kills, 1.0, 1.0, || assert_eq!(exec(&oom, &alloc), 137));
+
+    // 3. A container that exits 1, restarted 3 times by podman: 4 crashes of one container.
+    let looping = Container::start("cgwatch-alert-loop", &["--restart", "on-failure:3"], &["sh", "-c", "sleep 0.5; exit 1"]);
+    let exits = format!("cgwatch_container_exits_total{{container=\"{}\",reason=\"error\"}}", looping.name);
+    wait_for(90, "4 container exits", || (value(&prom, &exits) == Some(4.0)).then_some(()));
+
+    // The alerts fire in Prometheus with the container's labels...
+    let want: [(&str, Vec<(&str, &str)>); 3] = [
+        (
+            "seccomp",
+            vec![("alertname", "CgwatchSeccompDenied"), ("container", &denied.name), ("syscall", "acct"), ("action", "errno")],
+        ),
+        ("oom", vec![("alertname", "CgwatchOOMKilled"), ("container", &oom.name), ("limit", "own")]),
+        ("crash loop", vec![("alertname", "CgwatchContainerCrashLooping"), ("container", &looping.name)]),
+    ];
+    for (what, labels) in &want {
+        wait_for(60, &format!("{what} alert firing in Prometheus"), || {
+            (alert_state(&prom.alerts(), labels).as_deref() == Some("firing")).then_some(())
+        });
+    }
+    // ...with summary and description naming the container.
+    let alerts = prom.alerts();
+    let seccomp_alert = alerts.iter().find(|a| has_labels(a, &want[0].1)).unwrap();
+    let description = seccomp_alert["annotations"]["description"].as_str().unwrap();
+    assert!(description.contains(&denied.name) && description.contains("acct"), "{description}");
+    // The crash ratio (4 crashes of 4 exits) is above 5 %: pending for its 5 minutes.
+    wait_for(30, "crash ratio alert pending", || {
+        let ratio = alert_state(&prom.alerts(), &[("alertname", "CgwatchContainerCrashRatioHigh")]);
+        matches!(ratio.as_deref(), Some("pending" | "firing")).then_some(())
+    });
+    // Nothing in the agent's health is wrong.
+    for quiet in ["CgwatchProbeNotAttached", "CgwatchEventsLost", "CgwatchAgentDown"] {
+        assert_eq!(alert_state(&alerts, &[("alertname", quiet)]), None, "{quiet}");
+    }
+
+    // Alertmanager holds them, labels intact.
+    for (what, labels) in &want {
+        wait_for(60, &format!("{what} alert in Alertmanager"), || {
+            am.alerts().iter().any(|a| want_labels_in_v2(a, labels)).then_some(())
+        });
+    }
+
+    // Every dashboard query evaluates; the seccomp and OOM panels show these events.
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy::repo("deploy/grafana/cgwatch.json")).unwrap()).unwrap();
+    let queries = deploy::dashboard_queries(&dashboard);
+    for (title, expr) in &queries {
+        let r = prom.try_query(expr);
+        assert_eq!(r["status"], "success", "panel {title:?}: {expr}\n{r}");
+    }
+    let panel_value = |title: &str| -> f64 {
+        let (_, expr) = queries.iter().find(|(t, _)| t == title).unwrap_or_else(|| panic!("no panel {title:?}"));
+        prom.query(expr).iter().filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok()).sum()
+    };
+    assert!(panel_value("Seccomp violations (range)") >= 42.0);
+    assert!(panel_value("OOM kills (range)") >= 2.0);
+    assert!(panel_value("Container crashes (range)") >= 4.0);
+}
+
+/// Alertmanager's v2 alerts carry `labels` as a flat object.
+fn want_labels_in_v2(alert: &Value, want: &[(&str, &str)]) -> bool {
+    has_labels(alert, want) && alert["status"]["state"] == "active"
+}
