@@ -2,7 +2,7 @@
 //! and purges of the cgroup registry, and the host CPU sampler.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -17,7 +17,7 @@ use crate::{
     cgroups::{Layout, Registry},
     containers::metadata::Resolver,
     collectors::{cgroup_resources::ResourceSnapshot, host::HostSampler},
-    probes::KernelMaps,
+    maps::KernelMaps,
 };
 
 /// Applies one `CgroupEvent` record to the registry. Returns true when it created a cgroup
@@ -98,7 +98,7 @@ pub fn housekeeping(layout: &Layout, registry: &Registry, maps: &KernelMaps) {
         Err(e) => warn!("cgroup scan failed: {e}"),
     }
     let now = Instant::now();
-    let expired: HashSet<u64> = registry.purge_expired(now).into_iter().collect();
+    let expired: HashMap<u64, Option<u64>> = registry.purge_expired(now).into_iter().collect();
     if !expired.is_empty() {
         let deleted = maps.forget_cgroups(&expired);
         debug!("purged {} cgroups past the retain window ({deleted} counters)", expired.len());

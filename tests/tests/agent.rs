@@ -88,6 +88,35 @@ fn removed_cgroup_keeps_its_series_for_the_retain_window() {
     assert_eq!(series(&m), None, "gone after --retain");
 }
 
+/// A container restarted by its runtime gets a new cgroup at the same path, so the same series:
+/// when the old cgroup leaves the retain window its counts stay in the series (a drop would be
+/// a counter reset to Prometheus, which would then count the new cgroup's exits twice).
+#[test]
+fn a_cgroup_recreated_at_the_same_path_keeps_its_counts_after_the_old_one_expires() {
+    let agent = Agent::start(&["--retain", "2s"]);
+    let dir = format!("reuse-{}", std::process::id());
+    let first = TestCgroup::with_dir_name(&dir);
+    let rel = first.rel.clone();
+    assert_eq!(first.run(&["exit", "5"]).code(), Some(5));
+    assert!(first.run(&["seccomp", "--action", "errno", "--count", "3"]).success());
+    drop(first);
+    let second = TestCgroup::with_dir_name(&dir);
+    assert_eq!(second.run(&["exit", "5"]).code(), Some(5));
+    let errors = |m: &cgwatch_tests::Metrics| m.get("cgwatch_process_exits_total", &[("cgroup", &rel), ("reason", "error")]);
+    let denied = |m: &cgwatch_tests::Metrics| m.get("cgwatch_seccomp_violations_total", &[("cgroup", &rel)]);
+    let m = agent.scrape();
+    assert_eq!((errors(&m), denied(&m)), (Some(2.0), Some(3.0)), "both cgroups, one series");
+    // Past the first cgroup's retain window (and a few housekeeping rounds): still 2 and 3.
+    std::thread::sleep(Duration::from_millis(4000));
+    let m = agent.scrape();
+    assert_eq!((errors(&m), denied(&m)), (Some(2.0), Some(3.0)), "the old cgroup's counts were dropped");
+    assert!(agent.log().lines().all(|l| !l.contains("WARN")), "{}", agent.log());
+    // Once the path has no cgroup left, the series goes after its retain window.
+    drop(second);
+    let m = agent.scrape_until(Duration::from_secs(10), |m| errors(m).is_none());
+    assert_eq!((errors(&m), denied(&m)), (None, None));
+}
+
 #[test]
 fn max_cgroups_folds_the_rest_into_overflow_without_losing_counts() {
     let agent = Agent::start(&["--max-cgroups", "1"]);

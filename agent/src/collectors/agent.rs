@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use super::{Labels, gauge_family, single_counter, single_gauge};
-use crate::{catalog, cgroups::Registry, probes::{KernelMaps, ProbeStatus}};
+use crate::{catalog, cgroups::Registry, maps::KernelMaps, probes::ProbeStatus};
 
 #[derive(Debug)]
 pub struct AgentCollector {

@@ -6,7 +6,7 @@ use agent_common::reason;
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use super::{Labels, counter_family};
-use crate::{catalog, cgroups::Registry, names::signal_name, probes::KernelMaps};
+use crate::{catalog, cgroups::Registry, names::signal_name, maps::KernelMaps};
 
 pub fn reason_name(r: u32) -> &'static str {
     match r {

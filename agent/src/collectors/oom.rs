@@ -12,7 +12,7 @@ use super::{Labels, counter_family};
 use crate::{
     catalog,
     cgroups::{Label, Registry},
-    probes::KernelMaps,
+    maps::KernelMaps,
 };
 
 pub fn limit_name(l: u32) -> &'static str {

@@ -6,7 +6,7 @@ use agent_common::action;
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use super::{Labels, counter_family};
-use crate::{catalog, cgroups::Registry, names::syscall_name, probes::KernelMaps};
+use crate::{catalog, cgroups::Registry, names::syscall_name, maps::KernelMaps};
 
 pub fn action_name(a: u32) -> &'static str {
     match a {

@@ -1,5 +1,5 @@
-//! cgroup layout discovery, the id -> path registry (with the `--max-cgroups` bound and the
-//! `--retain` window), and per-cgroup CPU / memory files.
+//! The id -> path registry of cgroups, with the `--max-cgroups` bound and the `--retain`
+//! window, and the labels of each cgroup's series.
 //!
 //! The eBPF programs identify a cgroup by its v2 id, which is the inode number of its directory
 //! in the cgroup2 mount. The registry learns ids from a walk of that mount and from the
@@ -7,250 +7,15 @@
 
 use std::{
     collections::HashMap,
-    fs,
-    io,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
+use super::ScannedCgroup;
 use crate::containers::{Identity, Selection, parse_path};
 
 /// Longest cgroup path exported as a label value; longer ones are cut at a char boundary.
 pub const MAX_PATH_LABEL: usize = 1024;
-/// Deepest directory level walked below the cgroup2 mount.
-const MAX_DEPTH: usize = 64;
-/// A v1 `memory.limit_in_bytes` at or above this is "no limit" (the kernel reports
-/// PAGE_COUNTER_MAX pages, just under 2^63 bytes).
-const V1_UNLIMITED: u64 = 1 << 62;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
-    #[error(
-        "no cgroup v2 hierarchy at {0}/fs/cgroup or {0}/fs/cgroup/unified (cgwatch needs cgroup v2, \
-         alone or in hybrid mode)"
-    )]
-    NoCgroup2(String),
-    #[error("cannot read {}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// Where the cgroup hierarchies are mounted.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    /// The cgroup2 mount (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on hybrid).
-    pub v2: PathBuf,
-    /// v1 memory controller mount, on hybrid / legacy hosts.
-    pub memory_v1: Option<PathBuf>,
-    /// v1 cpuacct controller mount, on hybrid / legacy hosts.
-    pub cpuacct_v1: Option<PathBuf>,
-    /// v1 cpu controller mount (CFS throttling), on hybrid / legacy hosts.
-    pub cpu_v1: Option<PathBuf>,
-}
-
-impl Layout {
-    pub fn detect(sysfs: &Path) -> Result<Self, CgroupError> {
-        let base = sysfs.join("fs/cgroup");
-        let v2 = if base.join("cgroup.controllers").exists() {
-            base.clone()
-        } else if base.join("unified/cgroup.controllers").exists() {
-            base.join("unified")
-        } else {
-            return Err(CgroupError::NoCgroup2(sysfs.display().to_string()));
-        };
-        let mut layout = Layout { v2, memory_v1: None, cpuacct_v1: None, cpu_v1: None };
-        if layout.v2 != base
-            && let Ok(entries) = fs::read_dir(&base)
-        {
-            // v1 controllers may be co-mounted ("cpu,cpuacct"): recognise them by their files.
-            for entry in entries.flatten() {
-                let dir = entry.path();
-                if dir == layout.v2 || !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                if layout.memory_v1.is_none() && dir.join("memory.usage_in_bytes").exists() {
-                    layout.memory_v1 = Some(dir.clone());
-                }
-                if layout.cpu_v1.is_none() && dir.join("cpu.cfs_quota_us").exists() {
-                    layout.cpu_v1 = Some(dir.clone());
-                }
-                if layout.cpuacct_v1.is_none() && dir.join("cpuacct.usage").exists() {
-                    layout.cpuacct_v1 = Some(dir);
-                }
-            }
-        }
-        Ok(layout)
-    }
-
-    fn v2_dir(&self, rel: &str) -> PathBuf {
-        join_rel(&self.v2, rel)
-    }
-
-    /// The controllers enabled for this cgroup in v2 (its `cgroup.controllers`).
-    fn v2_controllers(&self, rel: &str) -> String {
-        fs::read_to_string(self.v2_dir(rel).join("cgroup.controllers")).unwrap_or_default()
-    }
-
-    /// CPU, memory and pressure of the cgroup at `rel` (a path relative to the mount, starting
-    /// with `/`): from v2 where the controller is enabled there, else from v1 at the same path.
-    pub fn resources(&self, rel: &str) -> Resources {
-        let controllers = self.v2_controllers(rel);
-        let has = |name: &str| controllers.split_whitespace().any(|c| c == name);
-        let v2 = self.v2_dir(rel);
-        let mut r = Resources::default();
-
-        let v1_cpu = self.cpuacct_v1.as_ref().map(|m| join_rel(m, rel).join("cpuacct.usage"));
-        r.cpu_seconds = if !has("cpu")
-            && let Some(ns) = v1_cpu.as_ref().and_then(|p| read_u64(p))
-        {
-            Some(ns as f64 / 1e9)
-        } else {
-            // cpu.stat's usage_usec is a core v2 file, there even without the cpu controller.
-            read_keyed(&v2.join("cpu.stat"), "usage_usec").map(|us| us as f64 / 1e6)
-        };
-        r.cpu_throttled_seconds = if has("cpu") {
-            read_keyed(&v2.join("cpu.stat"), "throttled_usec").map(|us| us as f64 / 1e6)
-        } else {
-            let stat = self.cpu_v1.as_ref().map(|m| join_rel(m, rel).join("cpu.stat"));
-            stat.and_then(|p| read_keyed(&p, "throttled_time")).map(|ns| ns as f64 / 1e9)
-        };
-
-        if has("memory") {
-            r.memory_bytes = read_u64(&v2.join("memory.current"));
-            r.memory_limit_bytes = read_u64(&v2.join("memory.max")); // "max" does not parse: no limit
-            let inactive = read_keyed(&v2.join("memory.stat"), "inactive_file");
-            r.memory_working_set_bytes = working_set(r.memory_bytes, inactive);
-            if let Ok(text) = fs::read_to_string(v2.join("memory.events")) {
-                r.memory_events = MEMORY_EVENTS
-                    .iter()
-                    .filter_map(|&ev| keyed(&text, ev).map(|v| (ev, v)))
-                    .collect();
-            }
-        } else if let Some(m) = &self.memory_v1 {
-            let dir = join_rel(m, rel);
-            r.memory_bytes = read_u64(&dir.join("memory.usage_in_bytes"));
-            r.memory_limit_bytes = read_u64(&dir.join("memory.limit_in_bytes")).filter(|&l| l < V1_UNLIMITED);
-            let inactive = read_keyed(&dir.join("memory.stat"), "total_inactive_file");
-            r.memory_working_set_bytes = working_set(r.memory_bytes, inactive);
-            // v1 counts only OOM kills (kernel >= 4.13), in memory.oom_control.
-            if let Some(v) = read_keyed(&dir.join("memory.oom_control"), "oom_kill") {
-                r.memory_events.push(("oom_kill", v));
-            }
-        }
-        // PSI files are core cgroup2 files: there without the controllers (hybrid hosts too).
-        for resource in PRESSURE_RESOURCES {
-            for (kind, seconds) in read_pressure(&v2.join(format!("{resource}.pressure"))) {
-                r.pressure.push((resource, kind, seconds));
-            }
-        }
-        r
-    }
-
-    /// Walks the cgroup2 mount. Errors below the root (a cgroup removed during the walk) are
-    /// skipped; an unreadable root is an error.
-    pub fn scan(&self) -> Result<Vec<ScannedCgroup>, CgroupError> {
-        let root_meta = fs::metadata(&self.v2)
-            .map_err(|source| CgroupError::Io { path: self.v2.clone(), source })?;
-        let mut out = vec![ScannedCgroup { id: root_meta.ino(), path: "/".into(), populated: true }];
-        let mut stack = vec![(self.v2.clone(), String::new(), 0usize)];
-        while let Some((dir, rel, depth)) = stack.pop() {
-            if depth >= MAX_DEPTH {
-                continue;
-            }
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                // file_type() does not follow symlinks: only real cgroup directories.
-                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                let Ok(meta) = entry.metadata() else { continue };
-                let child_rel = format!("{rel}/{}", entry.file_name().to_string_lossy());
-                let path = entry.path();
-                let populated = fs::read_to_string(path.join("cgroup.events"))
-                    .is_ok_and(|s| s.lines().any(|l| l.trim() == "populated 1"));
-                out.push(ScannedCgroup { id: meta.ino(), path: child_rel.clone(), populated });
-                stack.push((path, child_rel, depth + 1));
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// v2 `memory.events` keys exported (a fixed set, so the label's cardinality is bounded).
-pub const MEMORY_EVENTS: [&str; 6] = ["low", "high", "max", "oom", "oom_kill", "oom_group_kill"];
-/// PSI resources of a cgroup (the host also has irq).
-pub const PRESSURE_RESOURCES: [&str; 3] = ["cpu", "memory", "io"];
-
-/// CPU, memory and pressure of one cgroup; `None` / empty where the file is missing or
-/// unreadable (an old kernel, a controller that is not enabled).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Resources {
-    pub cpu_seconds: Option<f64>,
-    pub cpu_throttled_seconds: Option<f64>,
-    pub memory_bytes: Option<u64>,
-    /// Usage minus inactive file pages, as the kubelet computes it for eviction.
-    pub memory_working_set_bytes: Option<u64>,
-    /// `None` when unlimited.
-    pub memory_limit_bytes: Option<u64>,
-    /// (event, count) from memory.events (v2) or memory.oom_control (v1).
-    pub memory_events: Vec<(&'static str, u64)>,
-    /// (resource, some|full, total stall seconds) from PSI.
-    pub pressure: Vec<(&'static str, &'static str, f64)>,
-}
-
-fn working_set(usage: Option<u64>, inactive_file: Option<u64>) -> Option<u64> {
-    usage.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)))
-}
-
-/// Total stall time of each line of a PSI file (`<procfs>/pressure/*`, `<cgroup>/*.pressure`):
-/// (some|full, seconds). Lines the kernel does not have (cpu "full" before 5.13) are absent.
-pub fn read_pressure(path: &Path) -> Vec<(&'static str, f64)> {
-    let Ok(text) = fs::read_to_string(path) else { return Vec::new() };
-    text.lines()
-        .filter_map(|line| {
-            let kind = match line.split_whitespace().next()? {
-                "some" => "some",
-                "full" => "full",
-                _ => return None,
-            };
-            let record = procfs::parse_pressure_record(line).ok()?;
-            Some((kind, record.total as f64 / 1e6))
-        })
-        .collect()
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScannedCgroup {
-    pub id: u64,
-    pub path: String,
-    pub populated: bool,
-}
-
-fn join_rel(base: &Path, rel: &str) -> PathBuf {
-    let rel = rel.trim_start_matches('/');
-    if rel.is_empty() { base.to_path_buf() } else { base.join(rel) }
-}
-
-fn read_u64(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn read_keyed(path: &Path, key: &str) -> Option<u64> {
-    keyed(&fs::read_to_string(path).ok()?, key)
-}
-
-/// The value of `key` in a "key value" per line file.
-fn keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once(' ')?;
-        if k == key { v.trim().parse().ok() } else { None }
-    })
-}
 
 /// Makes an untrusted cgroup path safe as a label value: valid UTF-8, bounded length. The
 /// exposition encoder escapes quotes, backslashes and newlines.
@@ -569,9 +334,10 @@ impl Registry {
             .count()
     }
 
-    /// Forgets cgroups removed more than `--retain` ago and returns their ids, so that their
-    /// kernel counters can be deleted.
-    pub fn purge_expired(&self, now: Instant) -> Vec<u64> {
+    /// Forgets cgroups removed more than `--retain` ago. Returns each one's id with its
+    /// successor: the cgroup now at the same path (live first, else the last removed), which
+    /// carries the forgotten counters on, so that the path's series never goes down.
+    pub fn purge_expired(&self, now: Instant) -> Vec<(u64, Option<u64>)> {
         let mut st = self.lock();
         let retain = self.retain;
         let expired: Vec<u64> = st
@@ -580,17 +346,30 @@ impl Registry {
             .filter(|(_, e)| e.removed_at.is_some_and(|t| now.duration_since(t) >= retain))
             .map(|(id, _)| *id)
             .collect();
+        let mut paths = Vec::with_capacity(expired.len());
         for id in &expired {
-            if let Some(e) = st.entries.remove(id)
-                && e.shown
-            {
-                st.shown -= 1;
+            if let Some(e) = st.entries.remove(id) {
+                if e.shown {
+                    st.shown -= 1;
+                }
+                paths.push((*id, e.path));
             }
         }
-        if !expired.is_empty() {
-            self.admit_populated(&mut st);
+        if paths.is_empty() {
+            return Vec::new();
         }
-        expired
+        self.admit_populated(&mut st);
+        // The latest holder of each expired path: live (no removal time) ranks above any removed.
+        let wanted: HashMap<&str, ()> = paths.iter().map(|(_, p)| (&**p, ())).collect();
+        let mut holder: HashMap<&str, (u64, Option<Instant>)> = HashMap::new();
+        for (id, e) in st.entries.iter().filter(|(_, e)| wanted.contains_key(&*e.path)) {
+            let rank = |r: Option<Instant>| (r.is_none(), r);
+            let better = holder.get(&*e.path).is_none_or(|(_, r)| rank(e.removed_at) > rank(*r));
+            if better {
+                holder.insert(&e.path, (*id, e.removed_at));
+            }
+        }
+        paths.iter().map(|(id, p)| (*id, holder.get(&**p).map(|(h, _)| *h))).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -608,90 +387,6 @@ mod tests {
 
     fn scanned(id: u64, path: &str, populated: bool) -> ScannedCgroup {
         ScannedCgroup { id, path: path.into(), populated }
-    }
-
-    #[test]
-    fn hybrid_fixture_tree() {
-        let dir = tempfile::tempdir().unwrap();
-        let cg = dir.path().join("fs/cgroup");
-        fs::create_dir_all(cg.join("unified/app")).unwrap();
-        fs::write(cg.join("unified/cgroup.controllers"), "").unwrap();
-        fs::write(cg.join("unified/app/cgroup.controllers"), "").unwrap();
-        fs::write(cg.join("unified/app/cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
-        fs::write(cg.join("unified/app/cpu.stat"), "usage_usec 2500000\nuser_usec 1\n").unwrap();
-        fs::create_dir_all(cg.join("memory/app")).unwrap();
-        fs::write(cg.join("memory/memory.usage_in_bytes"), "1").unwrap();
-        fs::write(cg.join("memory/app/memory.usage_in_bytes"), "4096\n").unwrap();
-        fs::write(cg.join("memory/app/memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
-        fs::write(cg.join("memory/app/memory.stat"), "cache 0\ntotal_inactive_file 1024\n").unwrap();
-        fs::write(cg.join("memory/app/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
-        fs::create_dir_all(cg.join("cpu,cpuacct/app")).unwrap();
-        fs::write(cg.join("cpu,cpuacct/cpuacct.usage"), "1").unwrap();
-        fs::write(cg.join("cpu,cpuacct/app/cpuacct.usage"), "3000000000\n").unwrap();
-        fs::write(cg.join("cpu,cpuacct/cpu.cfs_quota_us"), "-1").unwrap();
-        fs::write(cg.join("cpu,cpuacct/app/cpu.stat"), "nr_periods 4\nnr_throttled 2\nthrottled_time 500000000\n").unwrap();
-
-        let layout = Layout::detect(dir.path()).unwrap();
-        assert_eq!(layout.v2, cg.join("unified"));
-        assert_eq!(layout.memory_v1, Some(cg.join("memory")));
-        assert_eq!(layout.cpuacct_v1, Some(cg.join("cpu,cpuacct")));
-        assert_eq!(layout.cpu_v1, Some(cg.join("cpu,cpuacct")));
-        let r = layout.resources("/app");
-        assert_eq!(r.cpu_seconds, Some(3.0));
-        assert_eq!(r.memory_bytes, Some(4096));
-        assert_eq!(r.memory_limit_bytes, None, "v1 'unlimited' is no limit");
-        assert_eq!(r.memory_working_set_bytes, Some(4096 - 1024));
-        assert_eq!(r.memory_events, vec![("oom_kill", 2)]);
-        assert_eq!(r.cpu_throttled_seconds, Some(0.5));
-
-        let scan = layout.scan().unwrap();
-        assert_eq!(scan.len(), 2);
-        assert_eq!(scan[0].path, "/");
-        assert_eq!(scan[1].path, "/app");
-        assert!(scan[1].populated);
-    }
-
-    #[test]
-    fn unified_fixture_tree_uses_v2_controllers() {
-        let dir = tempfile::tempdir().unwrap();
-        let cg = dir.path().join("fs/cgroup");
-        fs::create_dir_all(cg.join("svc")).unwrap();
-        fs::write(cg.join("cgroup.controllers"), "cpu memory").unwrap();
-        fs::write(cg.join("svc/cgroup.controllers"), "cpu memory").unwrap();
-        fs::write(cg.join("svc/cpu.stat"), "usage_usec 1500000\n").unwrap();
-        fs::write(cg.join("svc/memory.current"), "8192\n").unwrap();
-        fs::write(cg.join("svc/memory.max"), "max\n").unwrap();
-        fs::write(cg.join("svc/memory.stat"), "anon 4096\ninactive_file 3072\nactive_file 1024\n").unwrap();
-        fs::write(cg.join("svc/memory.events"), "low 0\nhigh 2\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n").unwrap();
-        fs::write(cg.join("svc/cpu.pressure"), "some avg10=0.00 avg60=0.00 avg300=0.00 total=2500000\n").unwrap();
-        fs::write(
-            cg.join("svc/memory.pressure"),
-            "some avg10=1.00 avg60=0.00 avg300=0.00 total=10\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=4\n",
-        )
-        .unwrap();
-        let layout = Layout::detect(dir.path()).unwrap();
-        let r = layout.resources("/svc");
-        assert_eq!(r.cpu_seconds, Some(1.5));
-        assert_eq!(r.cpu_throttled_seconds, None, "no throttled_usec in this cpu.stat");
-        assert_eq!((r.memory_bytes, r.memory_limit_bytes), (Some(8192), None));
-        assert_eq!(r.memory_working_set_bytes, Some(8192 - 3072));
-        assert_eq!(
-            r.memory_events,
-            vec![("low", 0), ("high", 2), ("max", 5), ("oom", 1), ("oom_kill", 1), ("oom_group_kill", 0)]
-        );
-        // A kernel without cpu "full" (before 5.13) just has no such series.
-        assert_eq!(r.pressure, vec![("cpu", "some", 2.5), ("memory", "some", 1e-5), ("memory", "full", 4e-6)]);
-        fs::write(cg.join("svc/cpu.stat"), "usage_usec 1500000\nthrottled_usec 250000\n").unwrap();
-        assert_eq!(layout.resources("/svc").cpu_throttled_seconds, Some(0.25));
-        fs::write(cg.join("svc/memory.max"), "1048576\n").unwrap();
-        assert_eq!(layout.resources("/svc").memory_limit_bytes, Some(1048576));
-    }
-
-    #[test]
-    fn no_cgroup2_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = Layout::detect(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("no cgroup v2 hierarchy"), "{err}");
     }
 
     #[test]
@@ -730,7 +425,7 @@ mod tests {
         r.cgroup_removed(2, t0);
         assert_eq!(r.event_label(2), Label::Path("/x".into()), "still labelled while retained");
         assert!(r.purge_expired(t0 + Duration::from_secs(59)).is_empty());
-        assert_eq!(r.purge_expired(t0 + Duration::from_secs(60)), vec![2]);
+        assert_eq!(r.purge_expired(t0 + Duration::from_secs(60)), vec![(2, None)]);
         assert_eq!(r.event_label(2), Label::Unknown(2));
     }
 
@@ -781,6 +476,29 @@ mod tests {
         assert_eq!(r.event_label(7), Label::Path("/job/short".into()));
         // A later scan that no longer finds it keeps the first removal time.
         r.apply_scan(vec![scanned(1, "/", true)], t0 + Duration::from_secs(30));
-        assert_eq!(r.purge_expired(t0 + Duration::from_secs(60)), vec![7]);
+        assert_eq!(r.purge_expired(t0 + Duration::from_secs(60)), vec![(7, None)]);
+    }
+
+    /// A restarted container's new cgroup at the old one's path is the successor that carries
+    /// the old counts on; a live holder wins over a removed one.
+    #[test]
+    fn an_expired_cgroup_hands_its_path_to_the_cgroup_that_took_it() {
+        let t0 = Instant::now();
+        let r = Registry::new(10, Duration::from_secs(60));
+        for (id, at) in [(1, 0), (2, 10), (3, 20)] {
+            r.cgroup_created(id, b"/docker/restarted", t0 + Duration::from_secs(at));
+        }
+        r.cgroup_created(4, b"/docker/other", t0);
+        r.cgroup_removed(1, t0 + Duration::from_secs(5));
+        r.cgroup_removed(2, t0 + Duration::from_secs(15));
+        r.cgroup_removed(4, t0 + Duration::from_secs(5));
+        let mut purged = r.purge_expired(t0 + Duration::from_secs(66));
+        purged.sort();
+        assert_eq!(purged, vec![(1, Some(3)), (4, None)]);
+        // The last one removed still holds the path once no live one does.
+        r.cgroup_removed(3, t0 + Duration::from_secs(70));
+        r.cgroup_created(5, b"/docker/restarted", t0 + Duration::from_secs(71));
+        r.cgroup_removed(5, t0 + Duration::from_secs(72));
+        assert_eq!(r.purge_expired(t0 + Duration::from_secs(75)), vec![(2, Some(5))]);
     }
 }

@@ -1,0 +1,157 @@
+//! The kernel's counter maps, read at scrape time (values summed over CPUs), and the counts of
+//! removed cgroups whose path a newer cgroup took over.
+//!
+//! A container restarted by its runtime (docker and podman restart policies, systemd's
+//! `Restart=`) gets a new cgroup at the same path: the same series. While both cgroups are
+//! known, the series sums them; when the old one leaves the retain window its counts are carried
+//! over to the new one instead of deleted, so the series never goes down (Prometheus would read
+//! a drop as a counter reset and count the new cgroup's events twice).
+
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::Hash,
+    sync::{Mutex, MutexGuard},
+};
+
+use agent_common::{ExitKey, OomKey, SeccompKey, lost};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+
+/// A counter key: which cgroup it counts for.
+pub trait CgroupKey: aya::Pod + Eq + Hash {
+    fn cgroup_id(&self) -> u64;
+    fn with_cgroup_id(self, id: u64) -> Self;
+}
+
+macro_rules! cgroup_key {
+    ($($t:ty),*) => {$(
+        impl CgroupKey for $t {
+            fn cgroup_id(&self) -> u64 {
+                self.cgroup_id
+            }
+            fn with_cgroup_id(self, cgroup_id: u64) -> Self {
+                Self { cgroup_id, ..self }
+            }
+        }
+    )*};
+}
+cgroup_key!(SeccompKey, ExitKey, OomKey);
+
+/// One per-CPU counter map and the counts carried over from removed cgroups.
+struct Counter<K: CgroupKey> {
+    map: PerCpuHashMap<MapData, K, u64>,
+    /// Counts of purged cgroups, keyed by the cgroup that took their path.
+    carried: HashMap<K, u64>,
+}
+
+impl<K: CgroupKey> Counter<K> {
+    fn new(map: PerCpuHashMap<MapData, K, u64>) -> Self {
+        Counter { map, carried: HashMap::new() }
+    }
+
+    /// Every key's count (a key may appear twice: from the kernel and carried over).
+    fn totals(&self) -> Vec<(K, u64)> {
+        // An entry deleted while iterating yields an error for that key only: skip it.
+        // Wrapping: a probe may take a count back on another CPU than the one that added it
+        // (`uncount_exit`), leaving that CPU's slot below zero.
+        let mut out: Vec<(K, u64)> = self
+            .map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v))))
+            .filter(|(_, total)| *total != 0)
+            .collect();
+        out.extend(self.carried.iter().map(|(k, v)| (*k, *v)));
+        out
+    }
+
+    /// Deletes the counters of `expired` cgroups; those with a successor (a cgroup now at the
+    /// same path) carry their counts over to it. Returns how many kernel entries went.
+    fn forget(&mut self, expired: &HashMap<u64, Option<u64>>) -> usize {
+        let keys: Vec<K> = self.map.keys().filter_map(Result::ok).filter(|k| expired.contains_key(&k.cgroup_id())).collect();
+        let mut deleted = 0;
+        for k in keys {
+            // A removed cgroup has no tasks: nothing counts into it between this read and the
+            // delete.
+            let total = self.map.get(&k, 0).map(|v| v.iter().fold(0u64, |a, v| a.wrapping_add(*v))).unwrap_or(0);
+            if let Some(Some(to)) = expired.get(&k.cgroup_id())
+                && total != 0
+            {
+                *self.carried.entry(k.with_cgroup_id(*to)).or_default() += total;
+            }
+            deleted += usize::from(self.map.remove(&k).is_ok());
+        }
+        let moved: Vec<(K, u64)> = self.carried.iter().filter(|(k, _)| expired.contains_key(&k.cgroup_id())).map(|(k, v)| (*k, *v)).collect();
+        for (k, v) in moved {
+            self.carried.remove(&k);
+            if let Some(Some(to)) = expired.get(&k.cgroup_id()) {
+                *self.carried.entry(k.with_cgroup_id(*to)).or_default() += v;
+            }
+        }
+        deleted
+    }
+}
+
+/// The counter maps, read at scrape time (values summed over CPUs).
+pub struct KernelMaps {
+    seccomp: Mutex<Counter<SeccompKey>>,
+    exits: Mutex<Counter<ExitKey>>,
+    oom: Mutex<Counter<OomKey>>,
+    lost: Mutex<PerCpuArray<MapData, u64>>,
+}
+
+impl fmt::Debug for KernelMaps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KernelMaps")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl KernelMaps {
+    pub fn new(
+        seccomp: PerCpuHashMap<MapData, SeccompKey, u64>,
+        exits: PerCpuHashMap<MapData, ExitKey, u64>,
+        oom: PerCpuHashMap<MapData, OomKey, u64>,
+        lost: PerCpuArray<MapData, u64>,
+    ) -> Self {
+        KernelMaps {
+            seccomp: Mutex::new(Counter::new(seccomp)),
+            exits: Mutex::new(Counter::new(exits)),
+            oom: Mutex::new(Counter::new(oom)),
+            lost: Mutex::new(lost),
+        }
+    }
+
+    pub fn seccomp(&self) -> Vec<(SeccompKey, u64)> {
+        lock(&self.seccomp).totals()
+    }
+
+    pub fn exits(&self) -> Vec<(ExitKey, u64)> {
+        lock(&self.exits).totals()
+    }
+
+    pub fn oom(&self) -> Vec<(OomKey, u64)> {
+        lock(&self.oom).totals()
+    }
+
+    /// Events lost so far, by `agent_common::lost` index.
+    pub fn lost(&self) -> [u64; lost::COUNT as usize] {
+        let map = lock(&self.lost);
+        let mut out = [0u64; lost::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(v) = map.get(&(i as u32), 0) {
+                *slot = v.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Deletes the counters of cgroups that left the retain window (expired id -> the cgroup
+    /// that now has its path, which keeps its counts).
+    pub fn forget_cgroups(&self, expired: &HashMap<u64, Option<u64>>) -> usize {
+        lock(&self.seccomp).forget(expired) + lock(&self.exits).forget(expired) + lock(&self.oom).forget(expired)
+    }
+}
