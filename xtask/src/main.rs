@@ -241,9 +241,11 @@ fn main() -> Result<()> {
             // against the Kubernetes schema offline.
             ship::image(&root, &[])?;
             let validate = ship::kubernetes_validate()?;
+            let systemd_rootfs = ship::systemd_rootfs()?;
             let host = run(cargo(&root)
                 .args(["test", "--release"])
                 .env("CGWATCH_KUBERNETES_VALIDATE", &validate)
+                .env("CGWATCH_SYSTEMD_ROOTFS", &systemd_rootfs)
                 .arg("--")
                 .args(&args));
             // The matrix runs even when a host test failed, so that one run shows both.

@@ -146,3 +146,25 @@ fn tools_cache() -> PathBuf {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/cgwatch-tools")
     })
 }
+
+/// A minimal Debian root filesystem with systemd, for the test that runs the unit under a real
+/// systemd (in a podman container, as PID 1); made once with debootstrap, kept in the tools
+/// cache.
+pub fn systemd_rootfs() -> Result<PathBuf> {
+    let dir = tools_cache().join("rootfs-bookworm-systemd");
+    let done = dir.join(".cgwatch-complete");
+    if done.exists() {
+        return Ok(dir);
+    }
+    ensure_apt_tools(&[("debootstrap", "debootstrap")])?;
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing the incomplete {}", dir.display()))?;
+    }
+    eprintln!("xtask: debootstrap of a minimal bookworm with systemd into {} (once)", dir.display());
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", "--include=systemd,systemd-sysv", "bookworm"])
+        .arg(&dir)
+        .arg("http://deb.debian.org/debian"))?;
+    fs::write(&done, "")?;
+    Ok(dir)
+}
