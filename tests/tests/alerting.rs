@@ -146,6 +146,26 @@ fn containers_denied_oom_killed_and_crash_looping_fire_alerts_that_reach_alertma
     assert!(panel_value("Seccomp violations (range)") >= 42.0);
     assert!(panel_value("OOM kills (range)") >= 2.0);
     assert!(panel_value("Container crashes (range)") >= 4.0);
+
+    // README's one-query answers evaluate, and the seccomp and OOM ones name these containers.
+    let readme = std::fs::read_to_string(deploy::repo("README.md")).unwrap();
+    let answers: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.ends_with("` |"))
+        .filter_map(|l| l.trim_end_matches(" |").rsplit(" | ").next())
+        .map(|q| q.trim_matches('`'))
+        .filter(|q| q.starts_with("sum") || q.starts_with("cgwatch_") || q.starts_with("rate("))
+        .collect();
+    assert!(answers.len() >= 8, "{answers:?}");
+    for q in &answers {
+        let r = prom.try_query(q);
+        assert_eq!(r["status"], "success", "README: {q}\n{r}");
+    }
+    let names = |q: &str| -> Vec<String> {
+        prom.query(q).iter().filter_map(|s| s["metric"]["container"].as_str().map(str::to_string)).collect()
+    };
+    assert!(names(answers[0]).contains(&denied.name), "{}", answers[0]);
+    assert!(names(answers[1]).contains(&oom.name), "{}", answers[1]);
 }
 
 /// Alertmanager's v2 alerts carry `labels` as a flat object.
