@@ -203,6 +203,12 @@ pub const CGROUPS_NOT_SHOWN: Metric = gauge(
     &[],
     "Live cgroups over --max-cgroups: their event counts are summed under the cgroup label (overflow).",
 );
+pub const PINNED: Metric = gauge(
+    "cgwatch_pinned",
+    false,
+    &[],
+    "1 when the counters and probe links are pinned below --pin-path (counts survive a restart and the probes count while the agent is down), 0 when not (no BPF filesystem, no permission, or --no-pin).",
+);
 pub const BUILD_INFO: Metric =
     gauge("cgwatch_build_info", false, &["version", "kernel"], "cgwatch version and running kernel; always 1.");
 
@@ -230,6 +236,7 @@ pub const ALL: &[Metric] = &[
     PROBE_ATTACHED,
     EVENTS_LOST,
     CGROUPS_NOT_SHOWN,
+    PINNED,
     BUILD_INFO,
 ];
 

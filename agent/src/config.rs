@@ -93,6 +93,19 @@ pub struct Config {
     #[arg(long, env = "CGWATCH_PROBE_MODE", value_enum, default_value_t = ProbeMode::Auto)]
     pub probe_mode: ProbeMode,
 
+    /// BPF filesystem directory where counters and probe links are pinned, so that counts
+    /// survive a restart and the probes keep counting while the agent is down.
+    #[arg(long = "pin-path", env = "CGWATCH_PIN_PATH", default_value = "/sys/fs/bpf/cgwatch")]
+    pub pin_path: PathBuf,
+
+    /// Pin nothing: counters start at zero at every start and the probes stop with the agent.
+    #[arg(long = "no-pin", env = "CGWATCH_NO_PIN")]
+    pub no_pin: bool,
+
+    /// Remove everything pinned below --pin-path (detaching the probes) and exit.
+    #[arg(long)]
+    pub unpin: bool,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "CGWATCH_LOG_LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod containers;
 pub mod maps;
 pub mod names;
+pub mod pins;
 pub mod privileges;
 pub mod probes;
 pub mod tasks;

@@ -17,6 +17,7 @@ use cgwatch::{
     },
     config::Config,
     containers::metadata::Resolver,
+    pins::{self, Pins},
     privileges,
     probes::{self, MapSizes, ProbeContext},
     tasks,
@@ -61,6 +62,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<()> {
+    if config.unpin {
+        let n = pins::unpin(&config.pin_path).context("removing the pins")?;
+        eprintln!("cgwatch: removed {n} pins below {}", config.pin_path.display());
+        return Ok(());
+    }
     privileges::check()?;
     if let Err(e) = privileges::raise_memlock() {
         info!("RLIMIT_MEMLOCK not raised ({e}); fine on kernels >= 5.11, which charge BPF memory to the memory cgroup");
@@ -80,8 +86,11 @@ async fn run(config: Config) -> Result<()> {
             return Ok(());
         }
     };
-    let (loaded, layout) = loaded;
-    let probes::LoadedProbes { ebpf: _ebpf, status, maps, events } = loaded;
+    let (loaded, layout, pinned) = loaded;
+    let probes::LoadedProbes { ebpf: _ebpf, status, maps, events, pinned_links: _links, reused } = loaded;
+    if reused > 0 {
+        info!("{reused} probes kept running from before this start: no event was missed");
+    }
     let maps = Arc::new(maps);
 
     let registry = Arc::new(Registry::with_selection(config.max_cgroups as usize, config.retain, config.cgroups));
@@ -117,6 +126,7 @@ async fn run(config: Config) -> Result<()> {
         registry: registry.clone(),
         probes: status,
         kernel_release: probes::kernel_release(),
+        pinned,
     }));
 
     let wake_resolver = Arc::new(Notify::new());
@@ -133,7 +143,8 @@ async fn run(config: Config) -> Result<()> {
 }
 
 /// Reads the kernel layout from BTF and loads and attaches the probes (slow: a blocking task).
-fn load_probes(config: &Config) -> Result<(probes::LoadedProbes, Arc<Layout>)> {
+/// Returns them, the cgroup layout and whether the maps and links are pinned.
+fn load_probes(config: &Config) -> Result<(probes::LoadedProbes, Arc<Layout>, bool)> {
     let btf = KernelBtf::from_sysfs(&config.sysfs)?;
     let mut kernel = btf.kernel_config().context("reading the kernel layout from BTF")?;
     drop(btf);
@@ -147,10 +158,24 @@ fn load_probes(config: &Config) -> Result<(probes::LoadedProbes, Arc<Layout>)> {
         seccomp_mode: config.seccomp_mode,
         probe_mode: config.probe_mode,
     };
+    let pins = if config.no_pin {
+        None
+    } else {
+        match Pins::open(&config.pin_path) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!(
+                    "pinning off ({e:#}): counts start at zero when the agent restarts and the probes stop while it is down"
+                );
+                None
+            }
+        }
+    };
     let loaded = probes::load(
         &config.sysfs.join("kernel/btf/vmlinux"),
         &ctx,
         MapSizes::for_max_cgroups(config.max_cgroups),
+        pins.as_ref(),
     )?;
     for s in &loaded.status {
         match (s.attached, s.mode) {
@@ -163,7 +188,7 @@ fn load_probes(config: &Config) -> Result<(probes::LoadedProbes, Arc<Layout>)> {
         warn!("no probe attached: serving cgroup and host CPU / memory only");
     }
     release_startup_memory();
-    Ok((loaded, layout))
+    Ok((loaded, layout, pins.is_some()))
 }
 
 async fn shutdown_signal() {

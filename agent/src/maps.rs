@@ -11,11 +11,12 @@ use std::{
     collections::HashMap,
     fmt,
     hash::Hash,
+    path::Path,
     sync::{Mutex, MutexGuard},
 };
 
 use agent_common::{ExitKey, OomKey, SeccompKey, lost};
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 
 /// A counter key: which cgroup it counts for.
 pub trait CgroupKey: aya::Pod + Eq + Hash {
@@ -92,6 +93,26 @@ impl<K: CgroupKey> Counter<K> {
     }
 }
 
+impl<K: CgroupKey> Counter<K> {
+    /// Adds every count of `old` (a map of the same key type) to this map, per CPU.
+    fn absorb(&mut self, old: MapData) -> Result<usize, MapError> {
+        let old: PerCpuHashMap<MapData, K, u64> = PerCpuHashMap::try_from(Map::PerCpuHashMap(old))?;
+        let mut n = 0;
+        for entry in old.iter() {
+            let (k, values) = entry?;
+            let mut sum: Vec<u64> = values.to_vec();
+            if let Ok(now) = self.map.get(&k, 0) {
+                for (s, v) in sum.iter_mut().zip(now.iter()) {
+                    *s = s.wrapping_add(*v);
+                }
+            }
+            self.map.insert(k, PerCpuValues::try_from(sum)?, 0)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
 /// The counter maps, read at scrape time (values summed over CPUs).
 pub struct KernelMaps {
     seccomp: Mutex<Counter<SeccompKey>>,
@@ -147,6 +168,18 @@ impl KernelMaps {
             }
         }
         out
+    }
+
+    /// Adds the counts of a pinned map that was set aside (resized) into the live map of the
+    /// same name. Returns how many keys it had.
+    pub fn absorb(&self, map: &str, old: &Path) -> Result<usize, MapError> {
+        let data = MapData::from_pin(old)?;
+        match map {
+            "SECCOMP_COUNTS" => lock(&self.seccomp).absorb(data),
+            "EXIT_COUNTS" => lock(&self.exits).absorb(data),
+            "OOM_COUNTS" => lock(&self.oom).absorb(data),
+            _ => Ok(0),
+        }
     }
 
     /// Deletes the counters of cgroups that left the retain window (expired id -> the cgroup

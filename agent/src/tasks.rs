@@ -29,18 +29,16 @@ pub fn apply_cgroup_event(registry: &Registry, bytes: &[u8], now: Instant) -> bo
     }
     // SAFETY: the record is a `CgroupEvent` written by the probe; read unaligned from the ring.
     let ev: CgroupEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let len = (ev.path_len as usize).min(ev.path.len());
+    let path = ev.path[..len].split(|&b| b == 0).next().unwrap_or_default();
     match ev.kind {
-        cgroup_event::MKDIR => {
-            let len = (ev.path_len as usize).min(ev.path.len());
-            let path = ev.path[..len].split(|&b| b == 0).next().unwrap_or_default();
-            if path.is_empty() {
-                debug!("cgroup {} created, path unreadable; the next scan names it", ev.id);
-                return false;
-            }
-            registry.cgroup_created(ev.id, path, now)
+        cgroup_event::MKDIR if path.is_empty() => {
+            debug!("cgroup {} created, path unreadable; the next scan names it", ev.id);
+            false
         }
+        cgroup_event::MKDIR => registry.cgroup_created(ev.id, path, now),
         cgroup_event::RMDIR => {
-            registry.cgroup_removed(ev.id, now);
+            registry.cgroup_removed(ev.id, path, now);
             false
         }
         other => {

@@ -78,6 +78,11 @@ impl Agent {
             let port = free_port();
             let listen = format!("127.0.0.1:{port}");
             let mut args = vec!["--listen", &listen, "--scan-interval", "500ms", "--sample-interval", "500ms"];
+            // Agents of parallel tests must not share (or leave behind) pinned maps and links:
+            // only a test that names a pin directory pins.
+            if !extra.contains(&"--pin-path") {
+                args.push("--no-pin");
+            }
             // CGWATCH_AGENT_ARGS adds flags to every agent a test starts (the VM matrix sets
             // --probe-mode with it).
             let env_args = std::env::var("CGWATCH_AGENT_ARGS").unwrap_or_default();
@@ -117,6 +122,18 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` and waits for the agent to exit; returns its log.
+    pub fn stop(mut self, signal: i32) -> String {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "agent did not stop on signal {signal}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.log()
     }
 
     pub fn log(&self) -> String {
@@ -288,6 +305,42 @@ fn parse_line(line: &str) -> Option<Sample> {
     }
     let value = rest.split_whitespace().next()?.parse().ok()?;
     Some(Sample { name, labels, value })
+}
+
+/// A fresh directory on the BPF filesystem at /sys/fs/bpf, for tests that pin; everything
+/// pinned below it is removed (`cgwatch --unpin`) on drop. Mounts the filesystem when it is
+/// missing (systemd mounts it at boot; this development host's init does not).
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(name: &str) -> PinDir {
+        let is_bpffs = || {
+            let c = std::ffi::CString::new("/sys/fs/bpf").unwrap();
+            // SAFETY: statfs into a zeroed struct of the right type.
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0xcafe_4a11 }
+        };
+        if !is_bpffs() {
+            let ok = Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status().is_ok_and(|s| s.success());
+            assert!(ok && is_bpffs(), "cannot mount a BPF filesystem at /sys/fs/bpf");
+        }
+        let path = PathBuf::from(format!("/sys/fs/bpf/cgwatch-test-{name}-{}", std::process::id()));
+        let _ = fs::create_dir(&path);
+        PinDir { path }
+    }
+
+    /// The directory, as a flag value.
+    pub fn arg(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = Command::new(cgwatch_bin()).arg("--unpin").arg("--pin-path").arg(&self.path).stderr(Stdio::null()).status();
+    }
 }
 
 /// Runs `f` on a thread that has entered the network namespace of process `pid` (to reach a

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cgwatch_tests::{Metrics, TestCgroup, deploy, http_get, in_netns_of, podman};
+use cgwatch_tests::{Metrics, PinDir, TestCgroup, deploy, http_get, in_netns_of, podman};
 
 /// A pod started by `podman kube play`, removed on drop.
 struct PlayedPod {
@@ -83,7 +83,12 @@ const CAP_BPF: u64 = 1 << 39;
 fn the_daemonset_pod_runs_the_agent_from_the_image_with_its_capabilities_only() {
     deploy::image();
     let ds = deploy::daemonset("deploy/kubernetes");
-    let pod = deploy::pod_from_daemonset(&ds, &format!("cgwatch-kube-{}", std::process::id()));
+    let mut pod = deploy::pod_from_daemonset(&ds, &format!("cgwatch-kube-{}", std::process::id()));
+    // Pins go to a directory of this test on the host's BPF filesystem (not the default
+    // /sys/fs/bpf/cgwatch, which an agent of the host may use), removed at the end.
+    let pins = PinDir::new("kube");
+    let pin_path = format!("--pin-path={}", pins.arg());
+    pod["spec"]["containers"][0]["args"].as_sequence_mut().unwrap().push(pin_path.as_str().into());
     let played = PlayedPod::play(&pod);
     let pid = played.pid("cgwatch");
     let port = ds["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"].as_u64().unwrap();
@@ -135,6 +140,8 @@ fn the_daemonset_pod_runs_the_agent_from_the_image_with_its_capabilities_only() 
     let service = [("cgroup", cg.rel.as_str()), ("container", "cgwatch-kube-test.service"), ("runtime", "systemd")];
     assert_eq!(m.get("cgwatch_seccomp_violations_total", &[&service[..], &[("syscall", "getppid")]].concat()), Some(17.0));
     assert_eq!(m.get("cgwatch_seccomp_violations_total", &want), Some(5.0), "{}", played.logs("cgwatch"));
+    // Pinned on the host's BPF filesystem with the manifest's capabilities.
+    assert_eq!(m.get("cgwatch_pinned", &[]), Some(1.0), "{}", played.logs("cgwatch"));
     // Host CPU and memory come from the host's /proc, mounted at /host/proc.
     let host_total = std::fs::read_to_string("/proc/meminfo").unwrap();
     let kb: f64 = host_total.lines().next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();

@@ -9,11 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cgwatch_tests::{Metrics, TestCgroup, free_port, http_get, podman};
+use cgwatch_tests::{Metrics, PinDir, TestCgroup, free_port, http_get, podman};
 
 const UNIT: &str = "etc/systemd/system/cgwatch.service";
 const ENV: &str = "etc/default/cgwatch";
 const BINARY: &str = "usr/local/bin/cgwatch";
+const SYSUSERS: &str = "etc/sysusers.d/cgwatch.conf";
 
 fn repo(rel: &str) -> PathBuf {
     cgwatch_tests::deploy::repo(rel)
@@ -49,6 +50,7 @@ fn install_lays_out_the_files_and_the_unit_scores_at_most_3() {
     assert_eq!(mode(&root.join(BINARY)), 0o755);
     assert_eq!(std::fs::read(root.join(UNIT)).unwrap(), std::fs::read(repo("deploy/systemd/cgwatch.service")).unwrap());
     assert_eq!(mode(&root.join(UNIT)), 0o644);
+    assert_eq!(std::fs::read(root.join(SYSUSERS)).unwrap(), std::fs::read(repo("deploy/systemd/cgwatch.sysusers")).unwrap());
     assert_eq!(std::fs::read_to_string(root.join(ENV)).unwrap(), "CGWATCH_LISTEN=127.0.0.1:19121\n", "kept");
     // Every variable of the shipped environment file is one the agent reads.
     let shipped = std::fs::read_to_string(repo("deploy/systemd/cgwatch.env")).unwrap();
@@ -121,9 +123,13 @@ fn a_real_systemd_runs_the_hardened_unit_and_restarts_it() {
         (root.join(BINARY), format!("/{BINARY}")),
         (root.join(UNIT), format!("/{UNIT}")),
         (root.join(ENV), format!("/{ENV}")),
+        (root.join(SYSUSERS), format!("/{SYSUSERS}")),
         // Container names: podman's state, 0700 root (the unit's CAP_DAC_READ_SEARCH reads it).
         (PathBuf::from("/var/lib/containers/storage"), "/var/lib/containers/storage".into()),
     ];
+    // The host's BPF filesystem (a directory of it), as systemd mounts one at /sys/fs/bpf on a
+    // host; the container's own /sys has none.
+    let bpffs = PinDir::new("systemd");
     // This development host has no CAP_SYS_RESOURCE, so systemd cannot raise RLIMIT_MEMLOCK to
     // the unit's infinity; the drop-in lowers it to what the host allows.
     let bounding = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -140,6 +146,7 @@ fn a_real_systemd_runs_the_hardened_unit_and_restarts_it() {
     for (src, dest) in &mounts {
         run.arg("-v").arg(format!("{}:{dest}:ro", src.display()));
     }
+    run.arg("-v").arg(format!("{}:/sys/fs/bpf", bpffs.arg()));
     // :O: an overlay, so the cached root stays as debootstrap made it.
     let out = run.arg("--rootfs").arg(format!("{}:O", rootfs.display())).arg("/sbin/init").output().unwrap();
     assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
@@ -152,14 +159,19 @@ fn a_real_systemd_runs_the_hardened_unit_and_restarts_it() {
 
     let (ok, said) = sd.exec(&["systemd-analyze", "verify", "cgwatch.service"]);
     assert!(ok && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
-    let (ok, said) = sd.exec(&["systemctl", "enable", "--now", "cgwatch.service"]);
-    assert!(ok, "{said}");
+    // What `cargo xtask install` does next on a live host.
+    for cmd in [&["systemd-sysusers"][..], &["systemctl", "daemon-reload"], &["systemctl", "enable", "--now", "cgwatch.service"]] {
+        let (ok, said) = sd.exec(cmd);
+        assert!(ok, "{cmd:?}: {said}");
+    }
     wait_ready(port, "under systemd");
 
     // The hardening, as the kernel sees the running agent.
     let pid = sd.show("MainPID");
     let status = sd.exec(&["cat", &format!("/proc/{pid}/status")]).1;
-    assert_ne!(status_field(&status, "Uid:").split_whitespace().next(), Some("0"), "a dynamic user, not root");
+    let uid = sd.exec(&["id", "-u", "cgwatch"]).1.trim().to_string();
+    assert_eq!(status_field(&status, "Uid:").split_whitespace().next(), Some(uid.as_str()), "the cgwatch user");
+    assert_ne!(uid, "0");
     assert_eq!(status_field(&status, "CapEff:"), "000000c000000004", "CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH");
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
     assert_eq!(status_field(&status, "Seccomp:"), "2", "SystemCallFilter= applies");
@@ -185,6 +197,8 @@ fn a_real_systemd_runs_the_hardened_unit_and_restarts_it() {
     assert_eq!(m.get("cgwatch_seccomp_violations_total", &[("cgroup", &cg.rel)]), Some(9.0));
     assert_eq!(m.get("cgwatch_seccomp_violations_total", &named), Some(4.0));
     assert!(m.get("cgwatch_host_memory_total_bytes", &[]).is_some(), "ProtectProc= still shows /proc/meminfo");
+    // The pin directory ExecStartPre= makes is the agent's: counters and links are pinned.
+    assert_eq!(m.get("cgwatch_pinned", &[]), Some(1.0), "{}", sd.exec(&["journalctl", "-u", "cgwatch", "--no-pager"]).1);
 
     // Killed: systemd starts it again (Restart=on-failure).
     let (ok, said) = sd.exec(&["systemctl", "kill", "--signal=SIGKILL", "cgwatch.service"]);
@@ -195,6 +209,11 @@ fn a_real_systemd_runs_the_hardened_unit_and_restarts_it() {
         std::thread::sleep(Duration::from_millis(200));
     }
     wait_ready(port, "after the restart");
+    // The restarted agent kept the running probes and their counts.
+    let m = scrape();
+    assert_eq!(m.get("cgwatch_seccomp_violations_total", &[("cgroup", &cg.rel)]), Some(9.0), "counts survive the restart");
+    let journal = sd.exec(&["journalctl", "-u", "cgwatch", "--no-pager"]).1;
+    assert!(journal.contains("probes kept running from before this start"), "{journal}");
     // Stopped: a clean exit.
     let (ok, said) = sd.exec(&["systemctl", "stop", "cgwatch.service"]);
     assert!(ok, "{said}");

@@ -242,8 +242,9 @@ fn main() -> Result<()> {
             ship::image(&root, &[])?;
             let validate = ship::kubernetes_validate()?;
             let systemd_rootfs = ship::systemd_rootfs()?;
+            // --no-fail-fast: one run shows every failing test binary, not only the first.
             let host = run(cargo(&root)
-                .args(["test", "--release"])
+                .args(["test", "--release", "--no-fail-fast"])
                 .env("CGWATCH_KUBERNETES_VALIDATE", &validate)
                 .env("CGWATCH_SYSTEMD_ROOTFS", &systemd_rootfs)
                 .arg("--")

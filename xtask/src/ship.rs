@@ -68,6 +68,7 @@ pub struct InstallPaths {
     pub binary: PathBuf,
     pub unit: PathBuf,
     pub env: PathBuf,
+    pub sysusers: PathBuf,
 }
 
 impl InstallPaths {
@@ -76,6 +77,7 @@ impl InstallPaths {
             binary: root.join("usr/local/bin/cgwatch"),
             unit: root.join("etc/systemd/system/cgwatch.service"),
             env: root.join("etc/default/cgwatch"),
+            sysusers: root.join("etc/sysusers.d/cgwatch.conf"),
         }
     }
 }
@@ -93,13 +95,14 @@ fn put(src: &Path, dest: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// Installs the release binary, the unit and (unless one exists) the environment file below
-/// `dest`; on a live systemd host (`dest` = `/`), reloads systemd and enables and (re)starts the
-/// unit.
+/// Installs the release binary, the unit, its sysusers.d file and (unless one exists) the
+/// environment file below `dest`; on a live systemd host (`dest` = `/`), creates the user,
+/// reloads systemd and enables and (re)starts the unit.
 pub fn install(root: &Path, dest: &Path) -> Result<()> {
     let paths = InstallPaths::under(dest);
     put(&root.join("target/release/cgwatch"), &paths.binary, 0o755)?;
     put(&root.join("deploy/systemd/cgwatch.service"), &paths.unit, 0o644)?;
+    put(&root.join("deploy/systemd/cgwatch.sysusers"), &paths.sysusers, 0o644)?;
     if paths.env.exists() {
         eprintln!("xtask: kept {} (edit it for flags; the shipped one is deploy/systemd/cgwatch.env)", paths.env.display());
     } else {
@@ -107,9 +110,12 @@ pub fn install(root: &Path, dest: &Path) -> Result<()> {
     }
     let live = dest == Path::new("/") && Path::new("/run/systemd/system").exists();
     if !live {
-        eprintln!("xtask: not a live systemd root: run `systemctl daemon-reload && systemctl enable --now cgwatch` there");
+        eprintln!(
+            "xtask: not a live systemd root: run `systemd-sysusers && systemctl daemon-reload && systemctl enable --now cgwatch` there"
+        );
         return Ok(());
     }
+    run(Command::new("systemd-sysusers").arg(&paths.sysusers))?;
     run(Command::new("systemctl").arg("daemon-reload"))?;
     run(Command::new("systemctl").args(["enable", "cgwatch.service"]))?;
     run(Command::new("systemctl").args(["restart", "cgwatch.service"]))?;

@@ -211,9 +211,16 @@ impl Registry {
         e.identity.needs_names()
     }
 
-    pub fn cgroup_removed(&self, id: u64, now: Instant) {
-        if let Some(e) = self.lock().entries.get_mut(&id) {
+    /// An rmdir event, which carries the path: a cgroup the registry never saw (made and
+    /// removed while the agent was down, its mkdir event lost) is named by it.
+    pub fn cgroup_removed(&self, id: u64, raw_path: &[u8], now: Instant) {
+        let mut st = self.lock();
+        if let Some(e) = st.entries.get_mut(&id) {
             e.removed_at.get_or_insert(now);
+        } else if !raw_path.is_empty() {
+            let mut e = Entry::new(sanitize_path(raw_path), now);
+            e.removed_at = Some(now);
+            st.entries.insert(id, e);
         }
     }
 
@@ -228,7 +235,14 @@ impl Registry {
     pub fn event_series(&self, id: u64) -> Series {
         let mut st = self.lock();
         let max = self.max_shown;
-        let Some(e) = st.entries.get_mut(&id) else { return Series::folded(Label::Unknown(id)) };
+        // Counts of a cgroup the registry does not know (gone before this agent started, or its
+        // events lost): kept as "(unknown id N)" for the retain window, then purged with them.
+        let e = st.entries.entry(id).or_insert_with(|| {
+            let now = Instant::now();
+            let mut e = Entry::new(Arc::from(Label::Unknown(id).as_value().as_str()), now);
+            e.removed_at = Some(now);
+            e
+        });
         e.has_events = true;
         if !self.selection.selects(e.identity.kind) {
             return Series::folded(Label::Unselected);
@@ -412,7 +426,8 @@ mod tests {
         assert_eq!(r.event_label(4), Label::Path("/c".into()));
         // Now both shown cgroups have events: a third one is folded, never dropped.
         assert_eq!(r.event_label(2), Label::Overflow);
-        assert_eq!(r.event_label(99), Label::Unknown(99));
+        // An id nobody named is folded too when there is no room.
+        assert_eq!(r.event_label(99), Label::Overflow);
         assert_eq!(r.not_shown(), 2, "/ and /a are live but not shown");
     }
 
@@ -422,11 +437,24 @@ mod tests {
         let r = Registry::new(10, Duration::from_secs(60));
         r.apply_scan(vec![scanned(1, "/", true), scanned(2, "/x", true)], t0);
         assert_eq!(r.event_label(2), Label::Path("/x".into()));
-        r.cgroup_removed(2, t0);
+        r.cgroup_removed(2, b"", t0);
         assert_eq!(r.event_label(2), Label::Path("/x".into()), "still labelled while retained");
         assert!(r.purge_expired(t0 + Duration::from_secs(59)).is_empty());
         assert_eq!(r.purge_expired(t0 + Duration::from_secs(60)), vec![(2, None)]);
-        assert_eq!(r.event_label(2), Label::Unknown(2));
+    }
+
+    /// Counts of an id the registry never saw (its cgroup went before this agent started, with
+    /// pinned counters) are shown as "(unknown id N)" for one retain window, then purged.
+    #[test]
+    fn unknown_ids_are_shown_for_one_retain_window_then_purged() {
+        let r = Registry::new(10, Duration::from_millis(50));
+        assert_eq!(r.event_label(42), Label::Path("(unknown id 42)".into()));
+        assert!(r.purge_expired(Instant::now()).is_empty());
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(r.purge_expired(Instant::now()), vec![(42, None)]);
+        // An rmdir event names a cgroup made and removed while the agent was away.
+        r.cgroup_removed(43, b"/job/while-down", Instant::now());
+        assert_eq!(r.event_label(43), Label::Path("/job/while-down".into()));
     }
 
     #[test]
@@ -455,7 +483,7 @@ mod tests {
         assert!(r.event_series(3).pending());
         assert!(!r.event_series(4).pending());
         // Removed before any lookup: still looked up once, so its counts are not held forever.
-        r.cgroup_removed(3, t0);
+        r.cgroup_removed(3, b"", t0);
         let todo = r.needs_names();
         assert_eq!(todo.len(), 1);
         let mut named = (*todo[0].1).clone();
@@ -472,7 +500,7 @@ mod tests {
         let t0 = Instant::now();
         let r = Registry::new(10, Duration::from_secs(60));
         r.cgroup_created(7, b"/job/short", t0);
-        r.cgroup_removed(7, t0);
+        r.cgroup_removed(7, b"", t0);
         assert_eq!(r.event_label(7), Label::Path("/job/short".into()));
         // A later scan that no longer finds it keeps the first removal time.
         r.apply_scan(vec![scanned(1, "/", true)], t0 + Duration::from_secs(30));
@@ -489,16 +517,16 @@ mod tests {
             r.cgroup_created(id, b"/docker/restarted", t0 + Duration::from_secs(at));
         }
         r.cgroup_created(4, b"/docker/other", t0);
-        r.cgroup_removed(1, t0 + Duration::from_secs(5));
-        r.cgroup_removed(2, t0 + Duration::from_secs(15));
-        r.cgroup_removed(4, t0 + Duration::from_secs(5));
+        r.cgroup_removed(1, b"", t0 + Duration::from_secs(5));
+        r.cgroup_removed(2, b"", t0 + Duration::from_secs(15));
+        r.cgroup_removed(4, b"", t0 + Duration::from_secs(5));
         let mut purged = r.purge_expired(t0 + Duration::from_secs(66));
         purged.sort();
         assert_eq!(purged, vec![(1, Some(3)), (4, None)]);
         // The last one removed still holds the path once no live one does.
-        r.cgroup_removed(3, t0 + Duration::from_secs(70));
+        r.cgroup_removed(3, b"", t0 + Duration::from_secs(70));
         r.cgroup_created(5, b"/docker/restarted", t0 + Duration::from_secs(71));
-        r.cgroup_removed(5, t0 + Duration::from_secs(72));
+        r.cgroup_removed(5, b"", t0 + Duration::from_secs(72));
         assert_eq!(r.purge_expired(t0 + Duration::from_secs(75)), vec![(2, Some(5))]);
     }
 }

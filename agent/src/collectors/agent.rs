@@ -14,6 +14,8 @@ pub struct AgentCollector {
     pub registry: Arc<Registry>,
     pub probes: Vec<ProbeStatus>,
     pub kernel_release: String,
+    /// Counters and links are pinned (they survive a restart).
+    pub pinned: bool,
 }
 
 impl Collector for AgentCollector {
@@ -29,6 +31,7 @@ impl Collector for AgentCollector {
         let lost: u64 = self.maps.lost().iter().sum();
         single_counter(&mut encoder, &catalog::EVENTS_LOST, lost)?;
         single_gauge(&mut encoder, &catalog::CGROUPS_NOT_SHOWN, self.registry.not_shown() as i64)?;
+        single_gauge(&mut encoder, &catalog::PINNED, i64::from(self.pinned))?;
         let build = BTreeMap::from([(
             vec![
                 ("version", env!("CARGO_PKG_VERSION").to_string()),

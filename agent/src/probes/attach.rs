@@ -7,11 +7,19 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{BtfTracePoint, FExit, KProbe, RawTracePoint},
+    programs::{
+        BtfTracePoint, FExit, KProbe, RawTracePoint,
+        links::{FdLink, PinnedLink},
+    },
 };
+use log::{debug, info, warn};
 
 use super::{EBPF_OBJECT, Mode, PROBES, ProbeContext, ProbeSpec, table::KRETPROBE_OF};
-use crate::{config::ProbeMode, maps::KernelMaps};
+use crate::{
+    config::ProbeMode,
+    maps::KernelMaps,
+    pins::{self, MapShape, PINNED_MAPS, Pins},
+};
 
 /// What happened to one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +48,10 @@ pub enum ProbeError {
     },
     #[error("the embedded eBPF object is empty: build with `cargo xtask build` (AYA_BUILD_SKIP was set)")]
     EmptyObject,
+    #[error("cannot read the eBPF object's maps: {0}")]
+    Object(String),
+    #[error("pinning")]
+    Pins(#[from] pins::PinError),
 }
 
 /// Map sizes, derived from `--max-cgroups`.
@@ -61,11 +73,15 @@ impl MapSizes {
 
 /// The loaded object, what attached, and the maps userspace reads.
 pub struct LoadedProbes {
-    /// Owns the programs and their links: dropping it detaches everything.
+    /// Owns the programs and their unpinned links: dropping it detaches those.
     pub ebpf: Ebpf,
     pub status: Vec<ProbeStatus>,
     pub maps: KernelMaps,
     pub events: RingBuf<MapData>,
+    /// Links pinned below `--pin-path` (they stay attached when the agent stops).
+    pub pinned_links: Vec<PinnedLink>,
+    /// Probes whose running pinned links were kept as they were.
+    pub reused: usize,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
@@ -76,27 +92,74 @@ where
     T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
-/// Loads the object with the kernel layout in `KCONFIG` and attaches every probe it can.
+/// The shape of each pinned map as this agent loads it: the object's definition with the sizes
+/// `--max-cgroups` asks for.
+fn map_shapes(sizes: MapSizes) -> Result<Vec<(&'static str, MapShape)>, ProbeError> {
+    let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| ProbeError::Object(e.to_string()))?;
+    let mut shapes = Vec::with_capacity(PINNED_MAPS.len());
+    for name in PINNED_MAPS {
+        let m = obj.maps.get(name).ok_or(ProbeError::NoMap(name))?;
+        let max_entries = match name {
+            "SECCOMP_COUNTS" => sizes.seccomp,
+            "EXIT_COUNTS" => sizes.exits,
+            "OOM_COUNTS" => sizes.oom,
+            _ => m.max_entries(),
+        };
+        shapes.push((name, MapShape { key_size: m.key_size(), value_size: m.value_size(), max_entries }));
+    }
+    Ok(shapes)
+}
+
+/// Loads the object with the kernel layout in `KCONFIG` and attaches every probe it can. With
+/// `pins`, the maps are opened from (or pinned at) the pin directory and every link is pinned,
+/// so that a restart continues the counts and the probes count while the agent is down.
 pub fn load(
     btf_file: &Path,
     ctx: &ProbeContext,
     sizes: MapSizes,
+    pins: Option<&Pins>,
 ) -> Result<LoadedProbes, ProbeError> {
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::EmptyObject);
     }
     let btf = aya::Btf::parse_file(btf_file, aya::Endianness::default())?;
-    let mut ebpf = EbpfLoader::new()
+    let migrations = match pins {
+        Some(p) => p.check_maps(&map_shapes(sizes)?)?,
+        None => Vec::new(),
+    };
+    let map_paths: Vec<(&str, std::path::PathBuf)> =
+        pins.map(|p| PINNED_MAPS.iter().map(|m| (*m, p.map_path(m))).collect()).unwrap_or_default();
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&btf))
         .override_global("KCONFIG", &ctx.kernel, true)
         .map_max_entries("SECCOMP_COUNTS", sizes.seccomp)
         .map_max_entries("EXIT_COUNTS", sizes.exits)
-        .map_max_entries("OOM_COUNTS", sizes.oom)
-        .load(EBPF_OBJECT)?;
+        .map_max_entries("OOM_COUNTS", sizes.oom);
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
 
+    let kernel_bytes = bytemuck_bytes(&ctx.kernel);
+    let mut attacher = Attacher {
+        btf: &btf,
+        pins,
+        context: pins::fingerprint(&(kernel_bytes, sizes.seccomp, sizes.exits, sizes.oom)),
+        pinned_links: Vec::new(),
+        reused: 0,
+    };
     let mut status: Vec<ProbeStatus> = Vec::with_capacity(PROBES.len());
     for rows in &PROBES {
-        let st = attach_one(&mut ebpf, &btf, rows, ctx, &status);
+        let st = attacher.attach_one(&mut ebpf, rows, ctx, &status);
+        if !st.attached
+            && let Some(p) = pins
+        {
+            // Not wanted (or failing) now: a link an earlier agent pinned for it goes.
+            for name in link_names(rows[0].probe) {
+                p.detach_others(&name, None);
+            }
+        }
         status.push(st);
     }
     fast_path_fell_back(&mut status);
@@ -107,8 +170,23 @@ pub fn load(
         take(&mut ebpf, "OOM_COUNTS")?,
         take(&mut ebpf, "LOST")?,
     );
+    // The old programs are detached now: move the resized maps' counts into the new ones.
+    for m in migrations {
+        match maps.absorb(m.map, &m.old) {
+            Ok(n) => info!("pins: {n} counters of {} carried into the resized map", m.map),
+            Err(e) => warn!("pins: the counts of the resized {} are lost: {e}", m.map),
+        }
+        let _ = std::fs::remove_file(&m.old);
+    }
     let events = take(&mut ebpf, "EVENTS")?;
-    Ok(LoadedProbes { ebpf, status, maps, events })
+    let Attacher { pinned_links, reused, .. } = attacher;
+    Ok(LoadedProbes { ebpf, status, maps, events, pinned_links, reused })
+}
+
+/// The bytes of the kernel layout handed to the programs (part of their links' fingerprint).
+fn bytemuck_bytes(k: &agent_common::KernelConfig) -> Vec<u8> {
+    // SAFETY: KernelConfig is #[repr(C)] plain integers with explicit padding (aya::Pod).
+    unsafe { std::slice::from_raw_parts((k as *const agent_common::KernelConfig).cast::<u8>(), size_of_val(k)) }.to_vec()
 }
 
 /// In `--seccomp-mode auto` a fast path that could not attach is not a blind spot when the
@@ -123,114 +201,249 @@ fn fast_path_fell_back(status: &mut [ProbeStatus]) {
     }
 }
 
-fn attach_one(
-    ebpf: &mut Ebpf,
-    btf: &aya::Btf,
-    rows: &[ProbeSpec],
-    ctx: &ProbeContext,
-    earlier: &[ProbeStatus],
-) -> ProbeStatus {
-    let first = &rows[0];
-    if let Some(why) = (first.disable_if)(ctx) {
-        return ProbeStatus { probe: first.probe, mode: "off", attached: false, detail: why.into() };
+/// The link pin names of a probe: the probe's own, and its kretprobe's for a kprobe pair.
+fn link_names(probe: &str) -> [String; 2] {
+    [probe.to_string(), format!("{probe}_ret")]
+}
+
+/// Attaches probes, pinning their links when there is a pin directory.
+struct Attacher<'a> {
+    btf: &'a aya::Btf,
+    pins: Option<&'a Pins>,
+    /// Hash of what every program gets besides its instructions: the kernel layout and the map
+    /// sizes.
+    context: u64,
+    pinned_links: Vec<PinnedLink>,
+    reused: usize,
+}
+
+/// How one program is to be attached once loaded.
+enum Hook<'h> {
+    TpBtf,
+    Fexit,
+    RawTp(&'h str),
+    Kprobe(&'h str),
+}
+
+impl Attacher<'_> {
+    fn attach_one(&mut self, ebpf: &mut Ebpf, rows: &[ProbeSpec], ctx: &ProbeContext, earlier: &[ProbeStatus]) -> ProbeStatus {
+        let first = &rows[0];
+        if let Some(why) = (first.disable_if)(ctx) {
+            return ProbeStatus { probe: first.probe, mode: "off", attached: false, detail: why.into() };
+        }
+        if let Some(by) = first.unless_attached.iter().find(|p| earlier.iter().any(|s| s.probe == **p && s.attached)) {
+            return ProbeStatus {
+                probe: first.probe,
+                mode: "off",
+                attached: false,
+                detail: format!("{by} counts these verdicts (fast path)"),
+            };
+        }
+        if let Some(need) = first.needs.iter().find(|n| !earlier.iter().any(|s| s.probe == **n && s.attached)) {
+            return ProbeStatus {
+                probe: first.probe,
+                mode: first.mode.as_str(),
+                attached: false,
+                detail: format!("not attached because {need} is not"),
+            };
+        }
+        let mut errors = Vec::new();
+        let allowed = |row: &ProbeSpec| {
+            (row.fits)(ctx)
+                && match ctx.probe_mode {
+                    // --probe-mode picks between the two tracepoint kinds only.
+                    _ if matches!(row.mode, Mode::Fexit | Mode::Kprobe | Mode::KprobePair) => true,
+                    ProbeMode::Auto => true,
+                    ProbeMode::TpBtf => row.mode == Mode::TpBtf,
+                    ProbeMode::RawTp => row.mode == Mode::RawTp,
+                }
+        };
+        for row in rows.iter().filter(|r| allowed(r)) {
+            if ctx.kernel_version < row.min_kernel {
+                errors.push(format!("{}: needs kernel {}.{}", row.mode.as_str(), row.min_kernel.0, row.min_kernel.1));
+                continue;
+            }
+            match self.attach_row(ebpf, row) {
+                Ok(()) => {
+                    return ProbeStatus { probe: row.probe, mode: row.mode.as_str(), attached: true, detail: String::new() };
+                }
+                Err(e) => errors.push(format!("{}: {e}", row.mode.as_str())),
+            }
+        }
+        let mode = rows.iter().find(|r| allowed(r)).unwrap_or(first).mode.as_str();
+        ProbeStatus { probe: first.probe, mode, attached: false, detail: errors.join("; ") }
     }
-    if let Some(by) = first.unless_attached.iter().find(|p| earlier.iter().any(|s| s.probe == **p && s.attached)) {
-        return ProbeStatus {
-            probe: first.probe,
-            mode: "off",
-            attached: false,
-            detail: format!("{by} counts these verdicts (fast path)"),
+
+    fn attach_row(&mut self, ebpf: &mut Ebpf, row: &ProbeSpec) -> Result<(), String> {
+        let hook = match row.mode {
+            Mode::TpBtf => Hook::TpBtf,
+            Mode::Fexit => Hook::Fexit,
+            Mode::RawTp => Hook::RawTp(row.hook),
+            Mode::Kprobe => Hook::Kprobe(row.hook),
+            Mode::KprobePair => return self.attach_kprobe_pair(ebpf, row),
+        };
+        let tag = self.load(ebpf, row.program, row, &hook)?;
+        let fp = self.fingerprint(row, &[tag]);
+        if self.reuse(row.probe, fp, &[row.probe]) {
+            unload(ebpf, row.program);
+            return Ok(());
+        }
+        self.attach(ebpf, row.program, &hook, row.probe, fp)?;
+        self.retire_others(&[(row.probe.to_string(), fp)]);
+        Ok(())
+    }
+
+    /// A kretprobe, then the kprobe on the same function; neither stays attached if the other
+    /// fails.
+    fn attach_kprobe_pair(&mut self, ebpf: &mut Ebpf, row: &ProbeSpec) -> Result<(), String> {
+        let ret = row.program.replace(KRETPROBE_OF.0, KRETPROBE_OF.1);
+        let hook = Hook::Kprobe(row.hook);
+        let ret_tag = self.load(ebpf, &ret, row, &hook)?;
+        let entry_tag = self.load(ebpf, row.program, row, &hook)?;
+        let fp = self.fingerprint(row, &[entry_tag, ret_tag]);
+        let [entry_name, ret_name] = link_names(row.probe);
+        if self.reuse(row.probe, fp, &[&entry_name, &ret_name]) {
+            unload(ebpf, row.program);
+            unload(ebpf, &ret);
+            return Ok(());
+        }
+        // The return side first: an entry probe alone would only fill its map.
+        self.attach(ebpf, &ret, &hook, &ret_name, fp)?;
+        if let Err(e) = self.attach(ebpf, row.program, &hook, &entry_name, fp) {
+            if let Some(p) = self.pins {
+                let _ = std::fs::remove_file(p.link_path(&ret_name, fp));
+            }
+            unload(ebpf, &ret);
+            return Err(e);
+        }
+        self.retire_others(&[(entry_name, fp), (ret_name, fp)]);
+        Ok(())
+    }
+
+    /// Loads a program; returns its tag (a hash of its instructions).
+    fn load(&self, ebpf: &mut Ebpf, name: &str, row: &ProbeSpec, hook: &Hook<'_>) -> Result<u64, String> {
+        let program = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+        let load_err = |e: &dyn std::error::Error| format!("load: {}", error_chain(e));
+        match hook {
+            Hook::TpBtf => {
+                let p: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+                p.load(row.hook, self.btf).map_err(|e| load_err(&e))?;
+            }
+            Hook::Fexit => {
+                let p: &mut FExit = program.try_into().map_err(|e| format!("{e}"))?;
+                p.load(row.hook, self.btf).map_err(|e| load_err(&e))?;
+            }
+            Hook::RawTp(_) => {
+                let p: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+                p.load().map_err(|e| load_err(&e))?;
+            }
+            Hook::Kprobe(_) => {
+                let p: &mut KProbe = program.try_into().map_err(|e| format!("{e}"))?;
+                p.load().map_err(|e| load_err(&e))?;
+            }
+        }
+        // Without a pin directory the tag is not needed.
+        if self.pins.is_none() {
+            return Ok(0);
+        }
+        let program = ebpf.program(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+        program.info().map(|i| i.tag()).map_err(|e| format!("program info: {e}"))
+    }
+
+    fn fingerprint(&self, row: &ProbeSpec, tags: &[u64]) -> u64 {
+        pins::fingerprint(&(row.probe, row.program, row.mode.as_str(), row.hook, tags, self.context))
+    }
+
+    /// Keeps the running pinned links of an earlier agent whose programs are these: nothing is
+    /// detached, not an event is missed.
+    fn reuse(&mut self, probe: &str, fp: u64, names: &[&str]) -> bool {
+        let Some(pins) = self.pins else { return false };
+        let links: Vec<PinnedLink> = names.iter().filter_map(|n| pins.existing_link(n, fp)).collect();
+        if links.len() != names.len() {
+            return false;
+        }
+        debug!("probe {probe}: kept the pinned link of an earlier agent");
+        self.pinned_links.extend(links);
+        self.reused += 1;
+        true
+    }
+
+    /// Attaches a loaded program and pins its link (where the link can be pinned).
+    fn attach(&mut self, ebpf: &mut Ebpf, name: &str, hook: &Hook<'_>, link_name: &str, fp: u64) -> Result<(), String> {
+        let program = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+        let attach_err = |e: &dyn std::error::Error| format!("attach: {}", error_chain(e));
+        let link: Option<FdLink> = match hook {
+            Hook::TpBtf => {
+                let p: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+                let id = p.attach().map_err(|e| attach_err(&e))?;
+                self.pins.and_then(|_| p.take_link(id).ok()).map(FdLink::from)
+            }
+            Hook::Fexit => {
+                let p: &mut FExit = program.try_into().map_err(|e| format!("{e}"))?;
+                let id = p.attach().map_err(|e| attach_err(&e))?;
+                self.pins.and_then(|_| p.take_link(id).ok()).map(FdLink::from)
+            }
+            Hook::RawTp(tp) => {
+                let p: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+                let id = p.attach(tp).map_err(|e| attach_err(&e))?;
+                self.pins.and_then(|_| p.take_link(id).ok()).map(FdLink::from)
+            }
+            Hook::Kprobe(function) => {
+                let p: &mut KProbe = program.try_into().map_err(|e| format!("{e}"))?;
+                let id = p.attach(function, 0).map_err(|e| attach_err(&e))?;
+                // A kprobe's link is a BPF link (pinnable) only where the kernel has perf links
+                // (5.15); elsewhere it stays with the agent and detaches when it stops.
+                if self.pins.is_some() && aya::features().bpf_perf_link() {
+                    p.take_link(id).ok().and_then(|l| FdLink::try_from(l).ok())
+                } else {
+                    None
+                }
+            }
+        };
+        if let (Some(pins), Some(link)) = (self.pins, link) {
+            let path = pins.link_path(link_name, fp);
+            let _ = std::fs::remove_file(&path);
+            match link.pin(&path) {
+                Ok(pinned) => self.pinned_links.push(pinned),
+                Err(e) => {
+                    // The link was dropped with the failed pin: attach again, unpinned.
+                    warn!("probe {link_name}: cannot pin its link at {} ({e}); it detaches when the agent stops", path.display());
+                    return self.attach_unpinned(ebpf, name, hook);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_unpinned(&mut self, ebpf: &mut Ebpf, name: &str, hook: &Hook<'_>) -> Result<(), String> {
+        let pins = self.pins.take();
+        let result = self.attach(ebpf, name, hook, "", 0);
+        self.pins = pins;
+        result
+    }
+
+    /// Detaches the links earlier agents pinned for these probes with other programs.
+    fn retire_others(&self, keep: &[(String, u64)]) {
+        let Some(pins) = self.pins else { return };
+        for (name, fp) in keep {
+            let n = pins.detach_others(name, Some(&pins.link_path(name, *fp)));
+            if n > 0 {
+                info!("probe {name}: replaced {n} pinned link(s) of an earlier agent");
+            }
+        }
+    }
+}
+
+fn unload(ebpf: &mut Ebpf, name: &str) {
+    if let Some(p) = ebpf.program_mut(name) {
+        let _ = match p {
+            aya::programs::Program::BtfTracePoint(p) => p.unload(),
+            aya::programs::Program::FExit(p) => p.unload(),
+            aya::programs::Program::RawTracePoint(p) => p.unload(),
+            aya::programs::Program::KProbe(p) => p.unload(),
+            _ => Ok(()),
         };
     }
-    if let Some(need) = first.needs.iter().find(|n| !earlier.iter().any(|s| s.probe == **n && s.attached)) {
-        return ProbeStatus {
-            probe: first.probe,
-            mode: first.mode.as_str(),
-            attached: false,
-            detail: format!("not attached because {need} is not"),
-        };
-    }
-    let mut errors = Vec::new();
-    let allowed = |row: &ProbeSpec| {
-        (row.fits)(ctx)
-            && match ctx.probe_mode {
-                // --probe-mode picks between the two tracepoint kinds only.
-                _ if matches!(row.mode, Mode::Fexit | Mode::Kprobe | Mode::KprobePair) => true,
-                ProbeMode::Auto => true,
-                ProbeMode::TpBtf => row.mode == Mode::TpBtf,
-                ProbeMode::RawTp => row.mode == Mode::RawTp,
-            }
-    };
-    for row in rows.iter().filter(|r| allowed(r)) {
-        if ctx.kernel_version < row.min_kernel {
-            errors.push(format!(
-                "{}: needs kernel {}.{}",
-                row.mode.as_str(),
-                row.min_kernel.0,
-                row.min_kernel.1
-            ));
-            continue;
-        }
-        match attach_row(ebpf, btf, row) {
-            Ok(()) => {
-                return ProbeStatus { probe: row.probe, mode: row.mode.as_str(), attached: true, detail: String::new() };
-            }
-            Err(e) => errors.push(format!("{}: {e}", row.mode.as_str())),
-        }
-    }
-    let mode = rows.iter().find(|r| allowed(r)).unwrap_or(first).mode.as_str();
-    ProbeStatus { probe: first.probe, mode, attached: false, detail: errors.join("; ") }
-}
-
-fn attach_row(ebpf: &mut Ebpf, btf: &aya::Btf, row: &ProbeSpec) -> Result<(), String> {
-    if row.mode == Mode::KprobePair {
-        return attach_kprobe_pair(ebpf, row);
-    }
-    let program = ebpf
-        .program_mut(row.program)
-        .ok_or_else(|| format!("program {} missing from the object", row.program))?;
-    match row.mode {
-        Mode::TpBtf => {
-            let p: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            p.load(row.hook, btf).map_err(|e| format!("load: {}", error_chain(&e)))?;
-            p.attach().map_err(|e| format!("attach: {}", error_chain(&e)))?;
-        }
-        Mode::Fexit => {
-            let p: &mut FExit = program.try_into().map_err(|e| format!("{e}"))?;
-            p.load(row.hook, btf).map_err(|e| format!("load: {}", error_chain(&e)))?;
-            p.attach().map_err(|e| format!("attach: {}", error_chain(&e)))?;
-        }
-        Mode::Kprobe | Mode::KprobePair => attach_kprobe(program, row.hook)?,
-        Mode::RawTp => {
-            let p: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
-            p.attach(row.hook).map_err(|e| format!("attach: {}", error_chain(&e)))?;
-        }
-    }
-    Ok(())
-}
-
-/// A kretprobe, then the kprobe on the same function; neither stays attached if the other fails.
-fn attach_kprobe_pair(ebpf: &mut Ebpf, row: &ProbeSpec) -> Result<(), String> {
-    let ret = row.program.replace(KRETPROBE_OF.0, KRETPROBE_OF.1);
-    let missing = |name: &str| format!("program {name} missing from the object");
-    // The return side first: an entry probe alone would only fill its map.
-    attach_kprobe(ebpf.program_mut(&ret).ok_or_else(|| missing(&ret))?, row.hook)?;
-    let entry = ebpf.program_mut(row.program).ok_or_else(|| missing(row.program))?;
-    if let Err(e) = attach_kprobe(entry, row.hook) {
-        if let Some(p) = ebpf.program_mut(&ret).and_then(|p| <&mut KProbe>::try_from(p).ok()) {
-            let _ = p.unload();
-        }
-        return Err(e);
-    }
-    Ok(())
-}
-
-fn attach_kprobe(program: &mut aya::programs::Program, function: &str) -> Result<(), String> {
-    let p: &mut KProbe = program.try_into().map_err(|e| format!("{e}"))?;
-    p.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
-    p.attach(function, 0).map_err(|e| format!("attach: {}", error_chain(&e)))?;
-    Ok(())
 }
 
 /// `e` and its sources on one line (verifier logs are cut to their last three lines, where the
@@ -278,16 +491,17 @@ mod tests {
             .unwrap();
         let bogus: Vec<ProbeSpec> =
             PROBES[0].iter().map(|row| ProbeSpec { hook: "cgwatch_no_such_tracepoint", ..*row }).collect();
-        let status = attach_one(&mut ebpf, &btf, &bogus, &ctx, &[]);
+        let mut attacher = Attacher { btf: &btf, pins: None, context: 0, pinned_links: Vec::new(), reused: 0 };
+        let status = attacher.attach_one(&mut ebpf, &bogus, &ctx, &[]);
         assert!(!status.attached);
         assert_eq!(status.mode, "tp_btf");
         assert!(status.detail.contains("tp_btf: ") && status.detail.contains("raw_tp: "), "{}", status.detail);
         // The real hook still attaches from the same object.
-        let rmdir = attach_one(&mut ebpf, &btf, PROBES[1], &ctx, &[]);
+        let rmdir = attacher.attach_one(&mut ebpf, PROBES[1], &ctx, &[]);
         assert!(rmdir.attached, "{}", rmdir.detail);
         // sys_exit without sys_enter would count every syscall of a filtered task: refused.
         let exit_rows = PROBES.iter().find(|r| r[0].probe == "seccomp_sys_exit").unwrap();
-        let exit = attach_one(&mut ebpf, &btf, exit_rows, &ctx, &[status]);
+        let exit = attacher.attach_one(&mut ebpf, exit_rows, &ctx, &[status]);
         assert!(!exit.attached);
         assert_eq!(exit.detail, "not attached because seccomp_sys_enter is not");
     }

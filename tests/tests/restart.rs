@@ -1,0 +1,53 @@
+//! Restart continuity: counters and probe links pinned on the BPF filesystem survive the agent,
+//! whether it stops cleanly (SIGTERM) or is killed (SIGKILL); events while it is down are
+//! counted; `cgwatch --unpin` removes everything.
+
+use std::time::Duration;
+
+use cgwatch_tests::{Agent, Metrics, PinDir, TestCgroup, cgwatch_bin};
+
+fn counts(m: &Metrics, cg: &TestCgroup) -> (Option<f64>, Option<f64>) {
+    (
+        m.get("cgwatch_seccomp_violations_total", &[("cgroup", &cg.rel), ("syscall", "getppid"), ("action", "errno")]),
+        m.get("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "error")]),
+    )
+}
+
+#[test]
+fn counts_continue_across_restarts_and_events_while_down_are_counted() {
+    let pins = PinDir::new("restart");
+    let pin = pins.arg();
+    let cg = TestCgroup::new("restart");
+    let mut agent = Agent::start(&["--pin-path", &pin]);
+    assert_eq!(agent.scrape().get("cgwatch_pinned", &[]), Some(1.0));
+    let (mut denied, mut errors) = (0.0, 0.0);
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
+        // N events while the agent runs...
+        assert!(cg.run(&["seccomp", "--action", "errno", "--count", "10"]).success());
+        assert_eq!(cg.run(&["exit", "3"]).code(), Some(3));
+        denied += 10.0;
+        errors += 1.0;
+        let m = agent.scrape_until(Duration::from_secs(10), |m| counts(m, &cg) == (Some(denied), Some(errors)));
+        assert_eq!(counts(&m, &cg), (Some(denied), Some(errors)), "before {name}");
+        agent.stop(signal);
+        // ...M while it is down...
+        assert!(cg.run(&["seccomp", "--action", "errno", "--count", "7"]).success());
+        assert_eq!(cg.run(&["exit", "3"]).code(), Some(3));
+        denied += 7.0;
+        errors += 1.0;
+        // ...and the restarted agent shows N + M.
+        agent = Agent::start(&["--pin-path", &pin]);
+        let m = agent.scrape_until(Duration::from_secs(10), |m| counts(m, &cg) == (Some(denied), Some(errors)));
+        assert_eq!(counts(&m, &cg), (Some(denied), Some(errors)), "after {name}:\n{}", agent.log());
+        assert!(agent.log().contains("probes kept running from before this start"), "{}", agent.log());
+    }
+    drop(agent);
+
+    // --unpin detaches the probes and removes the counters.
+    let out = std::process::Command::new(cgwatch_bin()).args(["--unpin", "--pin-path", &pin]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pins.path.exists());
+    let agent = Agent::start(&["--pin-path", &pin]);
+    assert_eq!(counts(&agent.scrape(), &cg), (None, None), "counts start over after --unpin");
+}
