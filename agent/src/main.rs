@@ -87,6 +87,10 @@ async fn run(config: Config) -> Result<()> {
         }
     };
     let (loaded, layout, pinned) = loaded;
+    match privileges::drop_after_attach() {
+        Ok(kept) => info!("probes attached: capabilities dropped, kept {kept:?}"),
+        Err(e) => warn!("cannot drop capabilities after attaching ({e}): the agent keeps them"),
+    }
     let probes::LoadedProbes { ebpf: _ebpf, status, maps, events, pinned_links: _links, reused } = loaded;
     if reused > 0 {
         info!("{reused} probes kept running from before this start: no event was missed");

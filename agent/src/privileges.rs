@@ -1,4 +1,4 @@
-//! Startup checks for what loading probes needs.
+//! The capabilities the agent needs: checked at start, dropped once the probes are attached.
 
 use caps::{CapSet, Capability};
 
@@ -34,4 +34,30 @@ pub fn check() -> Result<(), PrivilegeError> {
 pub fn raise_memlock() -> Result<(), nix::Error> {
     use nix::sys::resource::{Resource, RLIM_INFINITY, setrlimit};
     setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY)
+}
+
+/// The capabilities the agent keeps once its probes are attached: reading the runtimes' state
+/// for container names (0700 / 0600 root files) when it runs as another user. Map reads and
+/// deletes, the ring buffer and the HTTP server work on descriptors it already holds.
+const KEPT: [Capability; 1] = [Capability::CAP_DAC_READ_SEARCH];
+
+/// Drops every capability but [`KEPT`] (from the effective, permitted, inheritable, ambient and,
+/// where allowed, bounding sets), so that a compromise of the running agent cannot load programs,
+/// read kernel memory or regain what it gave up. Returns the capabilities it still holds.
+pub fn drop_after_attach() -> Result<Vec<Capability>, caps::errors::CapsError> {
+    let effective = caps::read(None, CapSet::Effective)?;
+    let keep: caps::CapsHashSet = KEPT.iter().copied().filter(|c| effective.contains(c)).collect();
+    caps::clear(None, CapSet::Ambient)?;
+    caps::set(None, CapSet::Inheritable, &keep)?;
+    caps::set(None, CapSet::Effective, &keep)?;
+    caps::set(None, CapSet::Permitted, &keep)?;
+    // Needs CAP_SETPCAP, which only root has here; the permitted set above is what matters.
+    for c in caps::read(None, CapSet::Bounding)? {
+        if !keep.contains(&c) {
+            let _ = caps::drop(None, CapSet::Bounding, c);
+        }
+    }
+    let mut kept: Vec<Capability> = keep.into_iter().collect();
+    kept.sort_by_key(|c| c.index());
+    Ok(kept)
 }

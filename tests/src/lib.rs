@@ -72,6 +72,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(extra: &[&str]) -> Agent {
+        Self::start_wrapped(&[], extra)
+    }
+
+    /// Starts the agent through `wrap` (e.g. `setpriv ...` to run it as another user).
+    pub fn start_wrapped(wrap: &[&str], extra: &[&str]) -> Agent {
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let stderr_log = dir.path().join("agent.log");
@@ -88,7 +93,15 @@ impl Agent {
             let env_args = std::env::var("CGWATCH_AGENT_ARGS").unwrap_or_default();
             args.extend(env_args.split_whitespace());
             args.extend_from_slice(extra);
-            let child = Command::new(cgwatch_bin())
+            let mut cmd = match wrap.split_first() {
+                Some((w, rest)) => {
+                    let mut c = Command::new(w);
+                    c.args(rest).arg(cgwatch_bin());
+                    c
+                }
+                None => Command::new(cgwatch_bin()),
+            };
+            let child = cmd
                 .args(&args)
                 .stdout(Stdio::null())
                 .stderr(fs::File::create(&stderr_log).unwrap())

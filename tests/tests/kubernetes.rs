@@ -68,10 +68,10 @@ impl Drop for PlayedPod {
     }
 }
 
-/// CapEff of a process, as the bit mask /proc prints.
-fn cap_eff(pid: u32) -> u64 {
+/// A capability set of a process (`CapEff:`, `CapBnd:`, ...), as the bit mask /proc prints.
+fn cap_set(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    let hex = status.lines().find_map(|l| l.strip_prefix(field)).unwrap().trim();
     u64::from_str_radix(hex, 16).unwrap()
 }
 
@@ -110,13 +110,16 @@ fn the_daemonset_pod_runs_the_agent_from_the_image_with_its_capabilities_only() 
     assert!(ready.lines().any(|l| l == "seccomp_signal tp_btf 1"), "{ready}");
     assert!(!ready.lines().skip(1).any(|l| l.ends_with(" 0") && !l.contains(" off ")), "a probe failed:\n{ready}");
 
-    // The manifest adds BPF, PERFMON and SYS_RESOURCE; podman grants SYS_RESOURCE only where
-    // the host has it (this development host does not).
+    // The manifest adds BPF, PERFMON and SYS_RESOURCE (podman grants SYS_RESOURCE only where
+    // the host has it; this development host does not): the agent started with those, and
+    // once attached it holds none (it runs as root in the container: it reads the runtimes'
+    // root-owned state without CAP_DAC_READ_SEARCH).
     let bounding = {
         let s = std::fs::read_to_string("/proc/self/status").unwrap();
         u64::from_str_radix(s.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim(), 16).unwrap()
     };
-    assert_eq!(cap_eff(pid), (CAP_BPF | CAP_PERFMON | CAP_SYS_RESOURCE) & bounding, "CapEff of the agent in the pod");
+    assert_eq!(cap_set(pid, "CapBnd:"), (CAP_BPF | CAP_PERFMON | CAP_SYS_RESOURCE) & bounding, "the pod's capabilities");
+    assert_eq!((cap_set(pid, "CapEff:"), cap_set(pid, "CapPrm:")), (0, 0), "dropped after attaching");
 
     // A denial in a host service, counted exactly (the manifest selects containers and
     // services: plain cgroups are summed into "(other)").

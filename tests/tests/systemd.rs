@@ -172,7 +172,12 @@ fn a_real_systemd_runs_the_hardened_unit_and_restarts_it() {
     let uid = sd.exec(&["id", "-u", "cgwatch"]).1.trim().to_string();
     assert_eq!(status_field(&status, "Uid:").split_whitespace().next(), Some(uid.as_str()), "the cgwatch user");
     assert_ne!(uid, "0");
-    assert_eq!(status_field(&status, "CapEff:"), "000000c000000004", "CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH");
+    // The unit grants CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH; once attached the agent
+    // keeps only the last (container names).
+    assert_eq!(status_field(&status, "CapBnd:"), "000000c000000004", "the unit's bounding set");
+    assert_eq!(status_field(&status, "CapEff:"), "0000000000000004", "CAP_DAC_READ_SEARCH only, after attaching");
+    assert_eq!(status_field(&status, "CapPrm:"), "0000000000000004");
+    assert_eq!(status_field(&status, "CapAmb:"), "0000000000000000");
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
     assert_eq!(status_field(&status, "Seccomp:"), "2", "SystemCallFilter= applies");
 
