@@ -77,10 +77,19 @@ impl Agent {
 
     /// Starts the agent through `wrap` (e.g. `setpriv ...` to run it as another user).
     pub fn start_wrapped(wrap: &[&str], extra: &[&str]) -> Agent {
+        Self::launch(wrap, None, extra)
+    }
+
+    /// Starts the agent on a given port (a restarted agent that its scraper finds again).
+    pub fn start_at(port: u16, extra: &[&str]) -> Agent {
+        Self::launch(&[], Some(port), extra)
+    }
+
+    fn launch(wrap: &[&str], fixed_port: Option<u16>, extra: &[&str]) -> Agent {
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let stderr_log = dir.path().join("agent.log");
-            let port = free_port();
+            let port = fixed_port.unwrap_or_else(free_port);
             let listen = format!("127.0.0.1:{port}");
             let mut args = vec!["--listen", &listen, "--scan-interval", "500ms", "--sample-interval", "500ms"];
             // Agents of parallel tests must not share (or leave behind) pinned maps and links:

@@ -121,6 +121,32 @@ impl Prometheus {
         get_json(&format!("http://127.0.0.1:{}/api/v1/query", self.port), &[("query", promql)])
     }
 
+    /// `increase(selector)` over exactly the span from the last scrape that saw `before` to the
+    /// first that saw `after` (no extrapolation: both ends are samples), at the latter's time.
+    pub fn increase_between(&self, selector: &str, before: f64, after: f64) -> f64 {
+        let samples = self.query(&format!("{selector}[10m]"));
+        assert_eq!(samples.len(), 1, "{selector}: {samples:?}");
+        let points: Vec<(f64, f64)> = samples[0]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().parse().unwrap()))
+            .collect();
+        let t0 = points.iter().rev().find(|(_, v)| *v == before).unwrap_or_else(|| panic!("no {before} in {points:?}")).0;
+        let t1 = points.iter().find(|(_, v)| *v == after).unwrap_or_else(|| panic!("no {after} in {points:?}")).0;
+        let span_ms = ((t1 - t0) * 1000.0).round() as u64;
+        let r = self.query_at(&format!("increase({selector}[{span_ms}ms])"), &format!("{t1:.3}"));
+        assert_eq!(r.len(), 1, "{r:?}");
+        r[0]["value"][1].as_str().unwrap().parse().unwrap()
+    }
+
+    /// The value of a one-series instant query.
+    pub fn value(&self, promql: &str) -> Option<f64> {
+        let r = self.query(promql);
+        assert!(r.len() <= 1, "{promql}: {r:?}");
+        r.first().and_then(|s| s["value"][1].as_str()).and_then(|v| v.parse().ok())
+    }
+
     /// `/api/v1/alerts`: active (pending or firing) alerts.
     pub fn alerts(&self) -> Vec<Value> {
         self.api("/api/v1/alerts", &[])["alerts"].as_array().cloned().unwrap_or_default()

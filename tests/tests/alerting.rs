@@ -24,13 +24,6 @@ fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// The value of a one-series instant query.
-fn value(prom: &Prometheus, promql: &str) -> Option<f64> {
-    let r = prom.query(promql);
-    assert!(r.len() <= 1, "{promql}: {r:?}");
-    r.first().and_then(|s| s["value"][1].as_str()).and_then(|v| v.parse().ok())
-}
-
 /// Runs a command in a container (it joins the container's cgroup and seccomp filter).
 fn exec(c: &Container, args: &[&str]) -> i32 {
     let out = podman::command().arg("exec").arg(&c.name).args(args).output().expect("podman exec");
@@ -42,26 +35,11 @@ fn exec(c: &Container, args: &[&str]) -> i32 {
 /// the last scrape before and the first scrape after is `more`: no count lost or invented
 /// between the kernel and Prometheus.
 fn check_increase(prom: &Prometheus, selector: &str, first: f64, more: f64, cause_more: impl FnOnce()) {
-    wait_for(60, &format!("{selector} = {first}"), || (value(prom, selector) == Some(first)).then_some(()));
+    wait_for(60, &format!("{selector} = {first}"), || (prom.value(selector) == Some(first)).then_some(()));
     cause_more();
     let total = first + more;
-    wait_for(60, &format!("{selector} = {total}"), || (value(prom, selector) == Some(total)).then_some(()));
-    let samples = prom.query(&format!("{selector}[10m]"));
-    assert_eq!(samples.len(), 1, "{samples:?}");
-    let points: Vec<(f64, f64)> = samples[0]["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().parse().unwrap()))
-        .collect();
-    let t0 = points.iter().rev().find(|(_, v)| *v == first).unwrap().0;
-    let t1 = points.iter().find(|(_, v)| *v == total).unwrap().0;
-    let span_ms = ((t1 - t0) * 1000.0).round() as u64;
-    let at = format!("{t1:.3}");
-    let r = prom.query_at(&format!("increase({selector}[{span_ms}ms])"), &at);
-    assert_eq!(r.len(), 1, "{r:?}");
-    let inc: f64 = r[0]["value"][1].as_str().unwrap().parse().unwrap();
-    assert_eq!(inc, more, "increase({selector}) from {t0} to {t1}");
+    wait_for(60, &format!("{selector} = {total}"), || (prom.value(selector) == Some(total)).then_some(()));
+    assert_eq!(prom.increase_between(selector, first, total), more, "increase({selector})");
 }
 
 fn alert_state(alerts: &[Value], want: &[(&str, &str)]) -> Option<String> {
@@ -93,7 +71,7 @@ fn containers_denied_oom_killed_and_crash_looping_fire_alerts_that_reach_alertma
     // 3. A container that exits 1, restarted 3 times by podman: 4 crashes of one container.
     let looping = Container::start("cgwatch-alert-loop", &["--restart", "on-failure:3"], &["sh", "-c", "sleep 0.5; exit 1"]);
     let exits = format!("cgwatch_container_exits_total{{container=\"{}\",reason=\"error\"}}", looping.name);
-    wait_for(90, "4 container exits", || (value(&prom, &exits) == Some(4.0)).then_some(()));
+    wait_for(90, "4 container exits", || (prom.value(&exits) == Some(4.0)).then_some(()));
 
     // The alerts fire in Prometheus with the container's labels...
     let want: [(&str, Vec<(&str, &str)>); 3] = [

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cgwatch_tests::{Agent, Metrics, PinDir, TestCgroup, cgwatch_bin};
+use cgwatch_tests::{Agent, Metrics, PinDir, TestCgroup, cgwatch_bin, prom::Prometheus};
 
 fn counts(m: &Metrics, cg: &TestCgroup) -> (Option<f64>, Option<f64>) {
     (
@@ -50,4 +50,34 @@ fn counts_continue_across_restarts_and_events_while_down_are_counted() {
     assert!(!pins.path.exists());
     let agent = Agent::start(&["--pin-path", &pin]);
     assert_eq!(counts(&agent.scrape(), &cg), (None, None), "counts start over after --unpin");
+}
+
+/// Prometheus's `increase()` across a killed and restarted agent is exact: the counter did not
+/// reset, and the events while the agent was down are in it.
+#[test]
+fn prometheus_increase_across_a_restart_is_exact() {
+    let pins = PinDir::new("restart-prom");
+    let pin = pins.arg();
+    let port = cgwatch_tests::free_port();
+    let agent = Agent::start_at(port, &["--pin-path", &pin]);
+    let prom = Prometheus::start(&[port], &[], None);
+    let cg = TestCgroup::new("restart-prom");
+    let selector = format!("cgwatch_seccomp_violations_total{{cgroup=\"{}\",action=\"errno\"}}", cg.rel);
+    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "5"]).success());
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}\n{}", prom.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait("5 in Prometheus", &|| prom.value(&selector) == Some(5.0));
+    agent.stop(libc::SIGKILL);
+    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "8"]).success());
+    // Prometheus sees the agent down before it comes back.
+    wait("a failed scrape", &|| prom.value("up{job=\"cgwatch\"}") == Some(0.0));
+    let _agent = Agent::start_at(port, &["--pin-path", &pin]);
+    wait("13 in Prometheus", &|| prom.value(&selector) == Some(13.0));
+    assert_eq!(prom.increase_between(&selector, 5.0, 13.0), 8.0);
+    assert_eq!(prom.value(&format!("resets({selector}[10m])")), Some(0.0), "no counter reset");
 }
