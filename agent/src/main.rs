@@ -86,19 +86,23 @@ async fn run(config: Config) -> Result<()> {
             return Ok(());
         }
     };
-    let (loaded, layout, pinned) = loaded;
+    let Started { probes: loaded, layout, pinned } = loaded;
     match privileges::drop_after_attach() {
-        Ok(kept) => info!("probes attached: capabilities dropped, kept {kept:?}"),
+        Ok(kept) => info!("start-up done: capabilities dropped, kept {kept:?}"),
         Err(e) => warn!("cannot drop capabilities after attaching ({e}): the agent keeps them"),
     }
-    let probes::LoadedProbes { ebpf: _ebpf, status, maps, events, pinned_links: _links, reused } = loaded;
-    if reused > 0 {
-        info!("{reused} probes kept running from before this start: no event was missed");
-    }
-    let maps = Arc::new(maps);
+    let (status, maps, events, _kept) = match loaded {
+        Ok(probes::LoadedProbes { ebpf, status, maps, events, pinned_links, reused }) => {
+            if reused > 0 {
+                info!("{reused} probes kept running from before this start: no event was missed");
+            }
+            (status, Some(Arc::new(maps)), Some(events), Some((ebpf, pinned_links)))
+        }
+        Err(failed) => (failed, None, None, None),
+    };
 
     let registry = Arc::new(Registry::with_selection(config.max_cgroups as usize, config.retain, config.cgroups));
-    tasks::housekeeping(&layout, &registry, &maps);
+    tasks::housekeeping(&layout, &registry, maps.as_deref());
     let mut resolver = Resolver::new(&config.rootfs);
     tasks::resolve_names(&mut resolver, &registry);
     info!(
@@ -115,13 +119,15 @@ async fn run(config: Config) -> Result<()> {
 
     let probe_summary = status.iter().map(|s| format!("{} {} {}\n", s.probe, s.mode, u8::from(s.attached))).collect();
     let mut metrics = prometheus_client::registry::Registry::default();
-    metrics.register_collector(Box::new(SeccompCollector { maps: maps.clone(), registry: registry.clone() }));
-    metrics.register_collector(Box::new(OomCollector {
-        maps: maps.clone(),
-        registry: registry.clone(),
-        memory_v1: layout.memory_v1.clone(),
-    }));
-    metrics.register_collector(Box::new(ExitCollector { maps: maps.clone(), registry: registry.clone() }));
+    if let Some(maps) = &maps {
+        metrics.register_collector(Box::new(SeccompCollector { maps: maps.clone(), registry: registry.clone() }));
+        metrics.register_collector(Box::new(OomCollector {
+            maps: maps.clone(),
+            registry: registry.clone(),
+            memory_v1: layout.memory_v1.clone(),
+        }));
+        metrics.register_collector(Box::new(ExitCollector { maps: maps.clone(), registry: registry.clone() }));
+    }
     metrics.register_collector(Box::new(CgroupResourceCollector { snapshot: resources.clone() }));
     metrics.register_collector(Box::new(ContainerCollector { registry: registry.clone() }));
     metrics.register_collector(Box::new(HostCollector { procfs: config.procfs.clone(), sampler: sampler.clone() }));
@@ -134,7 +140,9 @@ async fn run(config: Config) -> Result<()> {
     }));
 
     let wake_resolver = Arc::new(Notify::new());
-    tokio::spawn(tasks::cgroup_events(events, registry.clone(), wake_resolver.clone()));
+    if let Some(events) = events {
+        tokio::spawn(tasks::cgroup_events(events, registry.clone(), wake_resolver.clone()));
+    }
     tokio::spawn(tasks::name_resolver(config.rootfs.clone(), registry.clone(), wake_resolver, config.scan_interval));
     tokio::spawn(tasks::housekeeping_loop(layout.clone(), registry.clone(), maps, config.scan_interval));
     tokio::spawn(tasks::sampler(config.procfs.clone(), sampler, layout, registry, resources, config.sample_interval));
@@ -146,22 +154,20 @@ async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Reads the kernel layout from BTF and loads and attaches the probes (slow: a blocking task).
-/// Returns them, the cgroup layout and whether the maps and links are pinned.
-fn load_probes(config: &Config) -> Result<(probes::LoadedProbes, Arc<Layout>, bool)> {
-    let btf = KernelBtf::from_sysfs(&config.sysfs)?;
-    let mut kernel = btf.kernel_config().context("reading the kernel layout from BTF")?;
-    drop(btf);
+/// What start-up loaded: the probes (or, when none could load, their statuses), the cgroup
+/// layout, and whether the maps and links are pinned.
+struct Started {
+    probes: Result<probes::LoadedProbes, Vec<probes::ProbeStatus>>,
+    layout: Arc<Layout>,
+    pinned: bool,
+}
+
+/// Finds the cgroup hierarchies (without them there is nothing to report: an error), then reads
+/// the kernel layout from BTF and loads and attaches the probes (slow: a blocking task). Probes
+/// that cannot load at all (no or broken kernel BTF, a refused map) leave the agent serving
+/// cgroup and host metrics, with every probe reported not attached and the reason logged.
+fn load_probes(config: &Config) -> Result<Started> {
     let layout = Arc::new(Layout::detect(&config.sysfs)?);
-    if layout.memory_v1.is_some() {
-        kernel.flags |= config_flags::MEMCG_V1;
-    }
-    let ctx = ProbeContext {
-        kernel,
-        kernel_version: probes::kernel_version(),
-        seccomp_mode: config.seccomp_mode,
-        probe_mode: config.probe_mode,
-    };
     let pins = if config.no_pin {
         None
     } else {
@@ -175,24 +181,47 @@ fn load_probes(config: &Config) -> Result<(probes::LoadedProbes, Arc<Layout>, bo
             }
         }
     };
-    let loaded = probes::load(
-        &config.sysfs.join("kernel/btf/vmlinux"),
-        &ctx,
-        MapSizes::for_max_cgroups(config.max_cgroups),
-        pins.as_ref(),
-    )?;
-    for s in &loaded.status {
+    let loaded = attach_probes(config, &layout, pins.as_ref());
+    // (When none could load, attach_probes said why once.)
+    for s in loaded.as_ref().map(|l| l.status.as_slice()).unwrap_or_default() {
         match (s.attached, s.mode) {
             (true, mode) => info!("probe {}: attached ({mode})", s.probe),
             (false, "off") => info!("probe {}: off: {}", s.probe, s.detail),
             (false, _) => warn!("probe {}: NOT attached, its metrics stay empty: {}", s.probe, s.detail),
         }
     }
-    if loaded.status.iter().all(|s| !s.attached) {
+    if loaded.as_ref().map(|l| &l.status).unwrap_or_else(|s| s).iter().all(|s| !s.attached) {
         warn!("no probe attached: serving cgroup and host CPU / memory only");
     }
     release_startup_memory();
-    Ok((loaded, layout, pins.is_some()))
+    let pinned = pins.is_some() && loaded.is_ok();
+    Ok(Started { probes: loaded, layout, pinned })
+}
+
+fn attach_probes(
+    config: &Config,
+    layout: &Layout,
+    pins: Option<&Pins>,
+) -> Result<probes::LoadedProbes, Vec<probes::ProbeStatus>> {
+    let failed = |e: anyhow::Error| {
+        let reason = format!("{e:#}");
+        warn!("probes off: {reason}");
+        probes::all_failed(&reason)
+    };
+    let btf = KernelBtf::from_sysfs(&config.sysfs).map_err(|e| failed(e.into()))?;
+    let mut kernel = btf.kernel_config().context("reading the kernel layout from BTF").map_err(failed)?;
+    drop(btf);
+    if layout.memory_v1.is_some() {
+        kernel.flags |= config_flags::MEMCG_V1;
+    }
+    let ctx = ProbeContext {
+        kernel,
+        kernel_version: probes::kernel_version(),
+        seccomp_mode: config.seccomp_mode,
+        probe_mode: config.probe_mode,
+    };
+    probes::load(&config.sysfs.join("kernel/btf/vmlinux"), &ctx, MapSizes::for_max_cgroups(config.max_cgroups), pins)
+        .map_err(|e| failed(e.into()))
 }
 
 async fn shutdown_signal() {

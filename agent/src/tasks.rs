@@ -89,7 +89,7 @@ pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>, reso
 }
 
 /// Rescans the hierarchy and purges cgroups past the retain window, with their counters.
-pub fn housekeeping(layout: &Layout, registry: &Registry, maps: &KernelMaps) {
+pub fn housekeeping(layout: &Layout, registry: &Registry, maps: Option<&KernelMaps>) {
     let started = Instant::now();
     match layout.scan() {
         Ok(scanned) => registry.apply_scan(scanned, started),
@@ -97,7 +97,7 @@ pub fn housekeeping(layout: &Layout, registry: &Registry, maps: &KernelMaps) {
     }
     let now = Instant::now();
     let expired: HashMap<u64, Option<u64>> = registry.purge_expired(now).into_iter().collect();
-    if !expired.is_empty() {
+    if let Some(maps) = maps.filter(|_| !expired.is_empty()) {
         let deleted = maps.forget_cgroups(&expired);
         debug!("purged {} cgroups past the retain window ({deleted} counters)", expired.len());
     }
@@ -106,14 +106,14 @@ pub fn housekeeping(layout: &Layout, registry: &Registry, maps: &KernelMaps) {
 pub async fn housekeeping_loop(
     layout: Arc<Layout>,
     registry: Arc<Registry>,
-    maps: Arc<KernelMaps>,
+    maps: Option<Arc<KernelMaps>>,
     every: Duration,
 ) {
     let mut tick = ticker(every);
     loop {
         tick.tick().await;
         let (l, r, m) = (layout.clone(), registry.clone(), maps.clone());
-        if let Err(e) = tokio::task::spawn_blocking(move || housekeeping(&l, &r, &m)).await {
+        if let Err(e) = tokio::task::spawn_blocking(move || housekeeping(&l, &r, m.as_deref())).await {
             warn!("housekeeping task failed: {e}");
         }
     }

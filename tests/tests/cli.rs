@@ -60,12 +60,39 @@ fn port_in_use() {
 }
 
 #[test]
-fn no_btf() {
+fn no_cgroup2() {
     let sysfs = tempfile::tempdir().unwrap();
     let (code, err) = run_agent_expecting_exit(&["--path.sysfs", sysfs.path().to_str().unwrap(), "--listen", "127.0.0.1:0"], None);
     assert_eq!(code, Some(1));
     let line = one_line(&err);
-    assert!(line.contains("kernel BTF not found") && line.contains("CONFIG_DEBUG_INFO_BTF"), "{line}");
+    assert!(line.contains("no cgroup v2 hierarchy"), "{line}");
+}
+
+/// Without kernel BTF (missing, or cut short) no probe can load: the agent serves cgroup and
+/// host metrics, reports every probe not attached, and logs why.
+#[test]
+fn no_or_broken_btf_degrades_to_cgroup_and_host_metrics() {
+    let real = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
+    for (what, btf) in [("missing", None), ("truncated", Some(&real[..4096])), ("garbage", Some(&b"not BTF at all"[..]))] {
+        let sysfs = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(sysfs.path().join("fs")).unwrap();
+        std::os::unix::fs::symlink("/sys/fs/cgroup", sysfs.path().join("fs/cgroup")).unwrap();
+        if let Some(bytes) = btf {
+            std::fs::create_dir_all(sysfs.path().join("kernel/btf")).unwrap();
+            std::fs::write(sysfs.path().join("kernel/btf/vmlinux"), bytes).unwrap();
+        }
+        let agent = cgwatch_tests::Agent::start(&["--path.sysfs", sysfs.path().to_str().unwrap()]);
+        let m = agent.scrape_until(std::time::Duration::from_secs(5), |m| m.get("cgwatch_host_cpu_usage_ratio", &[]).is_some());
+        let probes = m.find("cgwatch_probe_attached", &[]);
+        assert_eq!(probes.len(), cgwatch::probes::PROBES.len(), "{what}");
+        assert!(probes.iter().all(|s| s.value == 0.0 && s.labels["mode"] != "off"), "{what}: {probes:?}");
+        assert!(m.get("cgwatch_host_memory_total_bytes", &[]).is_some(), "{what}");
+        assert!(!m.find("cgwatch_cgroup_cpu_usage_seconds_total", &[]).is_empty(), "{what}: cgroup metrics");
+        assert!(m.find("cgwatch_seccomp_violations_total", &[]).is_empty());
+        let log = agent.log();
+        assert!(log.contains("probes off: ") && log.contains("serving cgroup and host CPU / memory only"), "{what}: {log}");
+        assert_eq!(agent.get("/readyz", &[]).status, 200, "{what}: serving, degraded");
+    }
 }
 
 #[test]

@@ -10,7 +10,8 @@ use crate::{catalog, cgroups::Registry, maps::KernelMaps, probes::ProbeStatus};
 
 #[derive(Debug)]
 pub struct AgentCollector {
-    pub maps: Arc<KernelMaps>,
+    /// The kernel maps (absent when the probes could not be loaded).
+    pub maps: Option<Arc<KernelMaps>>,
     pub registry: Arc<Registry>,
     pub probes: Vec<ProbeStatus>,
     pub kernel_release: String,
@@ -28,7 +29,7 @@ impl Collector for AgentCollector {
             })
             .collect();
         gauge_family(&mut encoder, &catalog::PROBE_ATTACHED, &attached)?;
-        let lost: u64 = self.maps.lost().iter().sum();
+        let lost: u64 = self.maps.as_ref().map(|m| m.lost().iter().sum()).unwrap_or(0);
         single_counter(&mut encoder, &catalog::EVENTS_LOST, lost)?;
         single_gauge(&mut encoder, &catalog::CGROUPS_NOT_SHOWN, self.registry.not_shown() as i64)?;
         single_gauge(&mut encoder, &catalog::PINNED, i64::from(self.pinned))?;

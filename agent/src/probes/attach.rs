@@ -92,6 +92,15 @@ where
     T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
+/// Every probe reported not attached, in its preferred mode, for `reason` (the probes could not
+/// be loaded at all).
+pub fn all_failed(reason: &str) -> Vec<ProbeStatus> {
+    PROBES
+        .iter()
+        .map(|rows| ProbeStatus { probe: rows[0].probe, mode: rows[0].mode.as_str(), attached: false, detail: reason.to_string() })
+        .collect()
+}
+
 /// The shape of each pinned map as this agent loads it: the object's definition with the sizes
 /// `--max-cgroups` asks for.
 fn map_shapes(sizes: MapSizes) -> Result<Vec<(&'static str, MapShape)>, ProbeError> {
