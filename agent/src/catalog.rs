@@ -194,8 +194,20 @@ pub const PROBE_ATTACHED: Metric = gauge(
 pub const EVENTS_LOST: Metric = counter(
     "cgwatch_events_lost",
     false,
-    &[],
-    "Kernel events that could not be recorded (full ring buffer or full counter map).",
+    &["reason"],
+    "Kernel events that could not be recorded, by reason: ring_buffer (the cgroup event ring was full), seccomp_map, exit_map, oom_map (a counter map was full: raise --max-cgroups), task_map (per-thread state refused).",
+);
+pub const MAP_ENTRIES: Metric = gauge(
+    "cgwatch_map_entries",
+    false,
+    &["map"],
+    "Entries in each kernel counter map (seccomp, exits, oom), counted at every rescan; compare with cgwatch_map_capacity.",
+);
+pub const MAP_CAPACITY: Metric = gauge(
+    "cgwatch_map_capacity",
+    false,
+    &["map"],
+    "Most entries each kernel counter map holds (from --max-cgroups); a full map loses new keys, counted in cgwatch_events_lost_total.",
 );
 pub const CGROUPS_NOT_SHOWN: Metric = gauge(
     "cgwatch_cgroups_not_shown",
@@ -235,6 +247,8 @@ pub const ALL: &[Metric] = &[
     HOST_MEMORY_USAGE_RATIO,
     PROBE_ATTACHED,
     EVENTS_LOST,
+    MAP_ENTRIES,
+    MAP_CAPACITY,
     CGROUPS_NOT_SHOWN,
     PINNED,
     BUILD_INFO,

@@ -8,6 +8,7 @@ pub mod collectors;
 pub mod config;
 pub mod containers;
 pub mod maps;
+pub mod memory;
 pub mod names;
 pub mod pins;
 pub mod privileges;

@@ -17,6 +17,7 @@ use cgwatch::{
     },
     config::Config,
     containers::metadata::Resolver,
+    memory,
     pins::{self, Pins},
     privileges,
     probes::{self, MapSizes, ProbeContext},
@@ -193,7 +194,9 @@ fn load_probes(config: &Config) -> Result<Started> {
     if loaded.as_ref().map(|l| &l.status).unwrap_or_else(|s| s).iter().all(|s| !s.attached) {
         warn!("no probe attached: serving cgroup and host CPU / memory only");
     }
-    release_startup_memory();
+    // Parsing kernel BTF (twice: for the offsets, in the loader) peaks at tens of MiB of small
+    // allocations, all freed once the programs are loaded.
+    memory::release_free_heap();
     let pinned = pins.is_some() && loaded.is_ok();
     Ok(Started { probes: loaded, layout, pinned })
 }
@@ -237,16 +240,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// Parsing kernel BTF (twice: once for the offsets, once in the loader) peaks at tens of MiB of
-/// small allocations that are all freed once the programs are loaded; hand the freed pages back
-/// so the steady-state RSS is the agent's own.
-fn release_startup_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -113,12 +113,22 @@ impl<K: CgroupKey> Counter<K> {
     }
 }
 
+/// Names of the `agent_common::lost` indexes, as `cgwatch_events_lost_total{reason}` says them.
+pub const LOST_REASONS: [&str; lost::COUNT as usize] = ["ring_buffer", "seccomp_map", "exit_map", "oom_map", "task_map"];
+
+/// The counter maps' names, as `cgwatch_map_entries{map}` says them.
+pub const COUNTER_MAPS: [&str; 3] = ["seccomp", "exits", "oom"];
+
 /// The counter maps, read at scrape time (values summed over CPUs).
 pub struct KernelMaps {
     seccomp: Mutex<Counter<SeccompKey>>,
     exits: Mutex<Counter<ExitKey>>,
     oom: Mutex<Counter<OomKey>>,
     lost: Mutex<PerCpuArray<MapData, u64>>,
+    /// Capacity of each counter map (`COUNTER_MAPS` order).
+    capacity: [u32; 3],
+    /// Entries of each counter map at the last count (`count_entries`).
+    entries: Mutex<[usize; 3]>,
 }
 
 impl fmt::Debug for KernelMaps {
@@ -137,13 +147,32 @@ impl KernelMaps {
         exits: PerCpuHashMap<MapData, ExitKey, u64>,
         oom: PerCpuHashMap<MapData, OomKey, u64>,
         lost: PerCpuArray<MapData, u64>,
+        capacity: [u32; 3],
     ) -> Self {
         KernelMaps {
             seccomp: Mutex::new(Counter::new(seccomp)),
             exits: Mutex::new(Counter::new(exits)),
             oom: Mutex::new(Counter::new(oom)),
             lost: Mutex::new(lost),
+            capacity,
+            entries: Mutex::new([0; 3]),
         }
+    }
+
+    /// Counts the entries of each counter map (a syscall per key: call it off the scrape path).
+    pub fn count_entries(&self) {
+        let n = [
+            lock(&self.seccomp).map.keys().count(),
+            lock(&self.exits).map.keys().count(),
+            lock(&self.oom).map.keys().count(),
+        ];
+        *lock(&self.entries) = n;
+    }
+
+    /// (map, entries at the last count, capacity), in `COUNTER_MAPS` order.
+    pub fn fill(&self) -> [(&'static str, usize, u32); 3] {
+        let n = *lock(&self.entries);
+        [0, 1, 2].map(|i| (COUNTER_MAPS[i], n[i], self.capacity[i]))
     }
 
     pub fn seccomp(&self) -> Vec<(SeccompKey, u64)> {

@@ -97,9 +97,16 @@ pub fn housekeeping(layout: &Layout, registry: &Registry, maps: Option<&KernelMa
     }
     let now = Instant::now();
     let expired: HashMap<u64, Option<u64>> = registry.purge_expired(now).into_iter().collect();
-    if let Some(maps) = maps.filter(|_| !expired.is_empty()) {
-        let deleted = maps.forget_cgroups(&expired);
-        debug!("purged {} cgroups past the retain window ({deleted} counters)", expired.len());
+    if let Some(maps) = maps {
+        if !expired.is_empty() {
+            let deleted = maps.forget_cgroups(&expired);
+            debug!("purged {} cgroups past the retain window ({deleted} counters)", expired.len());
+        }
+        maps.count_entries();
+    }
+    if expired.len() >= 16 {
+        // What the purged cgroups' names and series took goes back to the kernel.
+        crate::memory::release_free_heap();
     }
 }
 

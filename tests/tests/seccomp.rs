@@ -101,7 +101,7 @@ fn parallel_threads_denied_concurrently_are_all_counted() {
     assert!(status.success(), "{status}");
     let m = agent.scrape();
     assert_eq!(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 100_000.0)]);
-    assert_eq!(m.get("cgwatch_events_lost_total", &[]), Some(0.0));
+    assert_eq!(m.sum("cgwatch_events_lost_total", &[]), 0.0);
 }
 
 #[test]

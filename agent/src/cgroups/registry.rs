@@ -372,6 +372,10 @@ impl Registry {
         if paths.is_empty() {
             return Vec::new();
         }
+        // After a churn the map keeps its peak capacity: give most of it back.
+        if st.entries.capacity() > 64 && st.entries.len() * 4 < st.entries.capacity() {
+            st.entries.shrink_to_fit();
+        }
         self.admit_populated(&mut st);
         // The latest holder of each expired path: live (no removal time) ranks above any removed.
         let wanted: HashMap<&str, ()> = paths.iter().map(|(_, p)| (&**p, ())).collect();

@@ -1,12 +1,18 @@
-//! The agent's own health: `cgwatch_probe_attached{probe,mode}`, `cgwatch_events_lost_total`,
-//! `cgwatch_cgroups_not_shown`, `cgwatch_build_info{version,kernel}`.
+//! The agent's own health: `cgwatch_probe_attached{probe,mode}`,
+//! `cgwatch_events_lost_total{reason}`, `cgwatch_map_entries{map}` / `cgwatch_map_capacity{map}`,
+//! `cgwatch_cgroups_not_shown`, `cgwatch_pinned`, `cgwatch_build_info{version,kernel}`.
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
-use super::{Labels, gauge_family, single_counter, single_gauge};
-use crate::{catalog, cgroups::Registry, maps::KernelMaps, probes::ProbeStatus};
+use super::{Labels, counter_family, gauge_family, single_gauge};
+use crate::{
+    catalog,
+    cgroups::Registry,
+    maps::{KernelMaps, LOST_REASONS},
+    probes::ProbeStatus,
+};
 
 #[derive(Debug)]
 pub struct AgentCollector {
@@ -29,8 +35,19 @@ impl Collector for AgentCollector {
             })
             .collect();
         gauge_family(&mut encoder, &catalog::PROBE_ATTACHED, &attached)?;
-        let lost: u64 = self.maps.as_ref().map(|m| m.lost().iter().sum()).unwrap_or(0);
-        single_counter(&mut encoder, &catalog::EVENTS_LOST, lost)?;
+        // Every reason always has a series, so that the first loss is an increase from zero.
+        let lost = self.maps.as_ref().map(|m| m.lost()).unwrap_or_default();
+        let lost: BTreeMap<Labels, u64> =
+            LOST_REASONS.iter().zip(lost).map(|(r, n)| (vec![("reason", r.to_string())], n)).collect();
+        counter_family(&mut encoder, &catalog::EVENTS_LOST, &lost)?;
+        if let Some(maps) = &self.maps {
+            let fill = maps.fill();
+            let entries: BTreeMap<Labels, i64> = fill.iter().map(|(m, n, _)| (vec![("map", m.to_string())], *n as i64)).collect();
+            let capacity: BTreeMap<Labels, i64> =
+                fill.iter().map(|(m, _, c)| (vec![("map", m.to_string())], i64::from(*c))).collect();
+            gauge_family(&mut encoder, &catalog::MAP_ENTRIES, &entries)?;
+            gauge_family(&mut encoder, &catalog::MAP_CAPACITY, &capacity)?;
+        }
         single_gauge(&mut encoder, &catalog::CGROUPS_NOT_SHOWN, self.registry.not_shown() as i64)?;
         single_gauge(&mut encoder, &catalog::PINNED, i64::from(self.pinned))?;
         let build = BTreeMap::from([(

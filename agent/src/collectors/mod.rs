@@ -70,9 +70,3 @@ where
     debug_assert_eq!(m.kind, Kind::Gauge, "{}", m.name);
     ConstGauge::new(value).encode(descriptor(encoder, m)?)
 }
-
-/// Encodes a counter with no labels.
-pub fn single_counter(encoder: &mut DescriptorEncoder, m: &Metric, value: u64) -> fmt::Result {
-    debug_assert_eq!(m.kind, Kind::Counter, "{}", m.name);
-    ConstCounter::new(value).encode(descriptor(encoder, m)?)
-}

@@ -178,6 +178,7 @@ pub fn load(
         take(&mut ebpf, "EXIT_COUNTS")?,
         take(&mut ebpf, "OOM_COUNTS")?,
         take(&mut ebpf, "LOST")?,
+        [sizes.seccomp, sizes.exits, sizes.oom],
     );
     // The old programs are detached now: move the resized maps' counts into the new ones.
     for m in migrations {

@@ -237,7 +237,7 @@ fn storms(report: &mut String, out: Out, scrapes: usize) -> Result<()> {
     let storm_cpu = stats.cpu_seconds() - c0;
     let m = agent.scrape();
     let counted = m.sum("cgwatch_seccomp_violations_total", &[("cgroup", &cg.rel)]);
-    let lost = m.get("cgwatch_events_lost_total", &[]).unwrap_or(-1.0);
+    let lost = m.sum("cgwatch_events_lost_total", &[]);
     out(report, "| denied | counted | lost | workload wall time | agent CPU during it |".into());
     out(report, "| --- | --- | --- | --- | --- |".into());
     out(report, format!("| 4000000 | {counted} | {lost} | {wall:.2} s | {storm_cpu:.2} s |\n"));
@@ -259,7 +259,7 @@ fn storms(report: &mut String, out: Out, scrapes: usize) -> Result<()> {
     let exit_cpu = stats.cpu_seconds() - c0;
     let m = agent.scrape();
     let counted = m.sum("cgwatch_process_exits_total", &[("cgroup", &cg.rel)]);
-    let lost = m.get("cgwatch_events_lost_total", &[]).unwrap_or(-1.0);
+    let lost = m.sum("cgwatch_events_lost_total", &[]);
     out(report, "| processes (children + 2 forkers) | counted | lost | achieved rate | wall time | agent CPU during it |".into());
     out(report, "| --- | --- | --- | --- | --- | --- |".into());
     out(report, format!("| 200002 | {counted} | {lost} | {achieved:.0}/s | {wall:.1} s | {exit_cpu:.2} s |\n"));
