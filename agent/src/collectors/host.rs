@@ -6,6 +6,8 @@
 use std::{
     collections::BTreeMap,
     fmt,
+    fs::File,
+    io::Read,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -18,8 +20,39 @@ use crate::{catalog, cgroups::read_pressure};
 
 /// CPU seconds by mode from `<procfs>/stat`'s first line.
 pub fn read_cpu_seconds(procfs: &Path) -> Option<Vec<(&'static str, f64)>> {
-    let stats = KernelStats::from_file(procfs.join("stat"), procfs::current_system_info()).ok()?;
+    parse_cpu_seconds(File::open(procfs.join("stat")).ok()?)
+}
+
+/// [`read_cpu_seconds`] of the contents of `/proc/stat`.
+pub fn parse_cpu_seconds(stat: impl Read) -> Option<Vec<(&'static str, f64)>> {
+    let stats = KernelStats::from_read(stat, procfs::current_system_info()).ok()?;
     Some(cpu_seconds(&stats.total, procfs::ticks_per_second()))
+}
+
+/// Host memory as exported, from `<procfs>/meminfo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostMemory {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+impl HostMemory {
+    pub fn read(procfs: &Path) -> Option<Self> {
+        Self::parse(File::open(procfs.join("meminfo")).ok()?)
+    }
+
+    /// [`HostMemory::read`] of the contents of `/proc/meminfo`.
+    pub fn parse(meminfo: impl Read) -> Option<Self> {
+        let mem = Meminfo::from_read(meminfo).ok()?;
+        // Kernels before 3.14 have no MemAvailable: approximate it with free + page cache.
+        let available = mem.mem_available.unwrap_or(mem.mem_free + mem.cached);
+        Some(HostMemory { total_bytes: mem.mem_total, available_bytes: available })
+    }
+
+    /// Share of memory in use; `None` when the total is 0.
+    pub fn usage_ratio(&self) -> Option<f64> {
+        (self.total_bytes > 0).then(|| (1.0 - self.available_bytes as f64 / self.total_bytes as f64).clamp(0.0, 1.0))
+    }
 }
 
 fn cpu_seconds(t: &CpuTime, tps: u64) -> Vec<(&'static str, f64)> {
@@ -105,18 +138,11 @@ impl Collector for HostCollector {
         if !pressure.is_empty() {
             counter_family(&mut encoder, &catalog::HOST_PRESSURE, &pressure)?;
         }
-        if let Ok(mem) = Meminfo::from_file(self.procfs.join("meminfo")) {
-            let total = mem.mem_total;
-            // Kernels before 3.14 have no MemAvailable: approximate it with free + page cache.
-            let available = mem.mem_available.unwrap_or(mem.mem_free + mem.cached);
-            single_gauge(&mut encoder, &catalog::HOST_MEMORY_TOTAL, total as i64)?;
-            single_gauge(&mut encoder, &catalog::HOST_MEMORY_AVAILABLE, available as i64)?;
-            if total > 0 {
-                single_gauge(
-                    &mut encoder,
-                    &catalog::HOST_MEMORY_USAGE_RATIO,
-                    (1.0 - available as f64 / total as f64).clamp(0.0, 1.0),
-                )?;
+        if let Some(mem) = HostMemory::read(&self.procfs) {
+            single_gauge(&mut encoder, &catalog::HOST_MEMORY_TOTAL, mem.total_bytes as i64)?;
+            single_gauge(&mut encoder, &catalog::HOST_MEMORY_AVAILABLE, mem.available_bytes as i64)?;
+            if let Some(ratio) = mem.usage_ratio() {
+                single_gauge(&mut encoder, &catalog::HOST_MEMORY_USAGE_RATIO, ratio)?;
             }
         }
         Ok(())
