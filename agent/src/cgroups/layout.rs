@@ -207,6 +207,10 @@ pub fn parse_pressure(text: &str) -> Vec<(&'static str, f64)> {
                 "full" => "full",
                 _ => return None,
             };
+            // procfs's parser slices the line at byte 5 unchecked: a bare "some" (a truncated
+            // file) or a multi-byte space after the kind would panic there. Such a line has no
+            // record anyway.
+            line.get(5..)?;
             let record = procfs::parse_pressure_record(line).ok()?;
             Some((kind, record.total as f64 / 1e6))
         })
@@ -348,6 +352,17 @@ mod tests {
         assert_eq!(layout.resources("/svc").cpu_throttled_seconds, Some(0.25));
         fs::write(cg.join("svc/memory.max"), "1048576\n").unwrap();
         assert_eq!(layout.resources("/svc").memory_limit_bytes, Some(1048576));
+    }
+
+    /// Found by `cargo xtask fuzz` (cgroup_files): a PSI line that is only its kind panicked in
+    /// procfs's record parser.
+    #[test]
+    fn a_pressure_line_without_values_is_skipped() {
+        for text in ["some", "full\n", "some\u{2003}total=1", "some avg10=0.00 avg60=0.00 avg300=0.00 total=7\nfull"] {
+            let parsed = parse_pressure(text);
+            assert!(parsed.iter().all(|&(kind, s)| kind == "some" && s == 7e-6), "{text:?}: {parsed:?}");
+        }
+        assert_eq!(parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=7\nfull"), vec![("some", 7e-6)]);
     }
 
     #[test]
