@@ -1,7 +1,8 @@
-//! /proc/stat and /proc/meminfo as the host collector reads them (the procfs crate's parsers, from
-//! a byte slice), and what the collector exports from them. Inputs are one or more files
-//! separated by NUL (which procfs text never holds), so that consecutive /proc/stat samples
-//! also go through the CPU usage ratio.
+//! /proc/stat and /proc/meminfo as the host collector reads them, from a byte slice (/proc/stat
+//! through the procfs crate's `KernelStats`, /proc/meminfo through the agent's own parser), and
+//! what the collector exports from them. Inputs are one or more files separated by NUL (which
+//! procfs text never holds), so that consecutive /proc/stat samples also go through the CPU
+//! usage ratio.
 #![no_main]
 
 use cgwatch::collectors::host::{HostMemory, parse_cpu_seconds, usage_ratio};
