@@ -1,5 +1,5 @@
 //! Developer tasks: `cargo xtask build-ebpf | build | run -- ARGS | image | install | bench |
-//! vm-test | test`.
+//! vm-test | fuzz | test`.
 //!
 //! Every task first makes sure the eBPF toolchain is there (nightly with rust-src, bpf-linker
 //! built against the nightly toolchain's own LLVM) and says what it installs.
@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
 mod ship;
 mod vm;
 
@@ -64,12 +65,28 @@ enum Task {
         #[arg(long)]
         mode: Option<String>,
     },
+    /// Run the cargo-fuzz targets in fuzz/ (every parser of outside text), each for SECONDS,
+    /// from the checked-in corpus and regression inputs; fails on any crash, naming the input.
+    /// Installs cargo-fuzz when missing; needs no BPF toolchain.
+    Fuzz {
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+        /// Only these targets (default: all of fuzz/fuzz_targets/).
+        targets: Vec<String>,
+    },
     /// Build, then run every test: unit and integration tests on this kernel (needs root and a
-    /// BTF kernel), then the VM matrix (`vm-test`: 5.10, 6.1, 6.12 x vm::MODES).
+    /// BTF kernel), the fuzz targets (`fuzz`, fuzz::DEFAULT_SECONDS each), then the VM matrix
+    /// (`vm-test`: 5.10, 6.1, 6.12 x vm::MODES).
     Test {
         /// Skip the VM matrix (also skipped when a test filter is given).
         #[arg(long)]
         no_vm: bool,
+        /// Skip the fuzz targets (also skipped when a test filter is given).
+        #[arg(long)]
+        no_fuzz: bool,
+        /// Seconds per fuzz target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        fuzz_seconds: u64,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -96,14 +113,21 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// nightly + rust-src + bpf-linker, installed when missing.
-fn ensure_toolchain() -> Result<()> {
+/// The nightly toolchain (the eBPF crate needs -Z build-std, cargo-fuzz its sanitizer flags),
+/// installed when missing.
+fn ensure_nightly() -> Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
-        .context("rustup is needed to build the eBPF programs")?;
+        .context("rustup is needed for the nightly toolchain")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        eprintln!("xtask: installing the nightly toolchain (the eBPF crate needs -Z build-std)");
+        eprintln!("xtask: installing the nightly toolchain");
         run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
+    Ok(())
+}
+
+/// nightly + rust-src + bpf-linker, installed when missing.
+fn ensure_toolchain() -> Result<()> {
+    ensure_nightly()?;
     let components = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: installing rust-src for nightly");
@@ -217,7 +241,8 @@ fn main() -> Result<()> {
             ensure_apt_tools(&[("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("cpio", "cpio")])?;
             vm::vm_test(&root, kernel.as_deref(), mode.as_deref())?;
         }
-        Task::Test { no_vm, args } => {
+        Task::Fuzz { seconds, targets } => fuzz::fuzz(&root, seconds, &targets)?,
+        Task::Test { no_vm, no_fuzz, fuzz_seconds, args } => {
             build(&root)?;
             // unshare/setpriv run workloads; promtool checks the exposition and prometheus
             // scrapes the agent; podman + runc run the real-container tests from an image of
@@ -249,7 +274,9 @@ fn main() -> Result<()> {
                 .env("CGWATCH_SYSTEMD_ROOTFS", &systemd_rootfs)
                 .arg("--")
                 .args(&args));
-            // The matrix runs even when a host test failed, so that one run shows both.
+            // The fuzz targets and the matrix run even when a host test failed, so that one run
+            // shows everything.
+            let fuzzed = if no_fuzz || !args.is_empty() { Ok(()) } else { fuzz::fuzz(&root, fuzz_seconds, &[]) };
             let vms = if no_vm || !args.is_empty() {
                 Ok(())
             } else {
@@ -257,6 +284,7 @@ fn main() -> Result<()> {
                 vm::vm_test(&root, None, None)
             };
             host.context("host tests failed")?;
+            fuzzed.context("fuzzing failed")?;
             vms.context("VM matrix failed")?;
         }
     }

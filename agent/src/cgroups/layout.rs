@@ -82,7 +82,7 @@ impl Layout {
 
     /// The controllers enabled for this cgroup in v2 (its `cgroup.controllers`).
     fn v2_controllers(&self, rel: &str) -> String {
-        fs::read_to_string(self.v2_dir(rel).join("cgroup.controllers")).unwrap_or_default()
+        read_file(&self.v2_dir(rel).join("cgroup.controllers")).unwrap_or_default()
     }
 
     /// CPU, memory and pressure of the cgroup at `rel` (a path relative to the mount, starting
@@ -114,16 +114,13 @@ impl Layout {
             r.memory_limit_bytes = read_u64(&v2.join("memory.max")); // "max" does not parse: no limit
             let inactive = read_keyed(&v2.join("memory.stat"), "inactive_file");
             r.memory_working_set_bytes = working_set(r.memory_bytes, inactive);
-            if let Ok(text) = fs::read_to_string(v2.join("memory.events")) {
-                r.memory_events = MEMORY_EVENTS
-                    .iter()
-                    .filter_map(|&ev| keyed(&text, ev).map(|v| (ev, v)))
-                    .collect();
+            if let Some(text) = read_file(&v2.join("memory.events")) {
+                r.memory_events = parse_memory_events(&text);
             }
         } else if let Some(m) = &self.memory_v1 {
             let dir = join_rel(m, rel);
             r.memory_bytes = read_u64(&dir.join("memory.usage_in_bytes"));
-            r.memory_limit_bytes = read_u64(&dir.join("memory.limit_in_bytes")).filter(|&l| l < V1_UNLIMITED);
+            r.memory_limit_bytes = read_file(&dir.join("memory.limit_in_bytes")).and_then(|t| parse_v1_limit(&t));
             let inactive = read_keyed(&dir.join("memory.stat"), "total_inactive_file");
             r.memory_working_set_bytes = working_set(r.memory_bytes, inactive);
             // v1 counts only OOM kills (kernel >= 4.13), in memory.oom_control.
@@ -160,8 +157,7 @@ impl Layout {
                 let Ok(meta) = entry.metadata() else { continue };
                 let child_rel = format!("{rel}/{}", entry.file_name().to_string_lossy());
                 let path = entry.path();
-                let populated = fs::read_to_string(path.join("cgroup.events"))
-                    .is_ok_and(|s| s.lines().any(|l| l.trim() == "populated 1"));
+                let populated = read_file(&path.join("cgroup.events")).is_some_and(|s| parse_populated(&s));
                 out.push(ScannedCgroup { id: meta.ino(), path: child_rel.clone(), populated });
                 stack.push((path, child_rel, depth + 1));
             }
@@ -199,7 +195,11 @@ fn working_set(usage: Option<u64>, inactive_file: Option<u64>) -> Option<u64> {
 /// Total stall time of each line of a PSI file (`<procfs>/pressure/*`, `<cgroup>/*.pressure`):
 /// (some|full, seconds). Lines the kernel does not have (cpu "full" before 5.13) are absent.
 pub fn read_pressure(path: &Path) -> Vec<(&'static str, f64)> {
-    let Ok(text) = fs::read_to_string(path) else { return Vec::new() };
+    read_file(path).map(|text| parse_pressure(&text)).unwrap_or_default()
+}
+
+/// [`read_pressure`] of the text of a PSI file.
+pub fn parse_pressure(text: &str) -> Vec<(&'static str, f64)> {
     text.lines()
         .filter_map(|line| {
             let kind = match line.split_whitespace().next()? {
@@ -207,6 +207,10 @@ pub fn read_pressure(path: &Path) -> Vec<(&'static str, f64)> {
                 "full" => "full",
                 _ => return None,
             };
+            // procfs's parser slices the line at byte 5 unchecked: a bare "some" (a truncated
+            // file) or a multi-byte space after the kind would panic there. Such a line has no
+            // record anyway.
+            line.get(5..)?;
             let record = procfs::parse_pressure_record(line).ok()?;
             Some((kind, record.total as f64 / 1e6))
         })
@@ -225,16 +229,44 @@ fn join_rel(base: &Path, rel: &str) -> PathBuf {
     if rel.is_empty() { base.to_path_buf() } else { base.join(rel) }
 }
 
+/// A cgroup file's text; `None` when it is missing or unreadable. Every file parser below takes
+/// what this returns, so that each can be tested (and fuzzed) on text alone.
+fn read_file(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok()
+}
+
 fn read_u64(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
+    parse_u64(&read_file(path)?)
 }
 
 fn read_keyed(path: &Path, key: &str) -> Option<u64> {
-    keyed(&fs::read_to_string(path).ok()?, key)
+    keyed(&read_file(path)?, key)
 }
 
-/// The value of `key` in a "key value" per line file.
-fn keyed(text: &str, key: &str) -> Option<u64> {
+/// A single-number file (`memory.current`, `memory.max`, `cpuacct.usage`,
+/// `memory.usage_in_bytes`, ...). `None` when it is not a number (`max`: no limit).
+pub fn parse_u64(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// v1 `memory.limit_in_bytes`: `None` when unlimited.
+pub fn parse_v1_limit(text: &str) -> Option<u64> {
+    parse_u64(text).filter(|&l| l < V1_UNLIMITED)
+}
+
+/// v2 `memory.events`: the exported events ([`MEMORY_EVENTS`]) the file has, in that order.
+pub fn parse_memory_events(text: &str) -> Vec<(&'static str, u64)> {
+    MEMORY_EVENTS.iter().filter_map(|&ev| keyed(text, ev).map(|v| (ev, v))).collect()
+}
+
+/// v2 `cgroup.events`: whether the cgroup has processes (or populated children).
+pub fn parse_populated(text: &str) -> bool {
+    text.lines().any(|l| l.trim() == "populated 1")
+}
+
+/// The value of `key` in a "key value" per line file (`cpu.stat`, `memory.stat`, v1
+/// `memory.oom_control`).
+pub fn keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (k, v) = line.split_once(' ')?;
         if k == key { v.trim().parse().ok() } else { None }
@@ -320,6 +352,17 @@ mod tests {
         assert_eq!(layout.resources("/svc").cpu_throttled_seconds, Some(0.25));
         fs::write(cg.join("svc/memory.max"), "1048576\n").unwrap();
         assert_eq!(layout.resources("/svc").memory_limit_bytes, Some(1048576));
+    }
+
+    /// Found by `cargo xtask fuzz` (cgroup_files): a PSI line that is only its kind panicked in
+    /// procfs's record parser.
+    #[test]
+    fn a_pressure_line_without_values_is_skipped() {
+        for text in ["some", "full\n", "some\u{2003}total=1", "some avg10=0.00 avg60=0.00 avg300=0.00 total=7\nfull"] {
+            let parsed = parse_pressure(text);
+            assert!(parsed.iter().all(|&(kind, s)| kind == "some" && s == 7e-6), "{text:?}: {parsed:?}");
+        }
+        assert_eq!(parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=7\nfull"), vec![("some", 7e-6)]);
     }
 
     #[test]

@@ -6,11 +6,13 @@
 use std::{
     collections::BTreeMap,
     fmt,
+    fs::File,
+    io::Read,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
-use procfs::{CpuTime, FromRead, FromReadSI, KernelStats, Meminfo};
+use procfs::{CpuTime, FromReadSI, KernelStats};
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use super::{Labels, counter_family, single_gauge};
@@ -18,8 +20,71 @@ use crate::{catalog, cgroups::read_pressure};
 
 /// CPU seconds by mode from `<procfs>/stat`'s first line.
 pub fn read_cpu_seconds(procfs: &Path) -> Option<Vec<(&'static str, f64)>> {
-    let stats = KernelStats::from_file(procfs.join("stat"), procfs::current_system_info()).ok()?;
+    parse_cpu_seconds(File::open(procfs.join("stat")).ok()?)
+}
+
+/// [`read_cpu_seconds`] of the contents of `/proc/stat`.
+pub fn parse_cpu_seconds(stat: impl Read) -> Option<Vec<(&'static str, f64)>> {
+    let stats = KernelStats::from_read(stat, procfs::current_system_info()).ok()?;
     Some(cpu_seconds(&stats.total, procfs::ticks_per_second()))
+}
+
+/// Host memory as exported, from `<procfs>/meminfo`. Both values are at most `i64::MAX` (they
+/// are exported as gauges of i64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostMemory {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+impl HostMemory {
+    pub fn read(procfs: &Path) -> Option<Self> {
+        Self::parse(File::open(procfs.join("meminfo")).ok()?)
+    }
+
+    /// [`HostMemory::read`] of the contents of `/proc/meminfo`: MemTotal, MemFree and Cached
+    /// must be there, MemAvailable may be. Parsed here, not by procfs's `Meminfo`: that one
+    /// panics on a field name ending in a multi-byte character, overflows (and in release
+    /// builds wraps) on a value of 2^54 kB or more in any field, and wants some twenty fields
+    /// the agent does not use.
+    pub fn parse(mut meminfo: impl Read) -> Option<Self> {
+        let mut text = String::new();
+        meminfo.read_to_string(&mut text).ok()?;
+        let (mut total, mut free, mut available, mut cached) = (None, None, None, None);
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let slot = match words.next() {
+                Some("MemTotal:") => &mut total,
+                Some("MemFree:") => &mut free,
+                Some("MemAvailable:") => &mut available,
+                Some("Cached:") => &mut cached,
+                _ => continue,
+            };
+            *slot = meminfo_bytes(words.next(), words.next());
+        }
+        let bounded = |v: u64| v.min(i64::MAX as u64);
+        // Kernels before 3.14 have no MemAvailable: approximate it with free + page cache.
+        let available = available.unwrap_or(free?.saturating_add(cached?));
+        Some(HostMemory { total_bytes: bounded(total?), available_bytes: bounded(available) })
+    }
+
+    /// Share of memory in use; `None` when the total is 0.
+    pub fn usage_ratio(&self) -> Option<f64> {
+        (self.total_bytes > 0).then(|| (1.0 - self.available_bytes as f64 / self.total_bytes as f64).clamp(0.0, 1.0))
+    }
+}
+
+/// A meminfo value in bytes, from its number and unit (the kernel writes kB, which are KiB),
+/// saturating; `None` when either does not parse.
+fn meminfo_bytes(value: Option<&str>, unit: Option<&str>) -> Option<u64> {
+    let scale: u64 = match unit {
+        None | Some("B") => 1,
+        Some("kB" | "KB" | "KiB" | "kiB") => 1 << 10,
+        Some("MB" | "mB" | "MiB" | "miB") => 1 << 20,
+        Some("GB" | "gB" | "GiB" | "giB") => 1 << 30,
+        Some(_) => return None,
+    };
+    Some(value?.parse::<u64>().ok()?.saturating_mul(scale))
 }
 
 fn cpu_seconds(t: &CpuTime, tps: u64) -> Vec<(&'static str, f64)> {
@@ -105,18 +170,12 @@ impl Collector for HostCollector {
         if !pressure.is_empty() {
             counter_family(&mut encoder, &catalog::HOST_PRESSURE, &pressure)?;
         }
-        if let Ok(mem) = Meminfo::from_file(self.procfs.join("meminfo")) {
-            let total = mem.mem_total;
-            // Kernels before 3.14 have no MemAvailable: approximate it with free + page cache.
-            let available = mem.mem_available.unwrap_or(mem.mem_free + mem.cached);
-            single_gauge(&mut encoder, &catalog::HOST_MEMORY_TOTAL, total as i64)?;
-            single_gauge(&mut encoder, &catalog::HOST_MEMORY_AVAILABLE, available as i64)?;
-            if total > 0 {
-                single_gauge(
-                    &mut encoder,
-                    &catalog::HOST_MEMORY_USAGE_RATIO,
-                    (1.0 - available as f64 / total as f64).clamp(0.0, 1.0),
-                )?;
+        if let Some(mem) = HostMemory::read(&self.procfs) {
+            let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+            single_gauge(&mut encoder, &catalog::HOST_MEMORY_TOTAL, gauge(mem.total_bytes))?;
+            single_gauge(&mut encoder, &catalog::HOST_MEMORY_AVAILABLE, gauge(mem.available_bytes))?;
+            if let Some(ratio) = mem.usage_ratio() {
+                single_gauge(&mut encoder, &catalog::HOST_MEMORY_USAGE_RATIO, ratio)?;
             }
         }
         Ok(())
@@ -143,5 +202,34 @@ mod tests {
         let r = usage_ratio(&s, &later).unwrap();
         assert!((r - 4.5 / 5.5).abs() < 1e-9, "{r}");
         assert_eq!(usage_ratio(&s, &s), None);
+    }
+
+    const MEMINFO: &str = "MemTotal:        8148236 kB\nMemFree:          912344 kB\nMemAvailable:    5120932 kB\n\
+                           Buffers:          201932 kB\nCached:          4012093 kB\nHugePages_Total:       0\n";
+
+    #[test]
+    fn meminfo_with_and_without_memavailable() {
+        let mem = HostMemory::parse(MEMINFO.as_bytes()).unwrap();
+        assert_eq!(mem, HostMemory { total_bytes: 8148236 * 1024, available_bytes: 5120932 * 1024 });
+        assert!((mem.usage_ratio().unwrap() - (1.0 - 5120932.0 / 8148236.0)).abs() < 1e-12);
+        let old = MEMINFO.replace("MemAvailable:    5120932 kB\n", "");
+        assert_eq!(HostMemory::parse(old.as_bytes()).unwrap().available_bytes, (912344 + 4012093) * 1024);
+        assert_eq!(HostMemory::parse(MEMINFO.replace("MemTotal:", "MemTotaI:").as_bytes()), None);
+        assert_eq!(HostMemory::parse(&b"MemTotal: 1 kB\xff"[..]), None, "not text");
+    }
+
+    /// Found by `cargo xtask fuzz` (proc_files): procfs's meminfo parser multiplied any kB value
+    /// unchecked (overflow: a panic with debug assertions, a wrapped value in release), and
+    /// panicked on a field name ending in a multi-byte character; values over i64::MAX (or
+    /// MemFree + Cached overflowing) came out negative or wrapped.
+    #[test]
+    fn weird_meminfo_values_do_not_panic_or_wrap() {
+        let crash = "MemTo18446744073709wMe 18446744073709551615     kB";
+        assert_eq!(HostMemory::parse(format!("{crash}\n{MEMINFO}").as_bytes()).unwrap().total_bytes, 8148236 * 1024);
+        assert!(HostMemory::parse(format!("M\u{e9} 5 kB\n{MEMINFO}").as_bytes()).is_some());
+        let huge = "MemTotal: 18446744073709551615\nMemFree: 18014398509481984 kB\nCached: 18446744073709551615 kB\n";
+        let mem = HostMemory::parse(huge.as_bytes()).unwrap();
+        assert_eq!(mem, HostMemory { total_bytes: i64::MAX as u64, available_bytes: i64::MAX as u64 });
+        assert_eq!(mem.usage_ratio(), Some(0.0));
     }
 }

@@ -36,10 +36,18 @@ const MAX_FILE: u64 = 16 << 20;
 const CONTAINERD_TASKS: &str = "run/containerd/io.containerd.runtime.v2.task";
 const STORAGE_ROOTS: [&str; 2] = ["var/lib/containers/storage", "run/containers/storage"];
 
-fn read_json(path: &Path) -> Option<Value> {
+/// A state file's bytes, bounded; `None` when it is missing or unreadable. The parsers below
+/// (`names_from_*`, [`storage_entries`]) take what this returns, so that each can be tested (and
+/// fuzzed) on bytes alone.
+fn read_file(path: &Path) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     fs::File::open(path).ok()?.take(MAX_FILE).read_to_end(&mut buf).ok()?;
-    serde_json::from_slice(&buf).ok()
+    Some(buf)
+}
+
+/// The `annotations` object of an OCI bundle's `config.json`; `Null` when absent or not JSON.
+fn bundle_annotations(bytes: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(bytes).ok().and_then(|v| v.get("annotations").cloned()).unwrap_or(Value::Null)
 }
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -79,10 +87,11 @@ impl Names {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct StorageEntry {
-    name: Option<String>,
-    image: Option<String>,
+/// A container's record in containers/storage's `containers.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageEntry {
+    pub name: Option<String>,
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -118,40 +127,12 @@ impl Resolver {
         if !id.pod_uid.is_empty() {
             names = names.or(self.kubelet(&id.pod_uid, cid));
         }
-        let found = match id.kind {
-            Kind::Container => names.container.is_some(),
-            Kind::Pod => names.pod.is_some(),
-            _ => true,
-        };
-        let runtime = if id.runtime == Runtime::Unknown { names.runtime.unwrap_or_default() } else { id.runtime };
-        let name = |n: &Option<String>| n.as_deref().map(sanitize_name).unwrap_or_else(|| Arc::from(""));
-        Identity {
-            kind: id.kind,
-            runtime,
-            container_id: id.container_id.clone(),
-            pod_uid: id.pod_uid.clone(),
-            container: if id.kind == Kind::Container { name(&names.container) } else { Arc::from("") },
-            pod: name(&names.pod),
-            namespace: name(&names.namespace),
-            image: name(&names.image),
-            resolved: found,
-            attempted: true,
-        }
+        named(id, &names)
     }
 
     fn docker(&self, cid: &str) -> Names {
         let path = self.rootfs.join("var/lib/docker/containers").join(cid).join("config.v2.json");
-        let Some(v) = read_json(&path) else { return Names::default() };
-        let labels = v.pointer("/Config/Labels").cloned().unwrap_or(Value::Null);
-        let k8s = Names::from_annotations(&labels);
-        Names {
-            runtime: Some(Runtime::Docker),
-            // The kubelet's container name, else docker's own ("/name").
-            container: k8s.container.clone().or_else(|| str_at(&v, "/Name").map(|n| n.trim_start_matches('/').to_string())),
-            image: str_at(&v, "/Config/Image").map(str::to_string),
-            ..Names::default()
-        }
-        .or(k8s)
+        read_file(&path).map(|bytes| names_from_docker_config(&bytes)).unwrap_or_default()
     }
 
     fn containerd(&self, cid: &str) -> Names {
@@ -161,16 +142,7 @@ impl Resolver {
             if !bundle.is_dir() {
                 continue;
             }
-            let annotations = read_json(&bundle.join("config.json"))
-                .and_then(|v| v.get("annotations").cloned())
-                .unwrap_or(Value::Null);
-            let mut names = Names::from_annotations(&annotations);
-            names.runtime = Some(Runtime::Containerd);
-            // A CRI sandbox (the pause container) has no container name of its own.
-            if str_at(&annotations, "/io.kubernetes.cri.container-type") == Some("sandbox") {
-                names.container = Some("POD".into());
-            }
-            return names;
+            return names_from_containerd_bundle(&read_file(&bundle.join("config.json")).unwrap_or_default());
         }
         Names::default()
     }
@@ -178,24 +150,11 @@ impl Resolver {
     fn storage(&mut self, cid: &str) -> Names {
         for (root, index) in STORAGE_ROOTS.iter().zip(self.storage.iter_mut()) {
             let root = self.rootfs.join(root).join("overlay-containers");
-            let annotations = read_json(&root.join(cid).join("userdata/config.json"))
-                .and_then(|v| v.get("annotations").cloned())
-                .unwrap_or(Value::Null);
+            let bundle = read_file(&root.join(cid).join("userdata/config.json")).unwrap_or_default();
             let entry = index.get(&root.join("containers.json"), cid);
-            if entry.is_none() && annotations.is_null() {
-                continue;
+            if let Some(names) = names_from_storage(&bundle, entry) {
+                return names;
             }
-            let mut names = Names::from_annotations(&annotations);
-            names.runtime = match str_at(&annotations, "/io.container.manager") {
-                Some("libpod") => Some(Runtime::Podman),
-                _ if names.pod.is_some() => Some(Runtime::CriO),
-                _ if entry.is_some() => Some(Runtime::Podman),
-                _ => None,
-            };
-            if let Some(e) = entry {
-                names = names.or(Names { container: e.name, image: e.image, ..Names::default() });
-            }
-            return names;
         }
         Names::default()
     }
@@ -213,10 +172,7 @@ impl Resolver {
         if let Ok(dirs) = fs::read_dir(self.rootfs.join("var/log/pods")) {
             for d in dirs.flatten() {
                 let name = d.file_name();
-                let Some(name) = name.to_str() else { continue };
-                // <namespace>_<pod>_<uid>: none of the three contains '_'.
-                let mut parts = name.splitn(3, '_');
-                if let (Some(ns), Some(pod), Some(uid)) = (parts.next(), parts.next(), parts.next()) {
+                if let Some((uid, ns, pod)) = name.to_str().and_then(pod_of_log_dir) {
                     self.pods.insert(uid.to_string(), (ns.to_string(), pod.to_string()));
                 }
             }
@@ -225,11 +181,7 @@ impl Resolver {
         if let Ok(links) = fs::read_dir(self.rootfs.join("var/log/containers")) {
             for l in links.flatten() {
                 let name = l.file_name();
-                let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".log")) else { continue };
-                // <pod>_<namespace>_<container>-<id>
-                let Some((rest, id)) = stem.rsplit_once('-') else { continue };
-                let mut parts = rest.splitn(3, '_');
-                if let (Some(_pod), Some(_ns), Some(container)) = (parts.next(), parts.next(), parts.next()) {
+                if let Some((id, container)) = name.to_str().and_then(container_of_log_file) {
                     self.log_names.insert(id.to_string(), container.to_string());
                 }
             }
@@ -243,24 +195,122 @@ impl StorageIndex {
         let meta = fs::metadata(file).ok()?;
         let stamp = (meta.modified().ok()?, meta.len());
         if self.stamp != Some(stamp) {
-            self.by_id.clear();
             self.stamp = Some(stamp);
-            if let Some(Value::Array(list)) = read_json(file) {
-                for c in list {
-                    let Some(id) = str_at(&c, "/id") else { continue };
-                    // podman keeps the image name in a JSON string inside the record.
-                    let meta: Value =
-                        str_at(&c, "/metadata").and_then(|m| serde_json::from_str(m).ok()).unwrap_or(Value::Null);
-                    let entry = StorageEntry {
-                        name: str_at(&c, "/names/0").or_else(|| str_at(&meta, "/name")).map(str::to_string),
-                        image: str_at(&meta, "/image-name").map(str::to_string),
-                    };
-                    self.by_id.insert(id.to_string(), entry);
-                }
-            }
+            self.by_id = read_file(file).map(|bytes| storage_entries(&bytes)).unwrap_or_default();
         }
         self.by_id.get(cid).cloned()
     }
+}
+
+/// The identity `id` with the names found: label values sanitized ([`sanitize_name`]), the
+/// runtime from the state files when the path did not tell it, `resolved` when the container
+/// (or, for a pod cgroup, the pod) was found.
+pub fn named(id: &Identity, names: &Names) -> Identity {
+    let found = match id.kind {
+        Kind::Container => names.container.is_some(),
+        Kind::Pod => names.pod.is_some(),
+        _ => true,
+    };
+    let runtime = if id.runtime == Runtime::Unknown { names.runtime.unwrap_or_default() } else { id.runtime };
+    let name = |n: &Option<String>| n.as_deref().map(sanitize_name).unwrap_or_else(|| Arc::from(""));
+    Identity {
+        kind: id.kind,
+        runtime,
+        container_id: id.container_id.clone(),
+        pod_uid: id.pod_uid.clone(),
+        container: if id.kind == Kind::Container { name(&names.container) } else { Arc::from("") },
+        pod: name(&names.pod),
+        namespace: name(&names.namespace),
+        image: name(&names.image),
+        resolved: found,
+        attempted: true,
+    }
+}
+
+/// docker's `config.v2.json`: name, image and the kubelet's labels (dockershim, cri-dockerd).
+/// Nothing when it is not JSON.
+pub fn names_from_docker_config(bytes: &[u8]) -> Names {
+    let Ok(v) = serde_json::from_slice::<Value>(bytes) else { return Names::default() };
+    let labels = v.pointer("/Config/Labels").cloned().unwrap_or(Value::Null);
+    let k8s = Names::from_annotations(&labels);
+    Names {
+        runtime: Some(Runtime::Docker),
+        // The kubelet's container name, else docker's own ("/name").
+        container: k8s.container.clone().or_else(|| str_at(&v, "/Name").map(|n| n.trim_start_matches('/').to_string())),
+        image: str_at(&v, "/Config/Image").map(str::to_string),
+        ..Names::default()
+    }
+    .or(k8s)
+}
+
+/// The `config.json` of a containerd task bundle (empty when the bundle has none): the CRI
+/// plugin's or nerdctl's annotations. The bundle's existence tells the runtime.
+pub fn names_from_containerd_bundle(bytes: &[u8]) -> Names {
+    let annotations = bundle_annotations(bytes);
+    let mut names = Names::from_annotations(&annotations);
+    names.runtime = Some(Runtime::Containerd);
+    // A CRI sandbox (the pause container) has no container name of its own.
+    if str_at(&annotations, "/io.kubernetes.cri.container-type") == Some("sandbox") {
+        names.container = Some("POD".into());
+    }
+    names
+}
+
+/// containers/storage (podman, CRI-O): a container's bundle `userdata/config.json` (empty when
+/// missing) and its `containers.json` entry. `None` when neither knows the container.
+pub fn names_from_storage(bundle_config: &[u8], entry: Option<StorageEntry>) -> Option<Names> {
+    let annotations = bundle_annotations(bundle_config);
+    if entry.is_none() && annotations.is_null() {
+        return None;
+    }
+    let mut names = Names::from_annotations(&annotations);
+    names.runtime = match str_at(&annotations, "/io.container.manager") {
+        Some("libpod") => Some(Runtime::Podman),
+        _ if names.pod.is_some() => Some(Runtime::CriO),
+        _ if entry.is_some() => Some(Runtime::Podman),
+        _ => None,
+    };
+    if let Some(e) = entry {
+        names = names.or(Names { container: e.name, image: e.image, ..Names::default() });
+    }
+    Some(names)
+}
+
+/// containers/storage's `containers.json`: container id -> entry. Empty when it is not a JSON
+/// array.
+pub fn storage_entries(bytes: &[u8]) -> HashMap<String, StorageEntry> {
+    let mut by_id = HashMap::new();
+    if let Ok(Value::Array(list)) = serde_json::from_slice::<Value>(bytes) {
+        for c in list {
+            let Some(id) = str_at(&c, "/id") else { continue };
+            // podman keeps the image name in a JSON string inside the record.
+            let meta: Value = str_at(&c, "/metadata").and_then(|m| serde_json::from_str(m).ok()).unwrap_or(Value::Null);
+            let entry = StorageEntry {
+                name: str_at(&c, "/names/0").or_else(|| str_at(&meta, "/name")).map(str::to_string),
+                image: str_at(&meta, "/image-name").map(str::to_string),
+            };
+            by_id.insert(id.to_string(), entry);
+        }
+    }
+    by_id
+}
+
+/// A kubelet pod log directory, `/var/log/pods/<namespace>_<pod>_<uid>` (none of the three
+/// contains '_'): (uid, namespace, pod).
+pub fn pod_of_log_dir(name: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = name.splitn(3, '_');
+    let (ns, pod, uid) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((uid, ns, pod))
+}
+
+/// A kubelet container log link, `/var/log/containers/<pod>_<namespace>_<container>-<id>.log`:
+/// (id, container).
+pub fn container_of_log_file(name: &str) -> Option<(&str, &str)> {
+    let stem = name.strip_suffix(".log")?;
+    let (rest, id) = stem.rsplit_once('-')?;
+    let mut parts = rest.splitn(3, '_');
+    let (_pod, _ns, container) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((id, container))
 }
 
 #[cfg(test)]

@@ -31,9 +31,11 @@ fn ranges(header: &str) -> impl Iterator<Item = (&str, f32)> {
         if range.is_empty() {
             return None;
         }
+        // The weight's "q=" is case-insensitive (RFC 9110, 12.4.2): "gzip;Q=0" refuses gzip.
         let q = params
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .find_map(|q| q.trim().parse::<f32>().ok())
+            .filter_map(|p| p.trim().split_once('='))
+            .filter(|(name, _)| name.eq_ignore_ascii_case("q"))
+            .find_map(|(_, q)| q.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
         Some((range, q))
     })
@@ -47,12 +49,13 @@ pub fn negotiate(accept: Option<&str>) -> Format {
     for (range, q) in ranges(accept.unwrap_or_default()) {
         let format = if range.eq_ignore_ascii_case("application/openmetrics-text") {
             Format::OpenMetrics
-        } else if range.eq_ignore_ascii_case("text/plain") || range == "text/*" || range == "*/*" {
+        } else if range.eq_ignore_ascii_case("text/plain") || range.eq_ignore_ascii_case("text/*") || range == "*/*" {
             Format::Text
         } else {
             continue;
         };
-        if q > 0.0 && best.is_none_or(|(_, bq)| q > bq) {
+        // A tie goes to OpenMetrics, whichever range the header lists first.
+        if q > 0.0 && best.is_none_or(|(_, bq)| q > bq || q == bq && format == Format::OpenMetrics) {
             best = Some((format, q));
         }
     }
@@ -176,6 +179,14 @@ mod tests {
         assert_eq!(negotiate(Some("application/openmetrics-text")), Format::OpenMetrics);
         assert_eq!(negotiate(Some("application/openmetrics-text;q=0, text/plain")), Format::Text);
         assert_eq!(negotiate(Some(",;;q=x,,")), Format::Text);
+        // Found by `cargo xtask fuzz` (http_headers): the weight's "q" is case-insensitive.
+        assert_eq!(negotiate(Some("application/openmetrics-text;version=;Q=.0, text/plain;q=0.3")), Format::Text);
+        // Found by the same target: ranked as high as the text format, OpenMetrics wins however
+        // the header orders them.
+        assert_eq!(negotiate(Some("text/plain;version=0.0.4;q=1,application/openmetrics-text;qx=0.5")), Format::OpenMetrics);
+        assert_eq!(negotiate(Some("*/*, application/openmetrics-text")), Format::OpenMetrics);
+        assert_eq!(negotiate(Some("text/plain;q=0.5, application/openmetrics-text;q=0.4")), Format::Text);
+        assert_eq!(negotiate(Some("TEXT/*;q=0.5, application/openmetrics-text;q=0.4")), Format::Text);
     }
 
     #[test]
@@ -185,6 +196,7 @@ mod tests {
         assert!(accepts_gzip(Some("*")));
         assert!(!accepts_gzip(Some("gzip;q=0")));
         assert!(!accepts_gzip(Some("gzip;q=0, *")));
+        assert!(!accepts_gzip(Some("gzip;Q=0")));
         assert!(!accepts_gzip(Some("identity")));
         assert!(!accepts_gzip(None));
         let body = "x 1\n".repeat(1000);
