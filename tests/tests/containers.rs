@@ -210,3 +210,57 @@ fn hostile_container_names_keep_the_exposition_valid() {
     assert!(s.labels["container"].len() <= 256);
     cgwatch_tests::assert_promtool_parses(&m.text);
 }
+
+/// Runtime state files that are hostile or broken: a 100 KB name full of quotes and newlines, a
+/// truncated file, a FIFO (would block a reader forever), a symlink to /dev/zero, JSON nested a
+/// million deep, a file over the 16 MiB read bound. The agent names what it can, bounds what it
+/// names, never blocks or crashes, and a well-formed container beside them is still named.
+#[test]
+fn hostile_runtime_state_files_never_block_or_break_the_agent() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = |id: &str| format!("var/lib/docker/containers/{id}/config.v2.json");
+    let ids: Vec<String> = (10..17).map(|i| ids(i).0).collect();
+    let [long, truncated, fifo, zero, nested, huge, good] = [0, 1, 2, 3, 4, 5, 6].map(|i| ids[i].as_str());
+    let long_name = format!("{}\\\"}}\\n# TYPE x counter", "q\\\"\\n".repeat(100_000 / 4));
+    write(root.path(), &cfg(long), &format!(r#"{{"Name":"/{long_name}","Config":{{"Image":"img"}}}}"#));
+    write(root.path(), &cfg(truncated), r#"{"Name":"/trunc","Config":{"Ima"#);
+    let fifo_path = root.path().join(cfg(fifo));
+    fs::create_dir_all(fifo_path.parent().unwrap()).unwrap();
+    let c = std::ffi::CString::new(fifo_path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let zero_path = root.path().join(cfg(zero));
+    fs::create_dir_all(zero_path.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &zero_path).unwrap();
+    write(root.path(), &cfg(nested), &"[".repeat(1_000_000));
+    write(root.path(), &cfg(huge), &format!(r#"{{"Name":"/huge"{}}}"#, " ".repeat(17 << 20)));
+    write(root.path(), &cfg(good), r#"{"Name":"/well-formed","Config":{"Image":"registry.example/app:1"}}"#);
+
+    let agent = Agent::start(&["--path.rootfs", root.path().to_str().unwrap()]);
+    let docker = TestCgroup::at("/docker".into());
+    let cgs: Vec<TestCgroup> = ids.iter().map(|id| docker.child(id)).collect();
+    for cg in &cgs {
+        assert_eq!(cg.run(&["exit", "5"]).code(), Some(5));
+    }
+    let all_shown = |m: &Metrics| ids.iter().all(|id| m.get(P, &[("container_id", id), ("reason", "error")]).is_some());
+    let m = agent.scrape_until(Duration::from_secs(20), |m| {
+        all_shown(m) && m.get(P, &[("container_id", good), ("container", "well-formed")]).is_some()
+    });
+    assert!(all_shown(&m), "not every container's series is there:\n{}", agent.log());
+    // The well-formed one is named, with its image, despite its neighbours.
+    assert_eq!(m.get(P, &[("container_id", good), ("container", "well-formed"), ("runtime", "docker")]), Some(1.0));
+    assert_eq!(m.get("cgwatch_container_info", &[("container_id", good), ("image", "registry.example/app:1")]), Some(1.0));
+    // The long name is there, bounded, byte for byte as far as it goes.
+    let s = &m.find(P, &[("container_id", long)])[0];
+    let name = &s.labels["container"];
+    assert!(name.len() <= 256 && name.starts_with("q\"\nq\"\n"), "{:?}", &name[..name.len().min(40)]);
+    // The broken ones are unnamed, not stuck: their series carry the id and the runtime.
+    for id in [truncated, fifo, zero, nested, huge] {
+        let s = &m.find(P, &[("container_id", id)])[0];
+        assert!(!s.labels.contains_key("container"), "{id}: {:?}", s.labels);
+        assert_eq!(s.labels["runtime"], "docker");
+    }
+    cgwatch_tests::assert_promtool_parses(&m.text);
+    assert!(!agent.log().contains("panicked"), "{}", agent.log());
+    drop(cgs);
+}

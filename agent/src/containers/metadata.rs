@@ -36,12 +36,19 @@ const MAX_FILE: u64 = 16 << 20;
 const CONTAINERD_TASKS: &str = "run/containerd/io.containerd.runtime.v2.task";
 const STORAGE_ROOTS: [&str; 2] = ["var/lib/containers/storage", "run/containers/storage"];
 
-/// A state file's bytes, bounded; `None` when it is missing or unreadable. The parsers below
-/// (`names_from_*`, [`storage_entries`]) take what this returns, so that each can be tested (and
-/// fuzzed) on bytes alone.
+/// A state file's bytes, bounded; `None` when it is missing, unreadable or not a regular file
+/// (a FIFO would block the resolver forever, a device would feed it garbage: opened without
+/// blocking, checked on the open descriptor). The parsers below (`names_from_*`,
+/// [`storage_entries`]) take what this returns, so that each can be tested (and fuzzed) on
+/// bytes alone.
 fn read_file(path: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
     let mut buf = Vec::new();
-    fs::File::open(path).ok()?.take(MAX_FILE).read_to_end(&mut buf).ok()?;
+    file.take(MAX_FILE).read_to_end(&mut buf).ok()?;
     Some(buf)
 }
 
