@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod diag;
 mod kernel;
 mod maps;
 mod probes;

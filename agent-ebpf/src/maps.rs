@@ -52,18 +52,18 @@ pub static RECENT_KILLS: LruHashMap<ExitDedupKey, RecentKill> = LruHashMap::with
 
 /// Moves the exit recorded for `group` with `signal` to `reason`, if there is one.
 #[inline(always)]
-pub fn reclassify_exit(group: &ExitDedupKey, signal: u32, reason: u32) -> bool {
+pub fn reclassify_exit(group: &ExitDedupKey, signal: u32, reason: u32, probe: &'static str) -> bool {
     let Some(rec) = (unsafe { RECENT_KILLS.get(group) }).copied() else { return false };
     if rec.key.signal != signal {
         return false;
     }
     let _ = RECENT_KILLS.remove(group);
     let moved = ExitKey { reason, ..rec.key };
-    uncount_exit(&rec.key);
-    count_exit(&moved);
+    uncount_exit(&rec.key, probe);
+    count_exit(&moved, probe);
     if rec.container != 0 {
-        uncount_exit(&ExitKey { container: 1, ..rec.key });
-        count_exit(&ExitKey { container: 1, ..moved });
+        uncount_exit(&ExitKey { container: 1, ..rec.key }, probe);
+        count_exit(&ExitKey { container: 1, ..moved }, probe);
     }
     true
 }
@@ -100,17 +100,19 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
 
+/// Counts an event `probe` could not record (and logs it: `diag`).
 #[inline(always)]
-pub fn count_lost(index: u32) {
+pub fn count_lost(index: u32, cgroup_id: u64, probe: &'static str) {
     if let Some(p) = LOST.get_ptr_mut(index) {
         unsafe { *p += 1 };
     }
+    crate::diag::lost(index, cgroup_id, probe);
 }
 
 /// Adds `delta` (wrapping: `u64::MAX` takes one back) to this CPU's slot of a per-CPU counter,
 /// creating it when missing.
 #[inline(always)]
-fn add<K>(map: &PerCpuHashMap<K, u64>, key: &K, delta: u64, lost_index: u32) {
+fn add<K>(map: &PerCpuHashMap<K, u64>, key: &K, delta: u64, lost: (u32, u64, &'static str)) {
     if let Some(p) = map.get_ptr_mut(key) {
         unsafe { *p = (*p).wrapping_add(delta) };
         return;
@@ -121,34 +123,29 @@ fn add<K>(map: &PerCpuHashMap<K, u64>, key: &K, delta: u64, lost_index: u32) {
     }
     match map.get_ptr_mut(key) {
         Some(p) => unsafe { *p = (*p).wrapping_add(delta) },
-        None => count_lost(lost_index),
+        None => count_lost(lost.0, lost.1, lost.2),
     }
 }
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]
-fn count<K>(map: &PerCpuHashMap<K, u64>, key: &K, lost_index: u32) {
-    add(map, key, 1, lost_index);
+pub fn count_seccomp(key: &SeccompKey, probe: &'static str) {
+    add(&SECCOMP_COUNTS, key, 1, (lost::SECCOMP_MAP, key.cgroup_id, probe));
 }
 
 #[inline(always)]
-pub fn count_seccomp(key: &SeccompKey) {
-    count(&SECCOMP_COUNTS, key, lost::SECCOMP_MAP);
-}
-
-#[inline(always)]
-pub fn count_exit(key: &ExitKey) {
-    count(&EXIT_COUNTS, key, lost::EXIT_MAP);
+pub fn count_exit(key: &ExitKey, probe: &'static str) {
+    add(&EXIT_COUNTS, key, 1, (lost::EXIT_MAP, key.cgroup_id, probe));
 }
 
 /// Takes one back from an exit counter: this CPU's slot wraps below zero, and userspace sums
 /// the slots with wrapping addition.
 #[inline(always)]
-pub fn uncount_exit(key: &ExitKey) {
-    add(&EXIT_COUNTS, key, u64::MAX, lost::EXIT_MAP);
+pub fn uncount_exit(key: &ExitKey, probe: &'static str) {
+    add(&EXIT_COUNTS, key, u64::MAX, (lost::EXIT_MAP, key.cgroup_id, probe));
 }
 
 #[inline(always)]
-pub fn count_oom(key: &OomKey) {
-    count(&OOM_COUNTS, key, lost::OOM_MAP);
+pub fn count_oom(key: &OomKey, probe: &'static str) {
+    add(&OOM_COUNTS, key, 1, (lost::OOM_MAP, key.cgroup_id, probe));
 }

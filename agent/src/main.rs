@@ -93,9 +93,12 @@ async fn run(config: Config) -> Result<()> {
         Err(e) => warn!("cannot drop capabilities after attaching ({e}): the agent keeps them"),
     }
     let (status, maps, events, _kept) = match loaded {
-        Ok(probes::LoadedProbes { ebpf, status, maps, events, pinned_links, reused }) => {
+        Ok(probes::LoadedProbes { ebpf, status, maps, events, kernel_log, pinned_links, reused }) => {
             if reused > 0 {
                 info!("{reused} probes kept running from before this start: no event was missed");
+            }
+            if let Some(log) = kernel_log {
+                tokio::spawn(tasks::kernel_log(log));
             }
             (status, Some(Arc::new(maps)), Some(events), Some((ebpf, pinned_links)))
         }

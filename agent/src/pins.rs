@@ -25,9 +25,10 @@ use log::{info, warn};
 /// meaning, changes.
 pub const LAYOUT: u32 = 1;
 
-/// Every map of the object but `.rodata` (the kernel layout, set per load): counters, lost
-/// events, the cgroup event ring and the per-task state the programs share between hooks.
-pub const PINNED_MAPS: [&str; 12] = [
+/// Every map of the object but `.rodata` (the kernel layout and log level, set per load):
+/// counters, lost events, the cgroup event ring, the per-task state the programs share between
+/// hooks, and the diagnostics.
+pub const PINNED_MAPS: [&str; 14] = [
     "SECCOMP_COUNTS",
     "EXIT_COUNTS",
     "OOM_COUNTS",
@@ -40,6 +41,10 @@ pub const PINNED_MAPS: [&str; 12] = [
     "LAST_OOM",
     "OOM_PENDING",
     "EXIT_DEDUP",
+    // The kernel-side diagnostics (aya-log's ring, the rate limiter), so that the programs of
+    // pinned links keep logging to whichever agent runs.
+    "AYA_LOGS",
+    "DIAG_LAST",
 ];
 
 /// Counter maps whose counts are carried into a resized map.

@@ -10,6 +10,7 @@ use std::{
 
 use agent_common::{CgroupEvent, cgroup_event};
 use aya::maps::{MapData, RingBuf};
+use aya_log::EbpfLogger;
 use log::{debug, warn};
 use tokio::{io::unix::AsyncFd, sync::Notify};
 
@@ -44,6 +45,30 @@ pub fn apply_cgroup_event(registry: &Registry, bytes: &[u8], now: Instant) -> bo
         other => {
             warn!("unknown cgroup event kind {other}");
             false
+        }
+    }
+}
+
+/// Forwards the programs' debug log (aya-log records: a full map, a failed kernel read) to the
+/// agent's log as they arrive.
+pub async fn kernel_log(log: EbpfLogger<&'static dyn log::Log>) {
+    let mut fd = match AsyncFd::with_interest(log, tokio::io::Interest::READABLE) {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("cannot poll the kernel-side diagnostics ({e}); they are not logged");
+            return;
+        }
+    };
+    loop {
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(e) => {
+                warn!("kernel-side diagnostics: {e}; they are no longer logged");
+                return;
+            }
         }
     }
 }

@@ -105,3 +105,39 @@ fn cgroups_vanishing_while_scraped_never_break_a_scrape() {
     }
     assert_eq!(m.sum("cgwatch_events_lost_total", &[]), 0.0);
 }
+
+/// A full counter map: what does not fit is counted by reason, and, with --log-level debug, the
+/// programs say which map, probe and cgroup (aya-log), at most once a second per CPU; at the
+/// default level they say nothing.
+#[test]
+fn a_full_counter_map_is_counted_and_logged_at_debug_level() {
+    // --max-cgroups 1: the smallest maps (1,024 exit counters).
+    let debug = Agent::start(&["--max-cgroups", "1", "--log-level", "debug"]);
+    let quiet = Agent::start(&["--max-cgroups", "1"]);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..600 {
+                    let cg = TestCgroup::new("mapfull");
+                    assert_eq!(cg.run(&["exit", "3"]).code(), Some(3));
+                }
+            });
+        }
+    });
+    let secs = started.elapsed().as_secs_f64().ceil();
+    for agent in [&debug, &quiet] {
+        let m = agent.scrape();
+        let lost = m.get("cgwatch_events_lost_total", &[("reason", "exit_map")]).unwrap();
+        assert!(lost >= 100.0, "1,200 cgroups' exits into 1,024 counters: {lost} lost");
+        assert_eq!(m.get("cgwatch_map_capacity", &[("map", "exits")]), Some(1024.0));
+    }
+    let said = |a: &Agent| a.log().lines().filter(|l| l.contains("the exit counter map is full")).count();
+    let logged = said(&debug);
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    assert!(logged >= 1, "{}", debug.log());
+    assert!((logged as f64) <= (secs + 2.0) * cpus, "{logged} lines in {secs} s: not rate-limited");
+    let line = debug.log().lines().find(|l| l.contains("the exit counter map is full")).unwrap().to_string();
+    assert!(line.contains("probe process_exit: an event of cgroup ") && line.contains("DEBUG"), "{line}");
+    assert_eq!(said(&quiet), 0, "{}", quiet.log());
+}

@@ -9,14 +9,17 @@ use aya_ebpf::{
 
 use crate::probes::cgroup_rmdir::send_cgroup_event;
 
+/// The `probe` label of this hook, in diagnostics.
+const PROBE: &str = "cgroup_mkdir";
+
 #[btf_tracepoint(function = "cgroup_mkdir")]
 pub fn cgroup_mkdir_btf(ctx: BtfTracePointContext) -> i32 {
-    let _ = send_cgroup_event(cgroup_event::MKDIR, ctx.arg(0), ctx.arg(1));
+    crate::diag::report(PROBE, send_cgroup_event(cgroup_event::MKDIR, ctx.arg(0), ctx.arg(1), PROBE));
     0
 }
 
 #[raw_tracepoint(tracepoint = "cgroup_mkdir")]
 pub fn cgroup_mkdir_raw(ctx: RawTracePointContext) -> i32 {
-    let _ = send_cgroup_event(cgroup_event::MKDIR, ctx.arg(0), ctx.arg(1));
+    crate::diag::report(PROBE, send_cgroup_event(cgroup_event::MKDIR, ctx.arg(0), ctx.arg(1), PROBE));
     0
 }

@@ -10,26 +10,29 @@ use aya_ebpf::{
 
 use crate::{kernel, maps};
 
+/// The `probe` label of this hook, in diagnostics.
+const PROBE: &str = "cgroup_rmdir";
+
 #[btf_tracepoint(function = "cgroup_rmdir")]
 pub fn cgroup_rmdir_btf(ctx: BtfTracePointContext) -> i32 {
-    let _ = send_cgroup_event(cgroup_event::RMDIR, ctx.arg(0), ctx.arg(1));
+    crate::diag::report(PROBE, send_cgroup_event(cgroup_event::RMDIR, ctx.arg(0), ctx.arg(1), PROBE));
     0
 }
 
 #[raw_tracepoint(tracepoint = "cgroup_rmdir")]
 pub fn cgroup_rmdir_raw(ctx: RawTracePointContext) -> i32 {
-    let _ = send_cgroup_event(cgroup_event::RMDIR, ctx.arg(0), ctx.arg(1));
+    crate::diag::report(PROBE, send_cgroup_event(cgroup_event::RMDIR, ctx.arg(0), ctx.arg(1), PROBE));
     0
 }
 
 #[inline(always)]
-pub fn send_cgroup_event(kind: u32, cgrp: u64, path: u64) -> Result<(), i64> {
+pub fn send_cgroup_event(kind: u32, cgrp: u64, path: u64, probe: &'static str) -> Result<(), i64> {
     if !kernel::is_v2_cgroup(cgrp)? {
         return Ok(());
     }
     let id = kernel::cgroup_id(cgrp)?;
     let Some(mut entry) = maps::EVENTS.reserve::<CgroupEvent>(0) else {
-        maps::count_lost(lost::RINGBUF);
+        maps::count_lost(lost::RINGBUF, id, probe);
         return Ok(());
     };
     let event = entry.as_mut_ptr();

@@ -11,24 +11,27 @@ use agent_common::{kabi, reason};
 
 use crate::{kernel, maps};
 
+/// The `probe` label of this hook, in diagnostics.
+const PROBE: &str = "oom_mark_victim";
+
 #[btf_tracepoint(function = "mark_victim")]
 pub fn mark_victim_btf(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_mark_victim(ctx.arg(0));
+    crate::diag::report(PROBE, try_mark_victim(ctx.arg(0)));
     0
 }
 
 #[raw_tracepoint(tracepoint = "mark_victim")]
 pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
-    let _ = try_mark_victim(ctx.arg(0));
+    crate::diag::report(PROBE, try_mark_victim(ctx.arg(0)));
     0
 }
 
 #[inline(always)]
 fn try_mark_victim(victim: u64) -> Result<(), i64> {
     let cgroup_id = kernel::task_cgroup_id(victim)?;
-    maps::count_oom(&kernel::oom_key(victim, cgroup_id));
+    maps::count_oom(&kernel::oom_key(victim, cgroup_id), PROBE);
     // The kill's SIGKILL goes out before this tracepoint: a victim that was asleep may already
     // have exited and been counted as a plain SIGKILL. Move that exit to oom_kill.
-    maps::reclassify_exit(&kernel::group_key(victim)?, kabi::SIGKILL, reason::OOM_KILL);
+    maps::reclassify_exit(&kernel::group_key(victim)?, kabi::SIGKILL, reason::OOM_KILL, PROBE);
     Ok(())
 }

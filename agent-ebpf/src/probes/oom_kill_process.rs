@@ -11,10 +11,13 @@ use crate::{
     maps,
 };
 
+/// The `probe` label of this hook, in diagnostics.
+const PROBE: &str = "oom_kill_process";
+
 #[kprobe]
 pub fn oom_kill_process_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(oc) = ctx.arg::<u64>(0) {
-        let _ = try_oom_kill_process(oc);
+        crate::diag::report(PROBE, try_oom_kill_process(oc));
     }
     0
 }

@@ -20,6 +20,9 @@ use crate::{
     maps,
 };
 
+/// The `probe` label of this hook, in diagnostics.
+const PROBE: &str = "process_exit";
+
 // Kernels >= 6.16 pass `group_dead` as a second argument; older ones have only the task, and
 // a program may not read past a tracepoint's arguments, hence two variants of each. The BTF
 // programs can ask for the exiting thread's user registers (the syscall a KILL_THREAD verdict
@@ -28,26 +31,26 @@ use crate::{
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit_gd_btf(ctx: BtfTracePointContext) -> i32 {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let _ = try_sched_process_exit(ctx.arg(0), Some(ctx.arg::<u64>(1)), regs);
+    crate::diag::report(PROBE, try_sched_process_exit(ctx.arg(0), Some(ctx.arg::<u64>(1)), regs));
     0
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit_btf(ctx: BtfTracePointContext) -> i32 {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let _ = try_sched_process_exit(ctx.arg(0), None, regs);
+    crate::diag::report(PROBE, try_sched_process_exit(ctx.arg(0), None, regs));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit_gd_raw(ctx: RawTracePointContext) -> i32 {
-    let _ = try_sched_process_exit(ctx.arg(0), Some(ctx.arg::<u64>(1)), 0);
+    crate::diag::report(PROBE, try_sched_process_exit(ctx.arg(0), Some(ctx.arg::<u64>(1)), 0));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit_raw(ctx: RawTracePointContext) -> i32 {
-    let _ = try_sched_process_exit(ctx.arg(0), None, 0);
+    crate::diag::report(PROBE, try_sched_process_exit(ctx.arg(0), None, 0));
     0
 }
 
@@ -90,7 +93,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
             // The whole thread group dies of it: its exit is a seccomp_kill. Without group_dead
             // another thread may have counted the group exit already, as a plain SIGSYS.
             let moved = group_dead_arg.is_none()
-                && kernel::group_key(task).is_ok_and(|k| maps::reclassify_exit(&k, kabi::SIGSYS, reason::SECCOMP_KILL));
+                && kernel::group_key(task).is_ok_and(|k| maps::reclassify_exit(&k, kabi::SIGSYS, reason::SECCOMP_KILL, PROBE));
             if !moved {
                 let _ = maps::SECCOMP_KILLED.insert(tgid, 1u32, 0);
             }
@@ -100,7 +103,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         } else {
             -1
         };
-        maps::count_seccomp(&SeccompKey { cgroup_id, syscall_nr: nr, action: act });
+        maps::count_seccomp(&SeccompKey { cgroup_id, syscall_nr: nr, action: act }, PROBE);
     }
 
     if !group_dead {
@@ -121,16 +124,16 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         && let Some(key) = oom_kill_at_exit(task, cgroup_id)?
     {
         // mark_victim carries only a pid on this kernel: the OOM kill is counted here.
-        maps::count_oom(&key);
+        maps::count_oom(&key, PROBE);
         (reason::OOM_KILL, sig)
     } else {
         (reason::SIGNAL, sig)
     };
     let key = ExitKey { cgroup_id, reason: why, signal, container: 0, _pad: 0 };
-    maps::count_exit(&key);
+    maps::count_exit(&key, PROBE);
     let container = kernel::is_pidns_init(task)?;
     if container {
-        maps::count_exit(&ExitKey { container: 1, ..key });
+        maps::count_exit(&ExitKey { container: 1, ..key }, PROBE);
     }
     // Possibly an OOM victim that exited before the OOM killer marked it, or a seccomp kill
     // whose killed thread reaches this tracepoint after the one counting the group exit: the

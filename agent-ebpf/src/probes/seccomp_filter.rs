@@ -15,6 +15,9 @@ use aya_ebpf::{
 
 use crate::{kernel, maps};
 
+/// The `probe` label of this hook, in diagnostics.
+const PROBE: &str = "seccomp_filter";
+
 // The return value follows the arguments, whose number differs between kernel versions:
 // (this_syscall, sd, recheck_after_trace) before 6.x, (this_syscall, sd) after. The verifier
 // checks every context offset against the function's BTF, so each count is its own program and
@@ -22,13 +25,13 @@ use crate::{kernel, maps};
 
 #[fexit(function = "__seccomp_filter")]
 pub fn seccomp_filter_fexit3(ctx: FExitContext) -> i32 {
-    let _ = try_seccomp_filter(ctx.arg::<i64>(3), || Some(ctx.arg::<i32>(0)));
+    crate::diag::report(PROBE, try_seccomp_filter(ctx.arg::<i64>(3), || Some(ctx.arg::<i32>(0))));
     0
 }
 
 #[fexit(function = "__seccomp_filter")]
 pub fn seccomp_filter_fexit2(ctx: FExitContext) -> i32 {
-    let _ = try_seccomp_filter(ctx.arg::<i64>(2), || Some(ctx.arg::<i32>(0)));
+    crate::diag::report(PROBE, try_seccomp_filter(ctx.arg::<i64>(2), || Some(ctx.arg::<i32>(0))));
     0
 }
 
@@ -41,7 +44,7 @@ pub fn seccomp_filter_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(nr) = ctx.arg::<u64>(0) {
         let tid = bpf_get_current_pid_tgid() as u32;
         if maps::SECCOMP_SYSCALL.insert(tid, nr as i32, 0).is_err() {
-            maps::count_lost(lost::TASK_MAP);
+            maps::count_lost(lost::TASK_MAP, 0, PROBE);
         }
     }
     0
@@ -51,7 +54,7 @@ pub fn seccomp_filter_kprobe(ctx: ProbeContext) -> u32 {
 pub fn seccomp_filter_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret = ctx.ret::<u64>();
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = try_seccomp_filter(ret as i64, || unsafe { maps::SECCOMP_SYSCALL.get(tid) }.copied());
+    crate::diag::report(PROBE, try_seccomp_filter(ret as i64, || unsafe { maps::SECCOMP_SYSCALL.get(tid) }.copied()));
     0
 }
 
@@ -82,6 +85,6 @@ fn try_seccomp_filter(ret: i64, nr: impl FnOnce() -> Option<i32>) -> Result<(), 
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         syscall_nr: nr().unwrap_or(-1),
         action: action::ERRNO,
-    });
+    }, PROBE);
     Ok(())
 }

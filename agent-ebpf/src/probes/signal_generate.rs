@@ -14,15 +14,18 @@ use crate::{
     maps,
 };
 
+/// The `probe` label of this hook, in diagnostics.
+const PROBE: &str = "seccomp_signal";
+
 #[btf_tracepoint(function = "signal_generate")]
 pub fn signal_generate_btf(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_signal_generate(ctx.arg::<u64>(0) as i32, ctx.arg(1), ctx.arg(2));
+    crate::diag::report(PROBE, try_signal_generate(ctx.arg::<u64>(0) as i32, ctx.arg(1), ctx.arg(2)));
     0
 }
 
 #[raw_tracepoint(tracepoint = "signal_generate")]
 pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
-    let _ = try_signal_generate(ctx.arg::<u64>(0) as i32, ctx.arg(1), ctx.arg(2));
+    crate::diag::report(PROBE, try_signal_generate(ctx.arg::<u64>(0) as i32, ctx.arg(1), ctx.arg(2)));
     0
 }
 
@@ -61,7 +64,7 @@ fn try_signal_generate(sig: i32, info: u64, target: u64) -> Result<(), i64> {
             None => {
                 let state = TaskState { in_syscall: 0, trap_pending: 1 };
                 if maps::TASKS.insert(tid, state, 0).is_err() {
-                    maps::count_lost(lost::TASK_MAP);
+                    maps::count_lost(lost::TASK_MAP, 0, PROBE);
                 }
             }
         }
@@ -74,6 +77,6 @@ fn try_signal_generate(sig: i32, info: u64, target: u64) -> Result<(), i64> {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         syscall_nr: nr,
         action: act,
-    });
+    }, PROBE);
     Ok(())
 }

@@ -10,16 +10,19 @@ use aya_ebpf::{
 
 use crate::{kernel, maps};
 
+/// The `probe` label of this hook, in diagnostics.
+const PROBE: &str = "seccomp_sys_enter";
+
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter_btf(_ctx: BtfTracePointContext) -> i32 {
-    let _ = try_sys_enter(kernel::current_seccomp_mode_btf());
+    crate::diag::report(PROBE, try_sys_enter(kernel::current_seccomp_mode_btf()));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_raw(_ctx: RawTracePointContext) -> i32 {
     if let Ok(mode) = kernel::seccomp_mode(kernel::current_task()) {
-        let _ = try_sys_enter(mode);
+        crate::diag::report(PROBE, try_sys_enter(mode));
     }
     0
 }
@@ -36,7 +39,7 @@ fn try_sys_enter(mode: i32) -> Result<(), i64> {
         None => {
             let state = TaskState { in_syscall: 1, trap_pending: 0 };
             if maps::TASKS.insert(tid, state, 0).is_err() {
-                maps::count_lost(lost::TASK_MAP);
+                maps::count_lost(lost::TASK_MAP, 0, PROBE);
             }
         }
     }

@@ -14,11 +14,14 @@ use crate::{
     maps,
 };
 
+/// The `probe` label of this hook, in diagnostics.
+const PROBE: &str = "seccomp_sys_exit";
+
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
     let mode = kernel::current_seccomp_mode_btf();
     if kernel::is_filtered(mode) {
-        let _ = try_sys_exit(ctx.arg::<u64>(0));
+        crate::diag::report(PROBE, try_sys_exit(ctx.arg::<u64>(0)));
     }
     0
 }
@@ -26,7 +29,7 @@ pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     if kernel::seccomp_mode(kernel::current_task()).is_ok_and(kernel::is_filtered) {
-        let _ = try_sys_exit(ctx.arg::<u64>(0));
+        crate::diag::report(PROBE, try_sys_exit(ctx.arg::<u64>(0)));
     }
     0
 }
@@ -43,7 +46,7 @@ fn try_sys_exit(regs: u64) -> Result<(), i64> {
         // violation; from now on the thread is tracked.
         let state = TaskState { in_syscall: 0, trap_pending: 0 };
         if maps::TASKS.insert(tid, state, 0).is_err() {
-            maps::count_lost(lost::TASK_MAP);
+            maps::count_lost(lost::TASK_MAP, 0, PROBE);
         }
         return Ok(());
     };
@@ -63,6 +66,6 @@ fn try_sys_exit(regs: u64) -> Result<(), i64> {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         syscall_nr: nr,
         action: action::ERRNO,
-    });
+    }, PROBE);
     Ok(())
 }

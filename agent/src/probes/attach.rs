@@ -12,6 +12,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
+use aya_log::EbpfLogger;
 use log::{debug, info, warn};
 
 use super::{EBPF_OBJECT, Mode, PROBES, ProbeContext, ProbeSpec, table::KRETPROBE_OF};
@@ -78,6 +79,8 @@ pub struct LoadedProbes {
     pub status: Vec<ProbeStatus>,
     pub maps: KernelMaps,
     pub events: RingBuf<MapData>,
+    /// The programs' debug log (aya-log), forwarded to the agent's log.
+    pub kernel_log: Option<EbpfLogger<&'static dyn log::Log>>,
     /// Links pinned below `--pin-path` (they stay attached when the agent stops).
     pub pinned_links: Vec<PinnedLink>,
     /// Probes whose running pinned links were kept as they were.
@@ -128,6 +131,12 @@ pub fn load(
     sizes: MapSizes,
     pins: Option<&Pins>,
 ) -> Result<LoadedProbes, ProbeError> {
+    // The kernel-side diagnostics log at debug level: on when the agent logs debug (or trace).
+    let log_level: u8 = match log::max_level() {
+        log::LevelFilter::Trace => aya_log_common::Level::Trace as u8,
+        log::LevelFilter::Debug => aya_log_common::Level::Debug as u8,
+        _ => 0,
+    };
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::EmptyObject);
     }
@@ -142,6 +151,7 @@ pub fn load(
     loader
         .btf(Some(&btf))
         .override_global("KCONFIG", &ctx.kernel, true)
+        .override_global("AYA_LOG_LEVEL", &log_level, true)
         .map_max_entries("SECCOMP_COUNTS", sizes.seccomp)
         .map_max_entries("EXIT_COUNTS", sizes.exits)
         .map_max_entries("OOM_COUNTS", sizes.oom);
@@ -154,7 +164,7 @@ pub fn load(
     let mut attacher = Attacher {
         btf: &btf,
         pins,
-        context: pins::fingerprint(&(kernel_bytes, sizes.seccomp, sizes.exits, sizes.oom)),
+        context: pins::fingerprint(&(kernel_bytes, log_level, sizes.seccomp, sizes.exits, sizes.oom)),
         pinned_links: Vec::new(),
         reused: 0,
     };
@@ -189,8 +199,15 @@ pub fn load(
         let _ = std::fs::remove_file(&m.old);
     }
     let events = take(&mut ebpf, "EVENTS")?;
+    let kernel_log = match EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!("kernel-side diagnostics off: {e}");
+            None
+        }
+    };
     let Attacher { pinned_links, reused, .. } = attacher;
-    Ok(LoadedProbes { ebpf, status, maps, events, pinned_links, reused })
+    Ok(LoadedProbes { ebpf, status, maps, events, kernel_log, pinned_links, reused })
 }
 
 /// The bytes of the kernel layout handed to the programs (part of their links' fingerprint).
