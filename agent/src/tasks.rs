@@ -52,10 +52,12 @@ pub fn apply_cgroup_event(registry: &Registry, bytes: &[u8], now: Instant) -> bo
 /// Forwards the programs' debug log (aya-log records: a full map, a failed kernel read) to the
 /// agent's log as they arrive.
 pub async fn kernel_log(log: EbpfLogger<&'static dyn log::Log>) {
-    let mut fd = match AsyncFd::with_interest(log, tokio::io::Interest::READABLE) {
+    // SAFETY: the logger owns its ring buffer's fd and keeps it open, unchanged, for as long as
+    // it lives, and the AsyncFd owns the logger.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE) } {
         Ok(fd) => fd,
         Err(e) => {
-            warn!("cannot poll the kernel-side diagnostics ({e}); they are not logged");
+            warn!("cannot poll the kernel-side diagnostics ({}); they are not logged", e.into_parts().1);
             return;
         }
     };
