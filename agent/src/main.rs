@@ -88,7 +88,8 @@ async fn run(config: Config) -> Result<()> {
         }
     };
     let Started { probes: loaded, layout, pinned } = loaded;
-    match privileges::drop_after_attach() {
+    let readable = || loaded.as_ref().map_or(true, |l| l.maps.readable());
+    match privileges::drop_after_attach(readable) {
         Ok(kept) => info!("start-up done: capabilities dropped, kept {kept:?}"),
         Err(e) => warn!("cannot drop capabilities after attaching ({e}): the agent keeps them"),
     }

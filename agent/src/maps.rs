@@ -187,6 +187,11 @@ impl KernelMaps {
         lock(&self.oom).totals()
     }
 
+    /// Whether the maps can be read (a lookup in the lost-event array succeeds).
+    pub fn readable(&self) -> bool {
+        lock(&self.lost).get(&0, 0).is_ok()
+    }
+
     /// Events lost so far, by `agent_common::lost` index.
     pub fn lost(&self) -> [u64; lost::COUNT as usize] {
         let map = lock(&self.lost);

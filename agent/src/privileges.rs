@@ -43,13 +43,23 @@ const KEPT: [Capability; 1] = [Capability::CAP_DAC_READ_SEARCH];
 
 /// Drops every capability but [`KEPT`] (from the effective, permitted, inheritable, ambient and,
 /// where allowed, bounding sets), so that a compromise of the running agent cannot load programs,
-/// read kernel memory or regain what it gave up. Returns the capabilities it still holds.
-pub fn drop_after_attach() -> Result<Vec<Capability>, caps::errors::CapsError> {
+/// read kernel memory or regain what it gave up. `maps_readable` tells, with the smaller
+/// effective set already in force, whether the agent can still read its maps: kernels before
+/// 5.16 with `kernel.unprivileged_bpf_disabled` set (Debian's 5.10 sets 2) refuse every bpf()
+/// call, map reads on held descriptors included, without CAP_BPF, which is then kept. Returns
+/// the capabilities it still holds.
+pub fn drop_after_attach(maps_readable: impl Fn() -> bool) -> Result<Vec<Capability>, caps::errors::CapsError> {
     let effective = caps::read(None, CapSet::Effective)?;
-    let keep: caps::CapsHashSet = KEPT.iter().copied().filter(|c| effective.contains(c)).collect();
+    let mut keep: caps::CapsHashSet = KEPT.iter().copied().filter(|c| effective.contains(c)).collect();
+    // The effective set first: the permitted one still allows raising CAP_BPF again.
+    caps::set(None, CapSet::Effective, &keep)?;
+    if !maps_readable() {
+        let gate = [Capability::CAP_BPF, Capability::CAP_SYS_ADMIN].into_iter().find(|c| effective.contains(c));
+        keep.extend(gate);
+        caps::set(None, CapSet::Effective, &keep)?;
+    }
     caps::clear(None, CapSet::Ambient)?;
     caps::set(None, CapSet::Inheritable, &keep)?;
-    caps::set(None, CapSet::Effective, &keep)?;
     caps::set(None, CapSet::Permitted, &keep)?;
     // Needs CAP_SETPCAP, which only root has here; the permitted set above is what matters.
     for c in caps::read(None, CapSet::Bounding)? {

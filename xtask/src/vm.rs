@@ -140,7 +140,7 @@ case "$mode" in
 esac
 export CGWATCH_BIN=/bin/cgwatch CGWATCH_WORKLOAD_BIN=/bin/cgwatch-workload CGWATCH_AGENT_ARGS="$args" CGWATCH_VM=1
 echo "VMTEST kernel $(uname -r) mode $mode"
-cgwatch --listen 127.0.0.1:19120 $args > /tmp/agent.log 2>&1 &
+cgwatch --no-pin --listen 127.0.0.1:19120 $args > /tmp/agent.log 2>&1 &
 agent=$!
 for i in $(seq 1 120); do wget -qO /tmp/m http://127.0.0.1:19120/metrics 2>/dev/null && break; sleep 0.5; done
 grep '^cgwatch_probe_attached' /tmp/m | sed 's/^/VMPROBE /'
