@@ -11,5 +11,6 @@ pub mod maps;
 pub mod names;
 pub mod privileges;
 pub mod probes;
+pub mod signals;
 pub mod tasks;
 pub mod web;

@@ -35,3 +35,14 @@ pub fn raise_memlock() -> Result<(), nix::Error> {
     use nix::sys::resource::{Resource, RLIM_INFINITY, setrlimit};
     setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY)
 }
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit (every HTTP connection holds a
+/// descriptor); returns the soft limit now in force.
+pub fn raise_nofile() -> Result<u64, nix::Error> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}
