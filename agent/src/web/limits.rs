@@ -9,7 +9,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -58,6 +58,8 @@ pub struct Conn {
     first_byte: AtomicU64,
     in_flight: AtomicU32,
     completed: AtomicU64,
+    /// Its task has run: the server has had a chance to read it.
+    served: AtomicBool,
 }
 
 fn millis(epoch: Instant) -> u64 {
@@ -75,7 +77,13 @@ impl Conn {
             first_byte: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             completed: AtomicU64::new(0),
+            served: AtomicBool::new(false),
         }
+    }
+
+    /// The connection's task runs: from now on, slowness is the client's.
+    pub fn serving(&self) {
+        self.served.store(true, Ordering::Relaxed);
     }
 
     /// A request's headers are in: until the guard drops (its response is written or
@@ -96,6 +104,13 @@ impl Conn {
     /// When the connection last moved: its last progress or the first byte of a request.
     fn last_moved(&self) -> u64 {
         self.progress.load(Ordering::Relaxed).max(self.first_byte.load(Ordering::Relaxed))
+    }
+
+    /// Eviction order, smallest first: connections the server has read from before those
+    /// still waiting for their first turn (a busy server must not close the scrapes queued
+    /// behind the ones it answers), then the one that moved longest ago.
+    fn eviction_key(&self) -> (bool, u64) {
+        (!self.served.load(Ordering::Relaxed), self.last_moved())
     }
 
     /// Why the connection must close now, if it must.
@@ -208,8 +223,10 @@ impl Connections {
     /// Starts serving a new connection on its own task, `serve(conn, guard)`. At the limit, the
     /// connection that has gone longest without progress makes room: a client that connects
     /// and sends nothing, or trickles its headers, loses its place to every newcomer, while a
-    /// scraper sends its request at once and is being answered. When every connection is busy
-    /// with a request it sent in time, the newcomer is closed instead (`serve` is dropped).
+    /// scraper sends its request at once and is being answered. Connections the server has not
+    /// read yet go last, oldest first; a connection answering a request it sent in time is
+    /// never closed. When every connection is such, the newcomer is closed instead (`serve` is
+    /// dropped).
     pub fn admit<F>(self: &Arc<Self>, serve: impl FnOnce(Arc<Conn>, ConnGuard) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -223,7 +240,7 @@ impl Connections {
                     .entries
                     .iter()
                     .filter(|(_, e)| e.conn.evictable(now, &self.limits))
-                    .min_by_key(|(_, e)| e.conn.last_moved())
+                    .min_by_key(|(_, e)| e.conn.eviction_key())
                     .map(|(id, _)| *id);
                 let Some(id) = victim else {
                     table.counts.refused += 1;
@@ -260,7 +277,7 @@ impl Connections {
                 .entries
                 .iter()
                 .filter(|(_, e)| e.conn.evictable(now, &self.limits))
-                .min_by_key(|(_, e)| e.conn.last_moved())
+                .min_by_key(|(_, e)| e.conn.eviction_key())
                 .map(|(id, _)| *id);
             let abort = victim.and_then(|id| table.entries.remove(&id)).map(|e| e.abort);
             if abort.is_some() {
@@ -426,6 +443,7 @@ mod tests {
         for _ in 0..3 {
             let mut rx = rx.clone();
             conns.admit(|conn, guard| {
+                conn.serving();
                 states.push(conn);
                 async move {
                     let _guard = guard;

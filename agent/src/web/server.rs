@@ -81,6 +81,7 @@ async fn accept_failed(e: &std::io::Error, conns: &Connections) {
 }
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, conn: Arc<Conn>, _guard: ConnGuard) {
+    conn.serving();
     let _ = stream.set_nodelay(true);
     // TLS as configured when the connection came; a reload applies to the next ones.
     let tls = app.security.current().tls.clone();

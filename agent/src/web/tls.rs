@@ -96,8 +96,8 @@ pub enum TlsError {
     NoCert,
     #[error("tls_server_config.key_file: no PEM private key in it ({0})")]
     Key(String),
-    #[error("tls_server_config.key_file: does not match the certificate in cert_file ({0})")]
-    KeyMismatch(rustls::Error),
+    #[error("tls_server_config.key_file: does not match the certificate in cert_file (another public key)")]
+    KeyMismatch,
     #[error("tls_server_config.client_ca_file: {0}")]
     ClientCa(String),
     #[error("tls_server_config: the certificate and key cannot be used ({0})")]
@@ -153,7 +153,7 @@ pub fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
         }
     };
     let mut config = builder.with_single_cert(certs, key).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch(e),
+        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch,
         other => TlsError::Unusable(other.to_string()),
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
