@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpSocket};
 
 pub use limits::Limits;
-use scrape::{Scrapes, Variant};
+use scrape::{ScrapeError, Scrapes, Variant};
 
 /// Pending connections the kernel queues for the accept loop: a burst of clients must not
 /// fill the queue, or a scraper's SYN waits for a retransmission (a second or more).
@@ -92,6 +92,9 @@ async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> R
                 response.headers_mut().insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
             }
             response
+        }
+        Err(e @ ScrapeError::Busy) => {
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], format!("{e}\n")).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }

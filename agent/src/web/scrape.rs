@@ -3,9 +3,12 @@
 //! scrape is answered with data older than itself) and serves them all. 500 simultaneous
 //! scrapes cost two encodings, not 500.
 
-use std::sync::{
-    Arc, Mutex, PoisonError,
-    atomic::{AtomicU8, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Duration,
 };
 
 use axum::body::Bytes;
@@ -13,6 +16,18 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use super::exposition::{self, Format};
+
+/// Longest a scrape waits for its encoding: Prometheus's default scrape timeout. Past it (a
+/// collector stuck on a hung file system), the scraper hears so and retries later.
+pub const WAIT_MAX: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("the metrics were not encoded within {}s; retry later", WAIT_MAX.as_secs())]
+    Busy,
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// What a scraper asked for: a format, gzipped or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +78,7 @@ impl std::fmt::Debug for Scrapes {
 
 impl Scrapes {
     /// The registry encoded as `variant`, from an encoding that started after this call.
-    pub async fn scrape(self: &Arc<Self>, registry: &Arc<Registry>, variant: Variant) -> Result<Bytes, String> {
+    pub async fn scrape(self: &Arc<Self>, registry: &Arc<Registry>, variant: Variant) -> Result<Bytes, ScrapeError> {
         let mut done = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let batch = state
@@ -77,10 +92,15 @@ impl Scrapes {
             }
             batch.done.subscribe()
         };
-        let encoded = done.wait_for(Option::is_some).await.map_err(|_| "the encoder stopped".to_string())?.clone();
+        let encoded = tokio::time::timeout(WAIT_MAX, done.wait_for(Option::is_some))
+            .await
+            .map_err(|_| ScrapeError::Busy)?
+            .map_err(|_| ScrapeError::Failed("the encoder stopped".into()))?
+            .clone();
         encoded
             .and_then(|e| e[variant.index()].clone())
             .unwrap_or_else(|| Err("the encoder left this format out".to_string()))
+            .map_err(ScrapeError::Failed)
     }
 
     /// Encodes batch after batch until none waits. Runs on its own task, so that a scraper
