@@ -247,7 +247,9 @@ fn scrapes_keep_working_under_attack() {
     const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
     // p99 of 100 leaves out the worst one: this machine runs other work too.
     const SCRAPES: usize = 100;
-    let agent = Agent::start(&["--web.read-header-timeout", "2s", "--web.idle-timeout", "4s", "--web.max-connections", "512"]);
+    // The limit leaves room for the 500 scrapers (which are not told apart from the well-behaved
+    // one); the 2,300 hostile connections exceed it twice over.
+    let agent = Agent::start(&["--web.read-header-timeout", "2s", "--web.idle-timeout", "4s", "--web.max-connections", "1024"]);
     let (pid, port) = (agent.pid(), agent.port);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let url = agent.url("/metrics");
@@ -306,7 +308,7 @@ fn scrapes_keep_working_under_attack() {
     });
     let (a50, a99, amax) = percentiles(&attacked);
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
-    eprintln!("web attack: /metrics body {body_bytes} bytes; limits: header timeout 2s, idle timeout 4s, 512 connections");
+    eprintln!("web attack: /metrics body {body_bytes} bytes; limits: header timeout 2s, idle timeout 4s, 1024 connections");
     eprintln!("web attack: quiet: {SCRAPES} scrapes, p50 {} p99 {} max {}", ms(q50), ms(q99), ms(qmax));
     eprintln!(
         "web attack: under attack ({:.1} s): {} scrapes ok, {} failed: p50 {} p99 {} max {}",
@@ -333,7 +335,7 @@ fn scrapes_keep_working_under_attack() {
     assert!(scrapes_done.load(Ordering::Relaxed) > 500, "the concurrent scrapers were starved");
     // Connections closed to make room give their descriptor back when their task next runs,
     // which a busy server does within milliseconds: the limit holds, give or take those.
-    assert!(peak_fds <= baseline_fds + 2 * 512, "peak {peak_fds} fds, baseline {baseline_fds}");
+    assert!(peak_fds <= baseline_fds + 2 * 1024, "peak {peak_fds} fds, baseline {baseline_fds}");
 
     // The agent kept counting: the denials made during the attack, exactly.
     let m = agent.scrape_until(Duration::from_secs(10), |m| {

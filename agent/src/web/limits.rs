@@ -106,12 +106,7 @@ impl Conn {
         self.progress.load(Ordering::Relaxed).max(self.first_byte.load(Ordering::Relaxed))
     }
 
-    /// Eviction order, smallest first: connections the server has read from before those
-    /// still waiting for their first turn (a busy server must not close the scrapes queued
-    /// behind the ones it answers), then the one that moved longest ago.
-    fn eviction_key(&self) -> (bool, u64) {
-        (!self.served.load(Ordering::Relaxed), self.last_moved())
-    }
+
 
     /// Why the connection must close now, if it must.
     fn expired(&self, now: u64, limits: &Limits) -> Option<Closed> {
@@ -131,11 +126,13 @@ impl Conn {
         (since(self.progress.load(Ordering::Relaxed)) > idle).then_some(Closed::Idle)
     }
 
-    /// Whether the limit may close it for a newcomer: not while a request it sent in time is
-    /// being answered.
+    /// Whether the limit may close it for a newcomer: not before the server has read from it
+    /// (a busy server must not close the scrapes queued behind the ones it answers), and not
+    /// while a request it sent in time is being answered.
     fn evictable(&self, now: u64, limits: &Limits) -> bool {
-        self.in_flight.load(Ordering::Relaxed) == 0
-            || now.saturating_sub(self.progress.load(Ordering::Relaxed)) > limits.read_header_timeout.as_millis() as u64
+        self.served.load(Ordering::Relaxed)
+            && (self.in_flight.load(Ordering::Relaxed) == 0
+                || now.saturating_sub(self.progress.load(Ordering::Relaxed)) > limits.read_header_timeout.as_millis() as u64)
     }
 }
 
@@ -223,10 +220,10 @@ impl Connections {
     /// Starts serving a new connection on its own task, `serve(conn, guard)`. At the limit, the
     /// connection that has gone longest without progress makes room: a client that connects
     /// and sends nothing, or trickles its headers, loses its place to every newcomer, while a
-    /// scraper sends its request at once and is being answered. Connections the server has not
-    /// read yet go last, oldest first; a connection answering a request it sent in time is
-    /// never closed. When every connection is such, the newcomer is closed instead (`serve` is
-    /// dropped).
+    /// scraper sends its request at once and is being answered. Neither a connection answering
+    /// a request it sent in time nor one the server has not read yet (queued while it is busy)
+    /// is closed: when every connection is such, the newcomer is closed instead (`serve` is
+    /// dropped), as a full listen queue would.
     pub fn admit<F>(self: &Arc<Self>, serve: impl FnOnce(Arc<Conn>, ConnGuard) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -240,7 +237,7 @@ impl Connections {
                     .entries
                     .iter()
                     .filter(|(_, e)| e.conn.evictable(now, &self.limits))
-                    .min_by_key(|(_, e)| e.conn.eviction_key())
+                    .min_by_key(|(_, e)| e.conn.last_moved())
                     .map(|(id, _)| *id);
                 let Some(id) = victim else {
                     table.counts.refused += 1;
@@ -277,7 +274,7 @@ impl Connections {
                 .entries
                 .iter()
                 .filter(|(_, e)| e.conn.evictable(now, &self.limits))
-                .min_by_key(|(_, e)| e.conn.eviction_key())
+                .min_by_key(|(_, e)| e.conn.last_moved())
                 .map(|(id, _)| *id);
             let abort = victim.and_then(|id| table.entries.remove(&id)).map(|e| e.abort);
             if abort.is_some() {
