@@ -106,6 +106,28 @@ pub struct Config {
     #[arg(long)]
     pub unpin: bool,
 
+    /// Web config file (the exporter-toolkit format Prometheus exporters share): TLS, basic
+    /// auth, response headers. Reloaded when it or a file it names changes, and on SIGHUP.
+    #[arg(long = "web.config.file", env = "CGWATCH_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Longest a client may take to send a request's headers: from connecting (TLS handshake
+    /// included), or from the first byte of a later request on a kept-alive connection.
+    #[arg(long = "web.read-header-timeout", env = "CGWATCH_WEB_READ_HEADER_TIMEOUT", default_value = "10s",
+          value_parser = parse_timeout)]
+    pub web_read_header_timeout: Duration,
+
+    /// Longest a kept-alive connection waits for its next request, and a response for its
+    /// reader.
+    #[arg(long = "web.idle-timeout", env = "CGWATCH_WEB_IDLE_TIMEOUT", default_value = "2m", value_parser = parse_timeout)]
+    pub web_idle_timeout: Duration,
+
+    /// Most open HTTP connections; at the limit, the connection that has gone longest without
+    /// sending a request or being answered is closed for the newcomer.
+    #[arg(long = "web.max-connections", env = "CGWATCH_WEB_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub web_max_connections: u32,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "CGWATCH_LOG_LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -117,6 +139,25 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("must be at least 100ms".into());
     }
     Ok(d)
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(24 * 3600) {
+        return Err("must be between 100ms and 24h".into());
+    }
+    Ok(d)
+}
+
+impl Config {
+    /// The web server's connection limits.
+    pub fn web_limits(&self) -> crate::web::Limits {
+        crate::web::Limits {
+            read_header_timeout: self.web_read_header_timeout,
+            idle_timeout: self.web_idle_timeout,
+            max_connections: self.web_max_connections as usize,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -131,6 +172,10 @@ mod tests {
         assert_eq!(c.retain, Duration::from_secs(600));
         assert_eq!(c.seccomp_mode, SeccompMode::Auto);
         assert_eq!(c.cgroups, Selection::All);
+        assert_eq!(c.web_config_file, None);
+        assert_eq!(c.web_read_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.web_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.web_max_connections, 512);
         let c = Config::try_parse_from(["cgwatch", "--cgroups", "containers-and-services"]).unwrap();
         assert_eq!(c.cgroups, Selection::ContainersAndServices);
     }
@@ -143,5 +188,8 @@ mod tests {
         assert!(Config::try_parse_from(["cgwatch", "--scan-interval", "1ms"]).is_err());
         assert!(Config::try_parse_from(["cgwatch", "--frobnicate"]).is_err());
         assert!(Config::try_parse_from(["cgwatch", "--cgroups", "pods"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--web.max-connections", "0"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--web.read-header-timeout", "0s"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--web.idle-timeout", "forever"]).is_err());
     }
 }

@@ -13,5 +13,6 @@ pub mod names;
 pub mod pins;
 pub mod privileges;
 pub mod probes;
+pub mod signals;
 pub mod tasks;
 pub mod web;

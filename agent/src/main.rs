@@ -21,7 +21,7 @@ use cgwatch::{
     pins::{self, Pins},
     privileges,
     probes::{self, MapSizes, ProbeContext},
-    tasks,
+    signals, tasks,
     web::{self, Exporter},
 };
 use clap::{Parser as _, error::ErrorKind};
@@ -72,18 +72,30 @@ async fn run(config: Config) -> Result<()> {
     if let Err(e) = privileges::raise_memlock() {
         info!("RLIMIT_MEMLOCK not raised ({e}); fine on kernels >= 5.11, which charge BPF memory to the memory cgroup");
     }
+    match privileges::raise_nofile() {
+        Ok(n) if n < u64::from(config.web_max_connections) + 64 => {
+            warn!("RLIMIT_NOFILE is {n}: too low for --web.max-connections={}", config.web_max_connections);
+        }
+        Ok(_) => {}
+        Err(e) => info!("RLIMIT_NOFILE not raised ({e})"),
+    }
+    // One SIGHUP stream for the whole agent; each part that reloads subscribes to it.
+    let hangups = signals::hangups().context("cannot watch SIGHUP")?;
+    let security = web::reload::start(config.web_config_file.as_deref(), hangups.clone())?;
     // Serve from the start: /healthz answers while the probes load, /readyz and /metrics once
     // they are attached.
     let listener = web::bind(config.listen).await?;
+    let scheme = security.current().scheme();
     let exporter = Arc::new(Exporter::default());
-    let mut server = tokio::spawn(web::serve(listener, exporter.clone(), shutdown_signal()));
+    let mut server =
+        tokio::spawn(web::serve(listener, exporter.clone(), security, config.web_limits(), shutdown_signal()));
     let cfg = config.clone();
     let started = tokio::task::spawn_blocking(move || load_probes(&cfg));
     let loaded = tokio::select! {
         loaded = started => loaded.context("loading the probes")??,
         served = &mut server => {
             // Stopped (or failed) before the probes were loaded.
-            served.context("HTTP server")??;
+            served.context("HTTP server")?;
             return Ok(());
         }
     };
@@ -153,8 +165,8 @@ async fn run(config: Config) -> Result<()> {
     tokio::spawn(tasks::sampler(config.procfs.clone(), sampler, layout, registry, resources, config.sample_interval));
 
     exporter.set_ready(Arc::new(metrics), probe_summary);
-    info!("serving metrics on http://{}/metrics", config.listen);
-    server.await.context("HTTP server")??;
+    info!("serving metrics on {scheme}://{}/metrics", config.listen);
+    server.await.context("HTTP server")?;
     info!("shutting down");
     Ok(())
 }

@@ -71,3 +71,14 @@ pub fn drop_after_attach(maps_readable: impl Fn() -> bool) -> Result<Vec<Capabil
     kept.sort_by_key(|c| c.index());
     Ok(kept)
 }
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit (every HTTP connection holds a
+/// descriptor); returns the soft limit now in force.
+pub fn raise_nofile() -> Result<u64, nix::Error> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}

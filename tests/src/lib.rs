@@ -17,6 +17,7 @@ use std::{
 use cgwatch::cgroups::Layout;
 
 pub mod deploy;
+pub mod pki;
 pub mod prom;
 
 /// The release binaries under test.
@@ -67,25 +68,34 @@ pub struct Agent {
     child: Child,
     pub port: u16,
     stderr_log: PathBuf,
+    /// How the harness reaches it (scrapes, readiness).
+    pub client: Client,
     _dir: tempfile::TempDir,
 }
 
 impl Agent {
+    /// An agent over plain HTTP without authentication.
     pub fn start(extra: &[&str]) -> Agent {
-        Self::start_wrapped(&[], extra)
+        Self::launch(&[], None, extra, Client::default())
+    }
+
+    /// An agent that `client` can scrape (its TLS trust, client certificate and credentials,
+    /// for an agent started with a web config among `extra`).
+    pub fn start_with(extra: &[&str], client: Client) -> Agent {
+        Self::launch(&[], None, extra, client)
     }
 
     /// Starts the agent through `wrap` (e.g. `setpriv ...` to run it as another user).
     pub fn start_wrapped(wrap: &[&str], extra: &[&str]) -> Agent {
-        Self::launch(wrap, None, extra)
+        Self::launch(wrap, None, extra, Client::default())
     }
 
     /// Starts the agent on a given port (a restarted agent that its scraper finds again).
     pub fn start_at(port: u16, extra: &[&str]) -> Agent {
-        Self::launch(&[], Some(port), extra)
+        Self::launch(&[], Some(port), extra, Client::default())
     }
 
-    fn launch(wrap: &[&str], fixed_port: Option<u16>, extra: &[&str]) -> Agent {
+    fn launch(wrap: &[&str], fixed_port: Option<u16>, extra: &[&str], client: Client) -> Agent {
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let stderr_log = dir.path().join("agent.log");
@@ -116,7 +126,7 @@ impl Agent {
                 .stderr(fs::File::create(&stderr_log).unwrap())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", cgwatch_bin().display()));
-            let mut agent = Agent { child, port, stderr_log, _dir: dir };
+            let mut agent = Agent { child, port, stderr_log, client: client.clone(), _dir: dir };
             if agent.wait_ready() {
                 return agent;
             }
@@ -162,17 +172,28 @@ impl Agent {
         fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    /// The URL of `path` on the agent, in its client's scheme.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://127.0.0.1:{}{path}", self.client.scheme(), self.port)
+    }
+
+    /// Sends SIGHUP (the agent reloads its web config).
+    pub fn sighup(&self) {
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) }, 0);
+    }
+
     pub fn try_scrape(&self) -> Result<String, ureq::Error> {
-        ureq::get(&format!("http://127.0.0.1:{}/metrics", self.port))
-            .call()?
-            .body_mut()
-            .read_to_string()
+        let r = self.client.get(&self.url("/metrics"), &[])?;
+        if r.status != 200 {
+            return Err(ureq::Error::StatusCode(r.status));
+        }
+        Ok(r.text())
     }
 
     /// GET `path` with `headers`, any status: (status, response headers, body).
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
-        http_get(&format!("http://127.0.0.1:{}{path}", self.port), headers)
-            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()))
+        self.client.get(&self.url(path), headers).unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()))
     }
 
     pub fn scrape(&self) -> Metrics {
@@ -220,24 +241,81 @@ impl Response {
 
 /// GET `url` with `headers`; an HTTP error status is a response, not an error.
 pub fn http_get(url: &str, headers: &[(&str, &str)]) -> Result<Response, ureq::Error> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let mut req = agent.get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
+    Client::default().get(url, headers)
+}
+
+/// How a test reaches an agent: plain HTTP by default, or HTTPS trusting one CA (and presenting
+/// a client certificate), with basic auth credentials or none. Every request is a new
+/// connection.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// The CA certificate (PEM) trusted for HTTPS; `None`: plain HTTP.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain and its key (PEM).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    pub basic_auth: Option<(String, String)>,
+}
+
+impl Client {
+    /// HTTPS, trusting the CA certificate in `ca_pem`.
+    pub fn https(ca_pem: &[u8]) -> Client {
+        Client { ca_pem: Some(ca_pem.to_vec()), ..Client::default() }
     }
-    let mut resp = req.call()?;
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or_default().to_string()))
-        .collect();
-    let status = resp.status().as_u16();
-    let body = resp.body_mut().with_config().limit(256 << 20).read_to_vec()?;
-    Ok(Response { status, headers, body })
+
+    pub fn identity(mut self, cert_pem: &[u8], key_pem: &[u8]) -> Client {
+        self.identity = Some((cert_pem.to_vec(), key_pem.to_vec()));
+        self
+    }
+
+    pub fn basic_auth(mut self, user: &str, password: &str) -> Client {
+        self.basic_auth = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.ca_pem.is_some() { "https" } else { "http" }
+    }
+
+    fn agent(&self) -> ureq::Agent {
+        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+        let mut tls = TlsConfig::builder();
+        if let Some(ca) = &self.ca_pem {
+            tls = tls.root_certs(RootCerts::new_with_certs(&[Certificate::from_pem(ca).expect("CA PEM")]));
+        }
+        if let Some((cert, key)) = &self.identity {
+            let chain = [Certificate::from_pem(cert).expect("client certificate PEM")];
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, PrivateKey::from_pem(key).expect("client key PEM"))));
+        }
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .max_idle_connections(0)
+            .tls_config(tls.build())
+            .build()
+            .into()
+    }
+
+    /// GET `url` with `headers`; an HTTP error status is a response, not an error.
+    pub fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<Response, ureq::Error> {
+        use base64::Engine as _;
+        let mut req = self.agent().get(url);
+        if let Some((user, password)) = &self.basic_auth {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            req = req.header("Authorization", format!("Basic {token}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = req.call()?;
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or_default().to_string()))
+            .collect();
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().with_config().limit(256 << 20).read_to_vec()?;
+        Ok(Response { status, headers, body })
+    }
 }
 
 /// One parsed sample.

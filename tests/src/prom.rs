@@ -69,6 +69,12 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(targets: &[u16], rule_files: &[&Path], alertmanager: Option<u16>) -> Prometheus {
+        Self::start_with_job(targets, rule_files, alertmanager, "")
+    }
+
+    /// Like `start`, with `job` (YAML lines at the level of `static_configs`, e.g. `scheme:
+    /// https`, `tls_config:` and `basic_auth:`) added to the cgwatch scrape job.
+    pub fn start_with_job(targets: &[u16], rule_files: &[&Path], alertmanager: Option<u16>, job: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let mut config = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n");
         if !rule_files.is_empty() {
@@ -82,7 +88,11 @@ impl Prometheus {
                 "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am}']\n"
             ));
         }
-        config.push_str("scrape_configs:\n  - job_name: cgwatch\n    static_configs:\n      - targets: [");
+        config.push_str("scrape_configs:\n  - job_name: cgwatch\n");
+        for line in job.lines() {
+            config.push_str(&format!("    {line}\n"));
+        }
+        config.push_str("    static_configs:\n      - targets: [");
         config.push_str(&targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect::<Vec<_>>().join(", "));
         config.push_str("]\n");
         let file = dir.path().join("prometheus.yml");

@@ -261,6 +261,9 @@ fn main() -> Result<()> {
                 // kubectl (with kustomize) comes from the Google Cloud CLI packages where they
                 // are set up; Debian's kubernetes-client is the fallback.
                 ("kubectl", "kubernetes-client"),
+                // The TLS and basic auth tests make certificates and bcrypt hashes.
+                ("openssl", "openssl"),
+                ("htpasswd", "apache2-utils"),
             ])?;
             // The deploy tests run the image (podman kube play) and validate the manifests
             // against the Kubernetes schema offline.

@@ -27,7 +27,8 @@ pub fn version() -> &'static str {
 /// and checks its size.
 pub fn image(root: &Path, extra_tags: &[String]) -> Result<String> {
     ensure_toolchain()?;
-    ensure_apt_tools(&[("podman", "podman"), ("strip", "binutils")])?;
+    // ring (rustls's crypto) compiles C and assembly: for the musl target, with musl-gcc.
+    ensure_apt_tools(&[("podman", "podman"), ("strip", "binutils"), ("musl-gcc", "musl-tools")])?;
     let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
     if !installed.lines().any(|l| l.trim() == MUSL) {
         eprintln!("xtask: installing the {MUSL} target (static binary for the image)");

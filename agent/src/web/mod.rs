@@ -1,8 +1,17 @@
 //! HTTP: `/metrics` (OpenMetrics or the text format, gzip when asked), `/healthz` (liveness),
 //! `/readyz` (readiness: the probes are loaded and attached) and a landing page. The server runs
-//! from start-up, so that liveness answers while the probes load.
+//! from start-up, so that liveness answers while the probes load. TLS, basic auth and response
+//! headers come from the web config file (`config`, reloaded by `reload`); `limits` keeps
+//! hostile clients from holding the server, `scrape` lets concurrent scrapes share encodings.
 
+pub mod auth;
+pub mod config;
 pub mod exposition;
+pub mod limits;
+pub mod reload;
+pub mod scrape;
+pub mod server;
+pub mod tls;
 
 use std::{
     net::SocketAddr,
@@ -17,9 +26,14 @@ use axum::{
     routing::get,
 };
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
-use exposition::Format;
+pub use limits::Limits;
+use scrape::{ScrapeError, Scrapes, Variant};
+
+/// Pending connections the kernel queues for the accept loop: a burst of clients must not
+/// fill the queue, or a scraper's SYN waits for a retransmission (a second or more).
+const BACKLOG: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -29,18 +43,23 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("HTTP server failed")]
-    Serve(#[source] std::io::Error),
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+    let listen = || {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    listen().map_err(|source| ServerError::Bind { addr, source })
 }
 
 /// What the handlers serve: nothing until start-up has loaded the probes, then the metrics.
 #[derive(Debug, Default)]
 pub struct Exporter {
     metrics: OnceLock<Ready>,
+    scrapes: Arc<Scrapes>,
 }
 
 #[derive(Debug)]
@@ -63,36 +82,22 @@ async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> R
     let Some(ready) = exporter.metrics.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, STARTING).into_response();
     };
-    let registry = ready.registry.clone();
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let format = exposition::negotiate(header(header::ACCEPT));
     let gzip = exposition::accepts_gzip(header(header::ACCEPT_ENCODING));
-    // Collectors read maps and small files: keep that off the async workers.
-    let encoded = tokio::task::spawn_blocking(move || encode(&registry, format, gzip)).await;
-    match encoded {
-        Ok(Ok((body, gzipped))) => {
+    match exporter.scrapes.scrape(&ready.registry, Variant { format, gzip }).await {
+        Ok(body) => {
             let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
-            if gzipped {
+            if gzip {
                 response.headers_mut().insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
             }
             response
         }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}\n")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("scrape failed: {e}\n")).into_response(),
+        Err(e @ ScrapeError::Busy) => {
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], format!("{e}\n")).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
-}
-
-/// Encodes the registry in `format`; returns the body and whether it is gzipped.
-fn encode(registry: &Registry, format: Format, gzip: bool) -> Result<(Vec<u8>, bool), String> {
-    let mut body = String::with_capacity(64 * 1024);
-    prometheus_client::encoding::text::encode(&mut body, registry).map_err(|e| e.to_string())?;
-    if format == Format::Text {
-        body = exposition::to_text_format(&body);
-    }
-    if gzip {
-        return exposition::gzip(body.as_bytes()).map(|b| (b, true)).map_err(|e| e.to_string());
-    }
-    Ok((body.into_bytes(), false))
 }
 
 async fn readyz(State(exporter): State<Arc<Exporter>>) -> Response {
@@ -118,13 +123,13 @@ pub fn router(exporter: Arc<Exporter>) -> Router {
         .with_state(exporter)
 }
 
+/// Serves until `shutdown`, with the web config `security` holds and the connection `limits`.
 pub async fn serve(
     listener: TcpListener,
     exporter: Arc<Exporter>,
+    security: Arc<reload::Live>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    axum::serve(listener, router(exporter))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServerError::Serve)
+) {
+    server::run(listener, router(exporter), security, limits, shutdown).await;
 }
