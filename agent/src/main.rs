@@ -29,6 +29,7 @@ use log::{info, warn};
 use tokio::sync::Notify;
 
 fn main() -> ExitCode {
+    memory::tune_allocator();
     let config = match Config::try_parse() {
         Ok(c) => c,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),

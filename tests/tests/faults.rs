@@ -72,7 +72,9 @@ fn a_full_ring_buffer_is_counted_and_the_rescan_names_what_it_lost() {
 /// every scrape succeeds and parses, and every exit is counted.
 #[test]
 fn cgroups_vanishing_while_scraped_never_break_a_scrape() {
-    let agent = Agent::start(&["--sample-interval", "100ms", "--scan-interval", "100ms", "--retain", "1h"]);
+    // Every cgroup keeps its series (a fast machine makes thousands in the 8 s).
+    let agent =
+        Agent::start(&["--sample-interval", "100ms", "--scan-interval", "100ms", "--retain", "1h", "--max-cgroups", "100000"]);
     let stop = AtomicBool::new(false);
     let (scrapes, made) = std::thread::scope(|s| {
         let scraper = s.spawn(|| {

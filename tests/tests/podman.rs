@@ -111,7 +111,8 @@ fn container_cpu_and_memory_agree_with_its_cgroup_files() {
     assert!(close(m.get("cgwatch_cgroup_memory_usage_bytes", &l), mem), "memory: files say {mem}");
     assert_eq!(m.get("cgwatch_cgroup_memory_limit_bytes", &l), Some((256 << 20) as f64));
     let ws = m.get("cgwatch_cgroup_memory_working_set_bytes", &l).unwrap();
-    assert!(ws >= (60 << 20) as f64 && ws <= mem, "working set {ws} of usage {mem}");
+    // The agent sampled it a moment apart from the file read above: allow 2 % of growth.
+    assert!(ws >= (60 << 20) as f64 && ws <= mem * 1.02, "working set {ws} of usage {mem}");
 }
 
 /// Done means: with two podman containers and a systemd-style service on the host, /metrics
