@@ -93,14 +93,43 @@ pub fn to_text_format(om: &str) -> String {
     // The HELP line waits for its TYPE line, which tells the name the text format wants.
     let mut help: Option<(&str, &str)> = None;
     let mut counter: Option<&str> = None;
-    for line in om.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+    let mut rest = om;
+    while !rest.is_empty() {
+        if !rest.starts_with('#') {
+            // A run of sample lines, up to the next comment line: copied in one piece unless it
+            // holds what the text format has no place for (never the case for cgwatch's own
+            // collectors, whose samples have no exemplars and no `_created`).
+            let end = rest.find("\n#").map_or(rest.len(), |i| i + 1);
+            let (samples, next) = rest.split_at(end);
+            if let Some((name, text)) = help.take() {
+                // A HELP without a TYPE: keep it as it was.
+                push_line(&mut out, &["# HELP ", name, " ", text]);
+            }
+            if samples.contains(" # ") || counter.is_some_and(|c| samples.contains(&format!("{c}_created"))) {
+                for line in samples.lines() {
+                    if counter.is_some_and(|c| line.strip_prefix(c).is_some_and(|r| r.starts_with("_created"))) {
+                        continue;
+                    }
+                    push_line(&mut out, &[strip_exemplar(line)]);
+                }
+            } else {
+                out.push_str(samples);
+                if !samples.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            rest = next;
+            continue;
+        }
+        let (line, next) = rest.split_once('\n').unwrap_or((rest, ""));
+        rest = next;
+        if let Some(r) = line.strip_prefix("# HELP ") {
+            let (name, text) = r.split_once(' ').unwrap_or((r, ""));
             help = Some((name, text));
             continue;
         }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+        if let Some(r) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = r.split_once(' ').unwrap_or((r, "untyped"));
             let (suffix, kind) = match kind {
                 "counter" => ("_total", "counter"),
                 "info" => ("_info", "gauge"),
@@ -118,20 +147,9 @@ pub fn to_text_format(om: &str) -> String {
             continue;
         }
         if let Some((name, text)) = help.take() {
-            // A HELP without a TYPE: keep it as it was.
             push_line(&mut out, &["# HELP ", name, " ", text]);
         }
-        if line.starts_with('#') {
-            push_line(&mut out, &[line]);
-            continue;
-        }
-        // A counter's `_created` sample has no place in the text format.
-        if let Some(c) = counter
-            && line.strip_prefix(c).is_some_and(|r| r.starts_with("_created"))
-        {
-            continue;
-        }
-        push_line(&mut out, &[strip_exemplar(line)]);
+        push_line(&mut out, &[line]);
     }
     out
 }
@@ -203,6 +221,18 @@ mod tests {
         let mut back = String::new();
         flate2::read::GzDecoder::new(&gzip(body.as_bytes()).unwrap()[..]).read_to_string(&mut back).unwrap();
         assert_eq!(back, body);
+    }
+
+    /// Runs of plain samples are copied whole; every family keeps its samples, in order.
+    #[test]
+    fn plain_sample_runs_are_copied_whole() {
+        let om = "# HELP c Counts.\n# TYPE c counter\nc_total{a=\"1\"} 1\nc_total{a=\"#2\"} 2\n\
+                  # HELP g Gauges.\n# TYPE g gauge\ng{a=\"x\"} 0.5\ng 7\n# EOF\n";
+        assert_eq!(
+            to_text_format(om),
+            "# HELP c_total Counts.\n# TYPE c_total counter\nc_total{a=\"1\"} 1\nc_total{a=\"#2\"} 2\n\
+             # HELP g Gauges.\n# TYPE g gauge\ng{a=\"x\"} 0.5\ng 7\n"
+        );
     }
 
     #[test]
