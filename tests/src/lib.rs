@@ -58,6 +58,28 @@ pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.exists()))
 }
 
+/// A field of /proc/PID/status ("VmRSS:", "CapEff:", ...), its value trimmed ("1234 kB",
+/// "000000c000000000").
+pub fn proc_status(pid: u32, field: &str) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or_else(|| panic!("no {field} for {pid}")).trim().to_string()
+}
+
+/// A kB field of /proc/PID/status ("VmRSS:"), in kB.
+pub fn proc_status_kib(pid: u32, field: &str) -> f64 {
+    proc_status(pid, field).trim_end_matches("kB").trim().parse().unwrap()
+}
+
+/// A capability set of /proc/PID/status ("CapEff:", "CapBnd:"), as its bit mask.
+pub fn proc_caps(pid: u32, field: &str) -> u64 {
+    u64::from_str_radix(&proc_status(pid, field), 16).unwrap()
+}
+
+/// How many descriptors a process holds.
+pub fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
 /// A free loopback port (bound and released; the agent binds it right after).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

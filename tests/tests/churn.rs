@@ -11,14 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cgwatch_tests::{Agent, Metrics, TestCgroup};
+use cgwatch_tests::{Agent, Metrics, TestCgroup, proc_status_kib};
 
 const CGROUPS: usize = 5000;
-
-fn rss_kib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
-}
 
 fn entries(m: &Metrics) -> f64 {
     m.sum("cgwatch_map_entries", &[])
@@ -39,7 +34,7 @@ fn five_thousand_cgroups_come_and_go_with_every_count_shown_and_memory_back_to_b
     std::thread::sleep(retain + Duration::from_secs(3));
     let _ = agent.scrape();
     let base_m = agent.scrape_until(Duration::from_secs(5), |m| !m.find("cgwatch_map_entries", &[]).is_empty());
-    let (base_entries, base_rss) = (entries(&base_m), rss_kib(agent.pid()));
+    let (base_entries, base_rss) = (entries(&base_m), proc_status_kib(agent.pid(), "VmRSS:"));
 
     let seen: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
     let done = AtomicBool::new(false);
@@ -56,7 +51,7 @@ fn five_thousand_cgroups_come_and_go_with_every_count_shown_and_memory_back_to_b
                         seen.insert(sample.labels["cgroup"].clone());
                     }
                 }
-                peak = peak.max(rss_kib(agent.pid()));
+                peak = peak.max(proc_status_kib(agent.pid(), "VmRSS:"));
                 std::thread::sleep(Duration::from_millis(250));
             }
             peak
@@ -102,7 +97,7 @@ fn five_thousand_cgroups_come_and_go_with_every_count_shown_and_memory_back_to_b
     let end_entries = entries(&m);
     assert!(end_entries <= base_entries * 1.1 + 10.0, "map entries {end_entries}, baseline {base_entries}");
     std::thread::sleep(Duration::from_secs(2));
-    let end_rss = rss_kib(agent.pid());
+    let end_rss = proc_status_kib(agent.pid(), "VmRSS:");
     assert_eq!(m.sum("cgwatch_events_lost_total", &[]), 0.0, "nothing dropped");
     eprintln!(
         "churn: {CGROUPS} cgroups in {churn_secs:.1} s; map entries {base_entries} -> {end_entries}; \

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cgwatch_tests::{Metrics, PinDir, TestCgroup, deploy, http_get, in_netns_of, podman};
+use cgwatch_tests::{Metrics, PinDir, TestCgroup, deploy, http_get, in_netns_of, podman, proc_caps};
 
 /// A pod started by `podman kube play`, removed on drop.
 struct PlayedPod {
@@ -68,13 +68,6 @@ impl Drop for PlayedPod {
     }
 }
 
-/// A capability set of a process (`CapEff:`, `CapBnd:`, ...), as the bit mask /proc prints.
-fn cap_set(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hex = status.lines().find_map(|l| l.strip_prefix(field)).unwrap().trim();
-    u64::from_str_radix(hex, 16).unwrap()
-}
-
 const CAP_SYS_RESOURCE: u64 = 1 << 24;
 const CAP_PERFMON: u64 = 1 << 38;
 const CAP_BPF: u64 = 1 << 39;
@@ -114,12 +107,9 @@ fn the_daemonset_pod_runs_the_agent_from_the_image_with_its_capabilities_only() 
     // the host has it; this development host does not): the agent started with those, and
     // once attached it holds none (it runs as root in the container: it reads the runtimes'
     // root-owned state without CAP_DAC_READ_SEARCH).
-    let bounding = {
-        let s = std::fs::read_to_string("/proc/self/status").unwrap();
-        u64::from_str_radix(s.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim(), 16).unwrap()
-    };
-    assert_eq!(cap_set(pid, "CapBnd:"), (CAP_BPF | CAP_PERFMON | CAP_SYS_RESOURCE) & bounding, "the pod's capabilities");
-    assert_eq!((cap_set(pid, "CapEff:"), cap_set(pid, "CapPrm:")), (0, 0), "dropped after attaching");
+    let bounding = proc_caps(std::process::id(), "CapBnd:");
+    assert_eq!(proc_caps(pid, "CapBnd:"), (CAP_BPF | CAP_PERFMON | CAP_SYS_RESOURCE) & bounding, "the pod's capabilities");
+    assert_eq!((proc_caps(pid, "CapEff:"), proc_caps(pid, "CapPrm:")), (0, 0), "dropped after attaching");
 
     // A denial in a host service, counted exactly (the manifest selects containers and
     // services: plain cgroups are summed into "(other)").

@@ -4,21 +4,16 @@
 
 use std::time::Duration;
 
-use cgwatch_tests::{Agent, TestCgroup, podman::Container};
-
-/// (CapEff, CapPrm, CapAmb) of a process.
-fn caps(pid: u32) -> (u64, u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |f: &str| u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix(f)).unwrap().trim(), 16).unwrap();
-    (field("CapEff:"), field("CapPrm:"), field("CapAmb:"))
-}
+use cgwatch_tests::{Agent, TestCgroup, podman::Container, proc_caps, proc_status};
 
 const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
 
 /// The agent's capabilities once it serves /metrics, and a denial in a fresh cgroup counted
 /// exactly and a podman container named after the drop.
 fn keeps_working_after_the_drop(agent: &Agent) {
-    assert_eq!(caps(agent.pid()), (CAP_DAC_READ_SEARCH, CAP_DAC_READ_SEARCH, 0), "{}", agent.log());
+    let pid = agent.pid();
+    let caps = (proc_caps(pid, "CapEff:"), proc_caps(pid, "CapPrm:"), proc_caps(pid, "CapAmb:"));
+    assert_eq!(caps, (CAP_DAC_READ_SEARCH, CAP_DAC_READ_SEARCH, 0), "{}", agent.log());
     assert!(agent.log().contains("capabilities dropped"), "{}", agent.log());
     let cg = TestCgroup::new("privs");
     assert!(cg.run(&["seccomp", "--action", "errno", "--count", "11"]).success());
@@ -47,7 +42,7 @@ fn a_non_root_agent_with_ambient_capabilities_counts_and_names_containers() {
     let (inh, amb, bnd) = (format!("--inh-caps={set}"), format!("--ambient-caps={set}"), format!("--bounding-set={set}"));
     let wrap = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", &inh, &amb, &bnd];
     let agent = Agent::start_wrapped(&wrap, &[]);
-    let uid = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
-    assert!(uid.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")), "{uid}");
+    let uid = proc_status(agent.pid(), "Uid:");
+    assert!(uid.starts_with("65534"), "{uid}");
     keeps_working_after_the_drop(&agent);
 }

@@ -7,16 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cgwatch_tests::{Agent, TestCgroup};
-
-fn status_kib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix(field)).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-}
+use cgwatch_tests::{Agent, TestCgroup, open_fds, proc_status_kib};
 
 #[test]
 fn ten_minutes_of_mixed_load_counts_exactly_without_growing() {
@@ -74,7 +65,7 @@ fn ten_minutes_of_mixed_load_counts_exactly_without_growing() {
         while Instant::now() < deadline {
             let t = Instant::now();
             let _ = agent.scrape();
-            let (rss, fd) = (status_kib(agent.pid(), "VmRSS:"), fds(agent.pid()));
+            let (rss, fd) = (proc_status_kib(agent.pid(), "VmRSS:"), open_fds(agent.pid()));
             if after_warm_up.is_none() && t >= warm_up {
                 after_warm_up = Some((rss, fd));
             }

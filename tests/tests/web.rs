@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cgwatch_tests::{Agent, Client, TestCgroup, http_get, pki::Pki};
+use cgwatch_tests::{Agent, Client, TestCgroup, http_get, open_fds, pki::Pki};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -91,11 +91,6 @@ fn methods_bodies_huge_headers_and_junk_are_refused() {
     for log in [agent.log(), tls.log()] {
         assert!(!log.contains("panicked") && !log.contains("ERROR"), "{log}");
     }
-}
-
-/// Open descriptors of process `pid`.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0)
 }
 
 /// (p50, p99, max) of `samples`.
@@ -257,7 +252,7 @@ fn scrapes_keep_working_under_attack() {
     let body_bytes = agent.get("/metrics", &[]).body.len();
 
     // Without attack.
-    let baseline_fds = fds(pid);
+    let baseline_fds = open_fds(pid);
     let (quiet, quiet_failures) = scrape_latencies(&addr, SCRAPES, || {});
     assert!(quiet_failures.is_empty(), "{quiet_failures:?}");
     let (q50, q99, qmax) = percentiles(&quiet);
@@ -290,15 +285,15 @@ fn scrapes_keep_working_under_attack() {
         // Let the attack build up: every slow client connected at least once.
         let ramp = Instant::now();
         while opened.load(Ordering::Relaxed) < 2300 && ramp.elapsed() < Duration::from_secs(20) {
-            peak_fds = peak_fds.max(fds(pid));
+            peak_fds = peak_fds.max(open_fds(pid));
             std::thread::sleep(Duration::from_millis(100));
         }
         let started = Instant::now();
         let (latencies, failures) = scrape_latencies(&addr, SCRAPES, || {
-            peak_fds = peak_fds.max(fds(pid));
+            peak_fds = peak_fds.max(open_fds(pid));
             assert!(cg.run(&["seccomp", "--action", "errno", "--count", &DENIALS.to_string()]).success());
         });
-        peak_fds = peak_fds.max(fds(pid));
+        peak_fds = peak_fds.max(open_fds(pid));
         let attack_time = started.elapsed();
         stop.store(true, Ordering::Relaxed);
         for t in scrapers {
@@ -348,7 +343,7 @@ fn scrapes_keep_working_under_attack() {
     let settle = |what: &str| {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let n = fds(pid);
+            let n = open_fds(pid);
             if n <= baseline_fds {
                 return Instant::now();
             }
