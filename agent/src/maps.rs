@@ -11,7 +11,6 @@ use std::{
     collections::HashMap,
     fmt,
     hash::Hash,
-    path::Path,
     sync::{Mutex, MutexGuard},
 };
 
@@ -206,8 +205,7 @@ impl KernelMaps {
 
     /// Adds the counts of a pinned map that was set aside (resized) into the live map of the
     /// same name. Returns how many keys it had.
-    pub fn absorb(&self, map: &str, old: &Path) -> Result<usize, MapError> {
-        let data = MapData::from_pin(old)?;
+    pub fn absorb(&self, map: &str, data: MapData) -> Result<usize, MapError> {
         match map {
             "SECCOMP_COUNTS" => lock(&self.seccomp).absorb(data),
             "EXIT_COUNTS" => lock(&self.exits).absorb(data),

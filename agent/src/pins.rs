@@ -18,7 +18,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{maps::MapInfo, programs::links::PinnedLink};
+use aya::{
+    maps::{MapData, MapInfo},
+    programs::links::PinnedLink,
+};
 use log::{info, warn};
 
 /// Version of the pinned maps' layout: bump it when a pinned map's key or value type, or its
@@ -81,11 +84,16 @@ pub struct Pins {
     dir: PathBuf,
 }
 
-/// A pinned map set aside to have its counts copied into its resized successor.
-#[derive(Debug)]
+/// A pinned map set aside (open, unpinned) to have its counts copied into its resized successor.
 pub struct Migration {
     pub map: &'static str,
-    pub old: PathBuf,
+    pub old: MapData,
+}
+
+impl std::fmt::Debug for Migration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Migration({})", self.map)
+    }
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -192,9 +200,10 @@ impl Pins {
             match have {
                 Ok(have) if have == *want => {}
                 Ok(have) if have.key_size == want.key_size && have.value_size == want.value_size && MIGRATED_MAPS.contains(name) => {
-                    let old = path.with_file_name(format!("{name}.resized"));
-                    let _ = fs::remove_file(&old);
-                    fs::rename(&path, &old).map_err(io_err(&path))?;
+                    // Held open and unpinned (bpffs refuses renames): the loader pins a new map of
+                    // the wanted size in its place, and the counts are copied over after.
+                    let old = MapData::from_pin(&path).map_err(|e| PinError::Io { path: path.clone(), source: io::Error::other(e) })?;
+                    fs::remove_file(&path).map_err(io_err(&path))?;
                     info!("pins: {name} holds {} entries, {} wanted: its counts move to a new map", have.max_entries, want.max_entries);
                     migrations.push(Migration { map: name, old });
                 }

@@ -81,3 +81,27 @@ fn prometheus_increase_across_a_restart_is_exact() {
     assert_eq!(prom.increase_between(&selector, 5.0, 13.0), 8.0);
     assert_eq!(prom.value(&format!("resets({selector}[10m])")), Some(0.0), "no counter reset");
 }
+
+/// A restart with another --max-cgroups resizes the counter maps: the counts move into the new
+/// maps, and an agent of another map layout would start clean (both say so in the log).
+#[test]
+fn a_resized_map_keeps_its_counts() {
+    let pins = PinDir::new("resize");
+    let pin = pins.arg();
+    let cg = TestCgroup::new("resize");
+    let agent = Agent::start(&["--pin-path", &pin, "--max-cgroups", "2000"]);
+    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "6"]).success());
+    assert_eq!(cg.run(&["exit", "3"]).code(), Some(3));
+    let m = agent.scrape_until(Duration::from_secs(10), |m| counts(m, &cg) == (Some(6.0), Some(1.0)));
+    assert_eq!(counts(&m, &cg), (Some(6.0), Some(1.0)));
+    agent.stop(libc::SIGTERM);
+    let agent = Agent::start(&["--pin-path", &pin, "--max-cgroups", "3000"]);
+    let m = agent.scrape();
+    assert_eq!(m.get("cgwatch_map_capacity", &[("map", "seccomp")]), Some(12000.0), "{}", agent.log());
+    assert_eq!(counts(&m, &cg), (Some(6.0), Some(1.0)), "{}", agent.log());
+    assert!(agent.log().contains("counters of SECCOMP_COUNTS carried into the resized map"), "{}", agent.log());
+    // The new maps count on.
+    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "2"]).success());
+    let m = agent.scrape();
+    assert_eq!(counts(&m, &cg).0, Some(8.0));
+}

@@ -192,11 +192,10 @@ pub fn load(
     );
     // The old programs are detached now: move the resized maps' counts into the new ones.
     for m in migrations {
-        match maps.absorb(m.map, &m.old) {
+        match maps.absorb(m.map, m.old) {
             Ok(n) => info!("pins: {n} counters of {} carried into the resized map", m.map),
             Err(e) => warn!("pins: the counts of the resized {} are lost: {e}", m.map),
         }
-        let _ = std::fs::remove_file(&m.old);
     }
     let events = take(&mut ebpf, "EVENTS")?;
     let kernel_log = match EbpfLogger::init(&mut ebpf) {
