@@ -99,7 +99,11 @@ fn ten_minutes_of_mixed_load_counts_exactly_without_growing() {
     let first = samples.iter().position(|s| *s == after_warm_up).unwrap();
     let rss0 = median(&samples[first..(first + 10).min(samples.len())]);
     let rss1 = median(&samples[samples.len().saturating_sub(10)..]);
-    let (fd0, fd1) = (after_warm_up.1, samples.last().unwrap().1);
+    // Descriptors: the fewest open in each window. A scrape's socket or a cgroup file being read
+    // can be open at the instant of one sample; a leak raises the floor.
+    let fewest = |v: &[(f64, usize)]| v.iter().map(|s| s.1).min().unwrap();
+    let fd0 = fewest(&samples[first..(first + 10).min(samples.len())]);
+    let fd1 = fewest(&samples[samples.len().saturating_sub(10)..]);
     let peak = samples.iter().map(|s| s.0).fold(0.0, f64::max);
     eprintln!(
         "soak {secs} s: {denied} denials, {exits} exits + {forks} forks, {ooms} OOM kills, {} churned cgroups, {} scrapes; \
