@@ -177,7 +177,7 @@ async fn run(config: Config) -> Result<()> {
         (Some(sink), Some(ring)) => {
             let reader = events::Reader { registry: registry.clone(), memory_v1: layout.memory_v1.clone(), sink };
             tokio::spawn(reader.run(ring));
-            info!("event stream on: {:?}, at most {} events a second per cgroup and type, bursts of {}", config.events, config.events_rate, config.events_burst);
+            info!("event stream to {}: at most {} events a second per cgroup and type, bursts of {}", config.events, config.events_rate, config.events_burst);
         }
         (Some(_), None) => warn!("event stream off: the probes are not loaded"),
         _ => {}

@@ -33,6 +33,16 @@ pub enum Destination {
     File(PathBuf),
 }
 
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Off => f.write_str("off"),
+            Destination::Stdout => f.write_str("stdout"),
+            Destination::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 impl Destination {
     /// `off`, `stdout` (or `-`), or a file path.
     pub fn parse(s: &str) -> Result<Self, String> {
