@@ -56,7 +56,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    // Every task is dropped here (the event stream's last sink with them); then the writer gets
+    // a moment to write what it still holds.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    if !events::sink::finish(std::time::Duration::from_secs(3)) {
+        warn!("events: the writer did not finish in 3 s; lines still queued are lost");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cgwatch: {e:#}");
@@ -173,10 +180,12 @@ async fn run(config: Config) -> Result<()> {
     if let Some(ring) = cgroup_events {
         tokio::spawn(tasks::cgroup_events(ring, registry.clone(), wake_resolver.clone()));
     }
+    let stop_events = Arc::new(Notify::new());
+    let mut event_reader = None;
     match (sink, event_ring) {
         (Some(sink), Some(ring)) => {
             let reader = events::Reader { registry: registry.clone(), memory_v1: layout.memory_v1.clone(), sink };
-            tokio::spawn(reader.run(ring));
+            event_reader = Some(tokio::spawn(reader.run(ring, stop_events.clone())));
             info!("event stream to {}: at most {} events a second per cgroup and type, bursts of {}", config.events, config.events_rate, config.events_burst);
         }
         (Some(_), None) => warn!("event stream off: the probes are not loaded"),
@@ -188,8 +197,16 @@ async fn run(config: Config) -> Result<()> {
 
     exporter.set_ready(Arc::new(metrics), probe_summary);
     info!("serving metrics on {scheme}://{}/metrics", config.listen);
-    server.await.context("HTTP server")?;
+    let served = server.await;
     info!("shutting down");
+    // The events still in the ring, or waiting for names, are written before the agent exits.
+    if let Some(reader) = event_reader {
+        stop_events.notify_one();
+        if tokio::time::timeout(std::time::Duration::from_secs(3), reader).await.is_err() {
+            warn!("events: the reader did not finish in 3 s");
+        }
+    }
+    served.context("HTTP server")?;
     Ok(())
 }
 

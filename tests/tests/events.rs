@@ -238,7 +238,7 @@ fn a_storm_is_rate_limited_in_the_kernel_and_counted_exactly() {
 }
 
 #[test]
-fn the_file_is_reopened_on_sighup_and_a_bad_path_stops_the_agent_with_one_line() {
+fn the_file_is_reopened_on_sighup_flushed_at_sigterm_and_a_bad_path_stops_the_agent_with_one_line() {
     let log = EventLog::default();
     let agent = Agent::start(&log.flag());
     let cg = TestCgroup::new("ev-rotate");
@@ -265,6 +265,13 @@ fn the_file_is_reopened_on_sighup_and_a_bad_path_stops_the_agent_with_one_line()
     let m = agent.scrape();
     assert!(m.get("cgwatch_events_written_total", &[("type", "exit")]).unwrap() >= 2.0);
     assert_eq!(m.sum("cgwatch_events_dropped_total", &[]), 0.0);
+
+    // SIGTERM right after an event: the agent writes it before it exits.
+    assert_eq!(cg.run(&["exit", "7"]).code(), Some(7));
+    let said = agent.stop(libc::SIGTERM);
+    let events = log.of(&cg.rel);
+    assert_eq!(events.last().map(|e| &e["exit_code"]), Some(&json!(7)), "{events:?}\n{said}");
+    assert!(!said.contains("lost"), "{said}");
 
     // A file that cannot be opened: one line, exit status 1, before anything else starts.
     let out = std::process::Command::new(cgwatch_tests::cgwatch_bin())

@@ -15,7 +15,7 @@ use std::{
 use agent_common::Event;
 use aya::maps::{MapData, RingBuf};
 use log::warn;
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, sync::Notify};
 
 pub use sink::{Destination, Sink, Stats};
 
@@ -36,9 +36,10 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Reads the ring for as long as the agent runs, holding each record until its cgroup is
-    /// named (at most `HOLD_FOR_NAMES`), in order.
-    pub async fn run(self, ring: RingBuf<MapData>) {
+    /// Reads the ring until `stop` is notified, holding each record until its cgroup is named
+    /// (at most `HOLD_FOR_NAMES`), in order. On `stop`, reads what the ring still holds and hands
+    /// every record over at once, then drops the sink (see `sink::finish`).
+    pub async fn run(self, ring: RingBuf<MapData>, stop: Arc<Notify>) {
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as it
         // lives, and the AsyncFd owns the RingBuf.
         let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
@@ -52,7 +53,18 @@ impl Reader {
         let mut held: VecDeque<(Event, Instant)> = VecDeque::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
+            let mut stopping = false;
             tokio::select! {
+                _ = stop.notified() => {
+                    let ring = fd.get_mut();
+                    let now = Instant::now();
+                    while let Some(item) = ring.next() {
+                        if let Some(e) = decode(&item) {
+                            held.push_back((e, now));
+                        }
+                    }
+                    stopping = true;
+                }
                 guard = fd.readable_mut() => {
                     let mut guard = match guard {
                         Ok(g) => g,
@@ -64,9 +76,8 @@ impl Reader {
                     let now = Instant::now();
                     let ring = guard.get_inner_mut();
                     while let Some(item) = ring.next() {
-                        if item.len() >= size_of::<Event>() {
-                            // SAFETY: the probes submit whole `Event`s; read unaligned.
-                            held.push_back((unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) }, now));
+                        if let Some(e) = decode(&item) {
+                            held.push_back((e, now));
                         }
                     }
                     guard.clear_ready();
@@ -81,7 +92,7 @@ impl Reader {
             };
             while let Some((e, at)) = held.front() {
                 let named = self.registry.describe(e.cgroup_id).is_some_and(|(_, id)| !id.pending());
-                if !named && at.elapsed() < HOLD_FOR_NAMES && held.len() <= MAX_HELD {
+                if !named && !stopping && at.elapsed() < HOLD_FOR_NAMES && held.len() <= MAX_HELD {
                     break;
                 }
                 if let Some(line) = record::encode(&ctx, e)
@@ -91,6 +102,15 @@ impl Reader {
                 }
                 held.pop_front();
             }
+            if stopping {
+                return;
+            }
         }
     }
+}
+
+/// A record of the ring, if it is one.
+fn decode(item: &[u8]) -> Option<Event> {
+    // SAFETY: the probes submit whole `Event`s (checked by length); read unaligned.
+    (item.len() >= size_of::<Event>()).then(|| unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) })
 }

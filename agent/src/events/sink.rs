@@ -10,7 +10,8 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+        Mutex,
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, channel, sync_channel},
     },
     time::{Duration, Instant},
 };
@@ -128,7 +129,15 @@ impl Sink {
         }
         let (tx, rx) = sync_channel(QUEUE_LINES);
         let writer = Writer { out, path: dest.clone(), rx, reopen, stats: stats.clone() };
-        std::thread::Builder::new().name("cgwatch-events".into()).spawn(move || writer.run()).map_err(SinkError::Thread)?;
+        let (done_tx, done_rx) = channel();
+        std::thread::Builder::new()
+            .name("cgwatch-events".into())
+            .spawn(move || {
+                writer.run();
+                let _ = done_tx.send(());
+            })
+            .map_err(SinkError::Thread)?;
+        *WRITER_DONE.lock().unwrap_or_else(|e| e.into_inner()) = Some(done_rx);
         Ok(Some(Sink { tx, stats }))
     }
 
@@ -141,6 +150,18 @@ impl Sink {
                 self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Said by the writer thread when it has written everything queued and the last `Sink` is gone.
+static WRITER_DONE: Mutex<Option<Receiver<()>>> = Mutex::new(None);
+
+/// At shutdown, once every `Sink` is dropped: waits (at most `timeout`) for the writer to write
+/// what is still queued. False when it did not finish in time.
+pub fn finish(timeout: Duration) -> bool {
+    match WRITER_DONE.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(done) => done.recv_timeout(timeout).is_ok(),
+        None => true,
     }
 }
 
