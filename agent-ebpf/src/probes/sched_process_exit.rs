@@ -138,7 +138,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         maps::count_exit(&ExitKey { container: 1, ..key }, PROBE);
     }
     // Exits worth a look, and every container exit.
-    if why != reason::SUCCESS || container {
+    if crate::events::enabled() && (why != reason::SUCCESS || container) {
         let code = if sig == 0 { ((status >> 8) & 0xff) as i32 } else { -1 };
         crate::events::exit(task, cgroup_id, why, code, signal, container, PROBE);
     }
