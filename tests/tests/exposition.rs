@@ -11,7 +11,9 @@ const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,appl
 
 /// An agent with one cgroup that has seccomp, exit and resource series.
 fn agent_with_events() -> (Agent, TestCgroup) {
-    let agent = Agent::start(&[]);
+    // The event stream on, with a burst of one: the three denials below write one event and
+    // suppress two, so the stream's families have series too.
+    let agent = Agent::start(&["--events", "/dev/null", "--events-rate", "1", "--events-burst", "1"]);
     let cg = TestCgroup::new("expo");
     assert!(cg.run(&["seccomp", "--action", "errno", "--count", "3"]).success());
     assert_eq!(cg.run(&["exit", "2"]).code(), Some(2));
