@@ -41,7 +41,9 @@ pub mod lost {
     pub const OOM_MAP: u32 = 3;
     /// The per-task syscall state map refused an insert.
     pub const TASK_MAP: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// The event stream's ring buffer was full (`--events`).
+    pub const EVENT_RING: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Kernel ABI constants that BTF does not carry (they are `#define`s).
@@ -53,6 +55,11 @@ pub mod kabi {
     /// `SYS_SECCOMP`, the si_code of a seccomp SIGSYS, include/uapi/asm-generic/siginfo.h.
     pub const SYS_SECCOMP: i32 = 1;
     pub const SIGKILL: u32 = 9;
+    /// Indexes of `mm_struct.rss_stat`, include/linux/mm_types_task.h (an anonymous enum, the
+    /// same since 2.6.34).
+    pub const MM_FILEPAGES: u32 = 0;
+    pub const MM_ANONPAGES: u32 = 1;
+    pub const MM_SHMEMPAGES: u32 = 3;
     pub const SIGSYS: u32 = 31;
 }
 
@@ -73,6 +80,9 @@ pub mod config_flags {
     /// BTF had `oom_control.chosen` and `.memcg` (`KernelConfig::oom_control_*`): a kprobe on
     /// `oom_kill_process` can tell the victim and the limit that fired.
     pub const HAS_OOM_CONTROL: u32 = 1 << 4;
+    /// BTF had the offsets of a task's resident-memory counters (`KernelConfig::mm_*`): OOM kill
+    /// events carry the victim's anon / file / shmem RSS.
+    pub const HAS_RSS: u32 = 1 << 5;
 }
 
 /// Which memory limit an OOM kill enforced (`OomKey::limit`).
@@ -159,10 +169,25 @@ pub struct KernelConfig {
     pub oom_control_chosen: u32,
     /// `oom_control.memcg`, the memory cgroup whose limit fired (NULL for a global OOM).
     pub oom_control_memcg: u32,
+    /// `task_struct.comm`.
+    pub task_comm: u32,
+    /// `task_struct.real_parent`.
+    pub task_real_parent: u32,
+    /// `task_struct.pid` (the thread id).
+    pub task_pid: u32,
+    /// `task_struct.tgid` (the process id).
+    pub task_tgid: u32,
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.rss_stat`: an array of counters (`percpu_counter` from 6.2, `atomic_long_t`
+    /// before), `mm_rss_stride` bytes apart, each value (in pages) at `mm_rss_count`.
+    pub mm_rss_stat: u32,
+    pub mm_rss_stride: u32,
+    pub mm_rss_count: u32,
     /// `config_flags::*`.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 136);
+const _: () = assert!(size_of::<KernelConfig>() == 168);
 
 /// Key of the per-CPU OOM kill counters.
 #[repr(C)]
@@ -229,6 +254,92 @@ pub struct ExitDedupKey {
 }
 const _: () = assert!(size_of::<ExitDedupKey>() == 16);
 
+/// Kinds of records on the event stream (`Event::kind`, `EventKey::kind`).
+pub mod event_kind {
+    pub const SECCOMP: u32 = 1;
+    pub const OOM_KILL: u32 = 2;
+    pub const EXIT: u32 = 3;
+}
+
+/// The event stream's settings, the global `EVENTS_CONFIG` set by the loader: `rate` events a
+/// second per cgroup and kind, bursts of up to `burst`; `rate` 0 turns the stream off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventsConfig {
+    pub rate: u32,
+    pub burst: u32,
+}
+const _: () = assert!(size_of::<EventsConfig>() == 8);
+
+/// Key of the event stream's token buckets and suppression counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey {
+    pub cgroup_id: u64,
+    /// `event_kind::*`.
+    pub kind: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<EventKey>() == 16);
+
+/// A token bucket of the event stream (milli-tokens, refilled from `last_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBucket {
+    pub tokens_milli: u64,
+    pub last_ns: u64,
+    /// Events suppressed since the last one written (the next one says so).
+    pub suppressed: u64,
+}
+const _: () = assert!(size_of::<EventBucket>() == 24);
+
+/// "Not known" in an `Event`'s integer fields (a kernel that does not tell).
+pub const EVENT_UNKNOWN: u64 = u64::MAX;
+
+/// One record of the event stream. Fields a kind does not use are 0; fields the kernel could
+/// not tell are `EVENT_UNKNOWN` (or -1 for the signed ones).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when it happened.
+    pub time_ns: u64,
+    pub cgroup_id: u64,
+    /// The memory cgroup whose limit fired (OOM kills).
+    pub limit_cgroup_id: u64,
+    /// How long the process (or container) ran, for exits.
+    pub lifetime_ns: u64,
+    /// Resident memory of an OOM victim, in pages: anonymous, file, shared memory.
+    pub rss_anon: u64,
+    pub rss_file: u64,
+    pub rss_shmem: u64,
+    /// Events of this cgroup and kind suppressed by the rate limit since the last one written.
+    pub suppressed: u64,
+    /// `event_kind::*`.
+    pub kind: u32,
+    /// Process id (thread group) and thread id, as the host's PID namespace sees them.
+    pub pid: u32,
+    pub tid: u32,
+    pub syscall_nr: i32,
+    /// `action::*` (seccomp).
+    pub action: u32,
+    /// The errno an ERRNO verdict returned; -1 when not known.
+    pub errno: i32,
+    /// `reason::*` (exits).
+    pub reason: u32,
+    /// The exit status's code (`exit(N)`), for exits not by a signal.
+    pub exit_code: i32,
+    /// The killing signal, for exits by a signal.
+    pub signal: u32,
+    /// 1 for the exit of a PID-namespace init (a container's PID 1).
+    pub container: u32,
+    /// `oom_limit::*` and how many memory cgroup levels above the victim's it fired.
+    pub limit: u32,
+    pub levels_up: u32,
+    pub comm: [u8; 16],
+    pub parent_comm: [u8; 16],
+}
+const _: () = assert!(size_of::<Event>() == 8 * 8 + 12 * 4 + 32);
+
 /// Longest cgroup path carried by a `CgroupEvent`; a longer one is resolved by a rescan.
 pub const CGROUP_PATH_MAX: usize = 512;
 
@@ -262,4 +373,8 @@ mod pod {
     unsafe impl aya::Pod for TaskState {}
     unsafe impl aya::Pod for ExitDedupKey {}
     unsafe impl aya::Pod for CgroupEvent {}
+    unsafe impl aya::Pod for EventsConfig {}
+    unsafe impl aya::Pod for EventKey {}
+    unsafe impl aya::Pod for EventBucket {}
+    unsafe impl aya::Pod for Event {}
 }

@@ -42,6 +42,14 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     seccomp_filter_args: 0,
     oom_control_chosen: 0,
     oom_control_memcg: 0,
+    task_comm: 0,
+    task_real_parent: 0,
+    task_pid: 0,
+    task_tgid: 0,
+    task_mm: 0,
+    mm_rss_stat: 0,
+    mm_rss_stride: 0,
+    mm_rss_count: 0,
     flags: 0,
 };
 

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod diag;
+mod events;
 mod kernel;
 mod maps;
 mod probes;

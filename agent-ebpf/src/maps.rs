@@ -112,7 +112,7 @@ pub fn count_lost(index: u32, cgroup_id: u64, probe: &'static str) {
 /// Adds `delta` (wrapping: `u64::MAX` takes one back) to this CPU's slot of a per-CPU counter,
 /// creating it when missing.
 #[inline(always)]
-fn add<K>(map: &PerCpuHashMap<K, u64>, key: &K, delta: u64, lost: (u32, u64, &'static str)) {
+pub(crate) fn add<K>(map: &PerCpuHashMap<K, u64>, key: &K, delta: u64, lost: (u32, u64, &'static str)) {
     if let Some(p) = map.get_ptr_mut(key) {
         unsafe { *p = (*p).wrapping_add(delta) };
         return;
@@ -128,6 +128,13 @@ fn add<K>(map: &PerCpuHashMap<K, u64>, key: &K, delta: u64, lost: (u32, u64, &'s
 }
 
 /// Adds one to a per-CPU counter.
+/// Counts an event the stream's rate limit suppressed (a full map loses the count as an
+/// event-ring loss).
+#[inline(always)]
+pub fn add_suppressed(key: &agent_common::EventKey) {
+    add(&crate::events::EVENTS_SUPPRESSED, key, 1, (lost::EVENT_RING, key.cgroup_id, "events"));
+}
+
 #[inline(always)]
 pub fn count_seccomp(key: &SeccompKey, probe: &'static str) {
     add(&SECCOMP_COUNTS, key, 1, (lost::SECCOMP_MAP, key.cgroup_id, probe));

@@ -222,6 +222,23 @@ impl KernelBtf {
         if chosen.is_ok() && oc_memcg.is_ok() {
             flags |= config_flags::HAS_OOM_CONTROL;
         }
+        // The resident-memory counters: `percpu_counter rss_stat[]` from 6.2, before that
+        // `struct mm_rss_stat { atomic_long_t count[]; }`.
+        let rss = match self.offset("mm_struct", &["rss_stat"]) {
+            Ok(base) if self.strukt("mm_rss_stat").is_ok() => {
+                self.offset("mm_rss_stat", &["count"]).ok().map(|count| (base + count, 8, 0))
+            }
+            Ok(base) => match (self.size_of("percpu_counter"), self.offset("percpu_counter", &["count"])) {
+                (Ok(stride), Ok(count)) => Some((base, stride, count)),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let task_mm = self.offset("task_struct", &["mm"]);
+        if rss.is_some() && task_mm.is_ok() {
+            flags |= config_flags::HAS_RSS;
+        }
+        let (mm_rss_stat, mm_rss_stride, mm_rss_count) = rss.unwrap_or_default();
         let [css_set_memcg, css_parent, css_cgroup, memcg_css, mem_usage, mem_max, memsw_usage, memsw_max] =
             memcg.unwrap_or_default();
         Ok(KernelConfig {
@@ -236,6 +253,14 @@ impl KernelBtf {
             seccomp_filter_args: self.function_params("__seccomp_filter").unwrap_or(0),
             oom_control_chosen: chosen.unwrap_or(0),
             oom_control_memcg: oc_memcg.unwrap_or(0),
+            task_comm: self.offset("task_struct", &["comm"])?,
+            task_real_parent: self.offset("task_struct", &["real_parent"])?,
+            task_pid: self.offset("task_struct", &["pid"])?,
+            task_tgid: self.offset("task_struct", &["tgid"])?,
+            task_mm: task_mm.unwrap_or(0),
+            mm_rss_stat,
+            mm_rss_stride,
+            mm_rss_count,
             task_seccomp_mode: self.offset("task_struct", &["seccomp", "mode"])?,
             task_exit_code: self.offset("task_struct", &["exit_code"])?,
             task_signal: self.offset("task_struct", &["signal"])?,

@@ -195,7 +195,25 @@ pub const EVENTS_LOST: Metric = counter(
     "cgwatch_events_lost",
     false,
     &["reason"],
-    "Kernel events that could not be recorded, by reason: ring_buffer (the cgroup event ring was full), seccomp_map, exit_map, oom_map (a counter map was full: raise --max-cgroups), task_map (per-thread state refused).",
+    "Kernel events that could not be recorded, by reason: ring_buffer (the cgroup event ring was full), seccomp_map, exit_map, oom_map (a counter map was full: raise --max-cgroups), task_map (per-thread state refused), event_ring (the event stream's ring was full).",
+);
+pub const EVENTS_SUPPRESSED: Metric = counter(
+    "cgwatch_events_suppressed",
+    true,
+    &["type"],
+    "Events of the JSON stream (--events) that the per-cgroup rate limit held back, by cgroup and type (seccomp, oom_kill, exit); the counters above count them all.",
+);
+pub const EVENTS_WRITTEN: Metric = counter(
+    "cgwatch_events_written",
+    false,
+    &["type"],
+    "Lines of the JSON event stream (--events) written, by type (seccomp, oom_kill, exit).",
+);
+pub const EVENTS_DROPPED: Metric = counter(
+    "cgwatch_events_dropped",
+    false,
+    &["reason"],
+    "Lines of the JSON event stream lost in the agent, by reason: queue_full (the destination was too slow), write_error (writing failed, e.g. a full disk).",
 );
 pub const MAP_ENTRIES: Metric = gauge(
     "cgwatch_map_entries",
@@ -247,6 +265,9 @@ pub const ALL: &[Metric] = &[
     HOST_MEMORY_USAGE_RATIO,
     PROBE_ATTACHED,
     EVENTS_LOST,
+    EVENTS_SUPPRESSED,
+    EVENTS_WRITTEN,
+    EVENTS_DROPPED,
     MAP_ENTRIES,
     MAP_CAPACITY,
     CGROUPS_NOT_SHOWN,

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
-use crate::containers::Selection;
+use crate::{containers::Selection, events::Destination};
 
 /// Default listen port: outside the 9100-9999 range that the Prometheus exporter port registry
 /// has fully allocated, and not used by any well-known exporter.
@@ -128,6 +128,22 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub web_max_connections: u32,
 
+    /// The JSON event stream: off, stdout, or a file (appended to, reopened on SIGHUP). One
+    /// line per seccomp verdict, OOM kill, failed process and container exit (docs/events.md).
+    #[arg(long, env = "CGWATCH_EVENTS", default_value = "off", value_parser = Destination::parse)]
+    pub events: Destination,
+
+    /// Events a second each cgroup may write, per event type; the rest are counted in
+    /// cgwatch_events_suppressed_total (the counters stay exact).
+    #[arg(long = "events-rate", env = "CGWATCH_EVENTS_RATE", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub events_rate: u32,
+
+    /// Events a cgroup may write at once, per event type, before --events-rate applies.
+    #[arg(long = "events-burst", env = "CGWATCH_EVENTS_BURST", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub events_burst: u32,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "CGWATCH_LOG_LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -150,6 +166,14 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// The event stream's settings for the probes (rate 0: off).
+    pub fn events_config(&self) -> agent_common::EventsConfig {
+        match self.events {
+            Destination::Off => agent_common::EventsConfig::default(),
+            _ => agent_common::EventsConfig { rate: self.events_rate, burst: self.events_burst },
+        }
+    }
+
     /// The web server's connection limits.
     pub fn web_limits(&self) -> crate::web::Limits {
         crate::web::Limits {
@@ -176,6 +200,11 @@ mod tests {
         assert_eq!(c.web_read_header_timeout, Duration::from_secs(10));
         assert_eq!(c.web_idle_timeout, Duration::from_secs(120));
         assert_eq!(c.web_max_connections, 512);
+        assert_eq!(c.events, Destination::Off);
+        assert_eq!(c.events_config().rate, 0, "no events unless asked for");
+        let c = Config::try_parse_from(["cgwatch", "--events", "/var/log/cgwatch.json", "--events-rate", "5"]).unwrap();
+        assert_eq!(c.events, Destination::File("/var/log/cgwatch.json".into()));
+        assert_eq!(c.events_config(), agent_common::EventsConfig { rate: 5, burst: 1000 });
         let c = Config::try_parse_from(["cgwatch", "--cgroups", "containers-and-services"]).unwrap();
         assert_eq!(c.cgroups, Selection::ContainersAndServices);
     }
@@ -191,5 +220,8 @@ mod tests {
         assert!(Config::try_parse_from(["cgwatch", "--web.max-connections", "0"]).is_err());
         assert!(Config::try_parse_from(["cgwatch", "--web.read-header-timeout", "0s"]).is_err());
         assert!(Config::try_parse_from(["cgwatch", "--web.idle-timeout", "forever"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--events", ""]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--events-rate", "0"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--events-burst", "-1"]).is_err());
     }
 }

@@ -11,12 +11,14 @@ use cgwatch::{
         agent::AgentCollector,
         cgroup_resources::{CgroupResourceCollector, ResourceSnapshot},
         containers::ContainerCollector,
+        events::EventsCollector,
         exits::ExitCollector,
         host::{HostCollector, HostSampler},
         oom::OomCollector, seccomp::SeccompCollector,
     },
     config::Config,
     containers::metadata::Resolver,
+    events::{self, Sink},
     memory,
     pins::{self, Pins},
     privileges,
@@ -54,7 +56,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    // Every task is dropped here (the event stream's last sink with them); then the writer gets
+    // a moment to write what it still holds.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    if !events::sink::finish(std::time::Duration::from_secs(3)) {
+        warn!("events: the writer did not finish in 3 s; lines still queued are lost");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cgwatch: {e:#}");
@@ -83,6 +92,9 @@ async fn run(config: Config) -> Result<()> {
     // One SIGHUP stream for the whole agent; each part that reloads subscribes to it.
     let hangups = signals::hangups().context("cannot watch SIGHUP")?;
     let security = web::reload::start(config.web_config_file.as_deref(), hangups.clone())?;
+    // The event file is opened before anything else can fail on it.
+    let event_stats = Arc::new(events::Stats::default());
+    let sink = Sink::start(&config.events, hangups.clone(), event_stats.clone()).context("--events")?;
     // Serve from the start: /healthz answers while the probes load, /readyz and /metrics once
     // they are attached.
     let listener = web::bind(config.listen).await?;
@@ -106,17 +118,17 @@ async fn run(config: Config) -> Result<()> {
         Ok(kept) => info!("start-up done: capabilities dropped, kept {kept:?}"),
         Err(e) => warn!("cannot drop capabilities after attaching ({e}): the agent keeps them"),
     }
-    let (status, maps, events, _kept) = match loaded {
-        Ok(probes::LoadedProbes { ebpf, status, maps, events, kernel_log, pinned_links, reused }) => {
+    let (status, maps, cgroup_events, event_ring, _kept) = match loaded {
+        Ok(probes::LoadedProbes { ebpf, status, maps, events, event_ring, kernel_log, pinned_links, reused }) => {
             if reused > 0 {
                 info!("{reused} probes kept running from before this start: no event was missed");
             }
             if let Some(log) = kernel_log {
                 tokio::spawn(tasks::kernel_log(log));
             }
-            (status, Some(Arc::new(maps)), Some(events), Some((ebpf, pinned_links)))
+            (status, Some(Arc::new(maps)), Some(events), Some(event_ring), Some((ebpf, pinned_links)))
         }
-        Err(failed) => (failed, None, None, None),
+        Err(failed) => (failed, None, None, None, None),
     };
 
     let registry = Arc::new(Registry::with_selection(config.max_cgroups as usize, config.retain, config.cgroups));
@@ -145,6 +157,13 @@ async fn run(config: Config) -> Result<()> {
             memory_v1: layout.memory_v1.clone(),
         }));
         metrics.register_collector(Box::new(ExitCollector { maps: maps.clone(), registry: registry.clone() }));
+        if sink.is_some() {
+            metrics.register_collector(Box::new(EventsCollector {
+                maps: maps.clone(),
+                registry: registry.clone(),
+                stats: event_stats.clone(),
+            }));
+        }
     }
     metrics.register_collector(Box::new(CgroupResourceCollector { snapshot: resources.clone() }));
     metrics.register_collector(Box::new(ContainerCollector { registry: registry.clone() }));
@@ -158,8 +177,19 @@ async fn run(config: Config) -> Result<()> {
     }));
 
     let wake_resolver = Arc::new(Notify::new());
-    if let Some(events) = events {
-        tokio::spawn(tasks::cgroup_events(events, registry.clone(), wake_resolver.clone()));
+    if let Some(ring) = cgroup_events {
+        tokio::spawn(tasks::cgroup_events(ring, registry.clone(), wake_resolver.clone()));
+    }
+    let stop_events = Arc::new(Notify::new());
+    let mut event_reader = None;
+    match (sink, event_ring) {
+        (Some(sink), Some(ring)) => {
+            let reader = events::Reader { registry: registry.clone(), memory_v1: layout.memory_v1.clone(), sink };
+            event_reader = Some(tokio::spawn(reader.run(ring, stop_events.clone())));
+            info!("event stream to {}: at most {} events a second per cgroup and type, bursts of {}", config.events, config.events_rate, config.events_burst);
+        }
+        (Some(_), None) => warn!("event stream off: the probes are not loaded"),
+        _ => {}
     }
     tokio::spawn(tasks::name_resolver(config.rootfs.clone(), registry.clone(), wake_resolver, config.scan_interval));
     tokio::spawn(tasks::housekeeping_loop(layout.clone(), registry.clone(), maps, config.scan_interval));
@@ -167,8 +197,16 @@ async fn run(config: Config) -> Result<()> {
 
     exporter.set_ready(Arc::new(metrics), probe_summary);
     info!("serving metrics on {scheme}://{}/metrics", config.listen);
-    server.await.context("HTTP server")?;
+    let served = server.await;
     info!("shutting down");
+    // The events still in the ring, or waiting for names, are written before the agent exits.
+    if let Some(reader) = event_reader {
+        stop_events.notify_one();
+        if tokio::time::timeout(std::time::Duration::from_secs(3), reader).await.is_err() {
+            warn!("events: the reader did not finish in 3 s");
+        }
+    }
+    served.context("HTTP server")?;
     Ok(())
 }
 
@@ -240,7 +278,8 @@ fn attach_probes(
         seccomp_mode: config.seccomp_mode,
         probe_mode: config.probe_mode,
     };
-    probes::load(&config.sysfs.join("kernel/btf/vmlinux"), &ctx, MapSizes::for_max_cgroups(config.max_cgroups), pins)
+    let sizes = MapSizes::for_max_cgroups(config.max_cgroups);
+    probes::load(&config.sysfs.join("kernel/btf/vmlinux"), &ctx, sizes, config.events_config(), pins)
         .map_err(|e| failed(e.into()))
 }
 

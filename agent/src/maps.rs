@@ -14,7 +14,7 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use agent_common::{ExitKey, OomKey, SeccompKey, lost};
+use agent_common::{EventKey, ExitKey, OomKey, SeccompKey, lost};
 use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 
 /// A counter key: which cgroup it counts for.
@@ -35,7 +35,7 @@ macro_rules! cgroup_key {
         }
     )*};
 }
-cgroup_key!(SeccompKey, ExitKey, OomKey);
+cgroup_key!(SeccompKey, ExitKey, OomKey, EventKey);
 
 /// One per-CPU counter map and the counts carried over from removed cgroups.
 struct Counter<K: CgroupKey> {
@@ -113,7 +113,8 @@ impl<K: CgroupKey> Counter<K> {
 }
 
 /// Names of the `agent_common::lost` indexes, as `cgwatch_events_lost_total{reason}` says them.
-pub const LOST_REASONS: [&str; lost::COUNT as usize] = ["ring_buffer", "seccomp_map", "exit_map", "oom_map", "task_map"];
+pub const LOST_REASONS: [&str; lost::COUNT as usize] =
+    ["ring_buffer", "seccomp_map", "exit_map", "oom_map", "task_map", "event_ring"];
 
 /// The counter maps' names, as `cgwatch_map_entries{map}` says them.
 pub const COUNTER_MAPS: [&str; 3] = ["seccomp", "exits", "oom"];
@@ -123,6 +124,7 @@ pub struct KernelMaps {
     seccomp: Mutex<Counter<SeccompKey>>,
     exits: Mutex<Counter<ExitKey>>,
     oom: Mutex<Counter<OomKey>>,
+    suppressed: Mutex<Counter<EventKey>>,
     lost: Mutex<PerCpuArray<MapData, u64>>,
     /// Capacity of each counter map (`COUNTER_MAPS` order).
     capacity: [u32; 3],
@@ -145,6 +147,7 @@ impl KernelMaps {
         seccomp: PerCpuHashMap<MapData, SeccompKey, u64>,
         exits: PerCpuHashMap<MapData, ExitKey, u64>,
         oom: PerCpuHashMap<MapData, OomKey, u64>,
+        suppressed: PerCpuHashMap<MapData, EventKey, u64>,
         lost: PerCpuArray<MapData, u64>,
         capacity: [u32; 3],
     ) -> Self {
@@ -152,6 +155,7 @@ impl KernelMaps {
             seccomp: Mutex::new(Counter::new(seccomp)),
             exits: Mutex::new(Counter::new(exits)),
             oom: Mutex::new(Counter::new(oom)),
+            suppressed: Mutex::new(Counter::new(suppressed)),
             lost: Mutex::new(lost),
             capacity,
             entries: Mutex::new([0; 3]),
@@ -186,6 +190,11 @@ impl KernelMaps {
         lock(&self.oom).totals()
     }
 
+    /// Events the stream's rate limit suppressed, by cgroup and kind.
+    pub fn suppressed(&self) -> Vec<(EventKey, u64)> {
+        lock(&self.suppressed).totals()
+    }
+
     /// Whether the maps can be read (a lookup in the lost-event array succeeds).
     pub fn readable(&self) -> bool {
         lock(&self.lost).get(&0, 0).is_ok()
@@ -217,6 +226,9 @@ impl KernelMaps {
     /// Deletes the counters of cgroups that left the retain window (expired id -> the cgroup
     /// that now has its path, which keeps its counts).
     pub fn forget_cgroups(&self, expired: &HashMap<u64, Option<u64>>) -> usize {
-        lock(&self.seccomp).forget(expired) + lock(&self.exits).forget(expired) + lock(&self.oom).forget(expired)
+        lock(&self.seccomp).forget(expired)
+            + lock(&self.exits).forget(expired)
+            + lock(&self.oom).forget(expired)
+            + lock(&self.suppressed).forget(expired)
     }
 }

@@ -31,7 +31,7 @@ pub const LAYOUT: u32 = 1;
 /// Every map of the object but `.rodata` (the kernel layout and log level, set per load):
 /// counters, lost events, the cgroup event ring, the per-task state the programs share between
 /// hooks, and the diagnostics.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 17] = [
     "SECCOMP_COUNTS",
     "EXIT_COUNTS",
     "OOM_COUNTS",
@@ -48,6 +48,11 @@ pub const PINNED_MAPS: [&str; 14] = [
     // pinned links keep logging to whichever agent runs.
     "AYA_LOGS",
     "DIAG_LAST",
+    // The event stream: its ring (events while the agent is down wait there), its token
+    // buckets and its suppression counts.
+    "EVENT_RING",
+    "EVENT_BUCKETS",
+    "EVENTS_SUPPRESSED",
 ];
 
 /// Counter maps whose counts are carried into a resized map.

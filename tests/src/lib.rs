@@ -17,6 +17,7 @@ use std::{
 use cgwatch::cgroups::Layout;
 
 pub mod deploy;
+pub mod events;
 pub mod pki;
 pub mod prom;
 
@@ -687,6 +688,19 @@ pub fn run_agent_expecting_exit(args: &[&str], wrap: Option<&[&str]>) -> (Option
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The syscall a kill verdict is reported with: its name, except where only a raw_tp exit probe
+/// saw the kill (kernels whose kills raise no signal, or KILL_THREAD of a non-last thread), which
+/// cannot read the dead thread's registers.
+pub fn killed_syscall(m: &Metrics, via_exit_probe: bool) -> &'static str {
+    let raw_exit = m.get("cgwatch_probe_attached", &[("probe", "process_exit"), ("mode", "raw_tp")]) == Some(1.0);
+    if raw_exit && via_exit_probe { "syscall_unknown" } else { "getppid" }
+}
+
+/// Kernels before 5.17 kill without a signal: the exit probe sees the kill.
+pub fn kills_raise_signals() -> bool {
+    cgwatch::probes::kernel_version() >= (5, 17)
 }
 
 /// Whether the agent behind `m` can tell which memory limit an OOM kill enforced: BTF has the

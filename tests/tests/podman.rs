@@ -4,7 +4,12 @@
 
 use std::time::Duration;
 
-use cgwatch_tests::{Agent, Metrics, TestCgroup, podman::Container};
+use cgwatch_tests::{
+    Agent, Metrics, TestCgroup,
+    events::{EventLog, of_type},
+    podman::Container,
+};
+use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -81,6 +86,31 @@ fn a_container_exiting_42_is_a_container_exit_with_reason_error() {
     let m = agent.scrape_until(WAIT, |m| m.get("cgwatch_container_exits_total", &l).is_some());
     assert_eq!(m.get("cgwatch_container_exits_total", &with(&l, &[("reason", "error")])), Some(1.0));
     assert_eq!(m.sum("cgwatch_container_exits_total", &l), 1.0);
+}
+
+#[test]
+fn a_crashing_container_is_one_exit_event_with_its_identity_and_lifetime() {
+    let log = EventLog::default();
+    let _agent = Agent::start(&log.flag());
+    let c = Container::start("cgwatch-crash", &[], &["/cgwatch-workload", "exit", "42"]);
+    assert_eq!(c.wait(), 42);
+    let cgroup = c.cgroup();
+    let events = log.wait_for(&cgroup, WAIT, |e| !of_type(e, "exit").is_empty());
+    let exits = of_type(&events, "exit");
+    assert_eq!(exits.len(), 1, "{events:?}");
+    let e = exits[0];
+    assert_eq!(
+        (&e["scope"], &e["reason"], &e["exit_code"], &e["signal"]),
+        (&json!("container"), &json!("error"), &json!(42), &Value::Null),
+        "{e}"
+    );
+    assert_eq!(
+        (&e["container_id"], &e["container"], &e["runtime"], &e["image"]),
+        (&json!(c.id), &json!(c.name), &json!("podman"), &json!(cgwatch_tests::podman::IMAGE)),
+        "{e}"
+    );
+    assert_eq!(e["comm"], "cgwatch-workloa", "{e}");
+    assert!(e["lifetime_seconds"].as_f64().unwrap() > 0.0, "{e}");
 }
 
 #[test]

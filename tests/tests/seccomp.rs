@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cgwatch_tests::{Agent, Metrics, TestCgroup};
+use cgwatch_tests::{Agent, Metrics, TestCgroup, killed_syscall, kills_raise_signals};
 
 const V: &str = "cgwatch_seccomp_violations_total";
 
@@ -11,19 +11,6 @@ fn violations(m: &Metrics, cg: &TestCgroup) -> Vec<(String, String, f64)> {
         .into_iter()
         .map(|s| (s.labels["syscall"].clone(), s.labels["action"].clone(), s.value))
         .collect()
-}
-
-/// The syscall a kill verdict is reported with: its name, except where only a raw_tp exit probe
-/// saw the kill (kernels whose kills raise no signal, or KILL_THREAD of a non-last thread), which
-/// cannot read the dead thread's registers.
-fn killed_syscall(m: &Metrics, via_exit_probe: bool) -> &'static str {
-    let raw_exit = m.get("cgwatch_probe_attached", &[("probe", "process_exit"), ("mode", "raw_tp")]) == Some(1.0);
-    if raw_exit && via_exit_probe { "syscall_unknown" } else { "getppid" }
-}
-
-/// Kernels before 5.17 kill without a signal: the exit probe sees the kill.
-fn kills_raise_signals() -> bool {
-    cgwatch::probes::kernel_version() >= (5, 17)
 }
 
 #[test]

@@ -32,7 +32,7 @@ const DEFAULT_ACCEL: &str = "tcg";
 /// Boots per kernel and mode when the kernel panics under emulation.
 const MAX_BOOTS: u32 = 5;
 /// Integration-test binaries that run inside the VMs (the others need the host's tools).
-const TESTS: [&str; 2] = ["seccomp", "exits"];
+const TESTS: [&str; 3] = ["seccomp", "exits", "events"];
 
 fn cache_dir() -> PathBuf {
     std::env::var_os("CGWATCH_VM_CACHE").map(PathBuf::from).unwrap_or_else(|| {

@@ -29,7 +29,9 @@ pub fn mark_victim_raw(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_mark_victim(victim: u64) -> Result<(), i64> {
     let cgroup_id = kernel::task_cgroup_id(victim)?;
-    maps::count_oom(&kernel::oom_key(victim, cgroup_id), PROBE);
+    let key = kernel::oom_key(victim, cgroup_id);
+    maps::count_oom(&key, PROBE);
+    crate::events::oom_kill(victim, &key, false, PROBE);
     // The kill's SIGKILL goes out before this tracepoint: a victim that was asleep may already
     // have exited and been counted as a plain SIGKILL. Move that exit to oom_kill.
     maps::reclassify_exit(&kernel::group_key(victim)?, kabi::SIGKILL, reason::OOM_KILL, PROBE);

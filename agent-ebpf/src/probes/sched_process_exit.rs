@@ -104,6 +104,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
             -1
         };
         maps::count_seccomp(&SeccompKey { cgroup_id, syscall_nr: nr, action: act }, PROBE);
+        crate::events::seccomp(cgroup_id, nr, act, -1, PROBE);
     }
 
     if !group_dead {
@@ -125,6 +126,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     {
         // mark_victim carries only a pid on this kernel: the OOM kill is counted here.
         maps::count_oom(&key, PROBE);
+        crate::events::oom_kill(task, &key, true, PROBE);
         (reason::OOM_KILL, sig)
     } else {
         (reason::SIGNAL, sig)
@@ -134,6 +136,11 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     let container = kernel::is_pidns_init(task)?;
     if container {
         maps::count_exit(&ExitKey { container: 1, ..key }, PROBE);
+    }
+    // Exits worth a look, and every container exit.
+    if crate::events::enabled() && (why != reason::SUCCESS || container) {
+        let code = if sig == 0 { ((status >> 8) & 0xff) as i32 } else { -1 };
+        crate::events::exit(task, cgroup_id, why, code, signal, container, PROBE);
     }
     // Possibly an OOM victim that exited before the OOM killer marked it, or a seccomp kill
     // whose killed thread reaches this tracepoint after the one counting the group exit: the

@@ -81,10 +81,9 @@ fn try_seccomp_filter(ret: i64, nr: impl FnOnce() -> Option<i32>) -> Result<(), 
             }
         }
     }
-    maps::count_seccomp(&SeccompKey {
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        syscall_nr: nr().unwrap_or(-1),
-        action: action::ERRNO,
-    }, PROBE);
+    let (cgroup_id, nr) = (unsafe { bpf_get_current_cgroup_id() }, nr().unwrap_or(-1));
+    maps::count_seccomp(&SeccompKey { cgroup_id, syscall_nr: nr, action: action::ERRNO }, PROBE);
+    // The fast path sees the verdict, not the errno the filter chose.
+    crate::events::seccomp(cgroup_id, nr, action::ERRNO, -1, PROBE);
     Ok(())
 }

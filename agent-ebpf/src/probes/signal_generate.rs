@@ -73,10 +73,8 @@ fn try_signal_generate(sig: i32, info: u64, target: u64) -> Result<(), i64> {
         return Ok(());
     };
     let nr = kernel::read::<i32>(info, kconfig!(siginfo_syscall))?;
-    maps::count_seccomp(&SeccompKey {
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        syscall_nr: nr,
-        action: act,
-    }, PROBE);
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    maps::count_seccomp(&SeccompKey { cgroup_id, syscall_nr: nr, action: act }, PROBE);
+    crate::events::seccomp(cgroup_id, nr, act, -1, PROBE);
     Ok(())
 }

@@ -21,7 +21,7 @@ const PROBE: &str = "seccomp_sys_exit";
 pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
     let mode = kernel::current_seccomp_mode_btf();
     if kernel::is_filtered(mode) {
-        crate::diag::report(PROBE, try_sys_exit(ctx.arg::<u64>(0)));
+        crate::diag::report(PROBE, try_sys_exit(ctx.arg::<u64>(0), || ctx.arg::<i64>(1)));
     }
     0
 }
@@ -29,7 +29,7 @@ pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     if kernel::seccomp_mode(kernel::current_task()).is_ok_and(kernel::is_filtered) {
-        crate::diag::report(PROBE, try_sys_exit(ctx.arg::<u64>(0)));
+        crate::diag::report(PROBE, try_sys_exit(ctx.arg::<u64>(0), || ctx.arg::<i64>(1)));
     }
     0
 }
@@ -37,7 +37,7 @@ pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
 /// For a task under a seccomp filter (the callers check `seccomp.mode` first, so that tasks
 /// without a filter pay only the tracepoint itself).
 #[inline(always)]
-fn try_sys_exit(regs: u64) -> Result<(), i64> {
+fn try_sys_exit(regs: u64, ret: impl FnOnce() -> i64) -> Result<(), i64> {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(state) = maps::TASKS.get_ptr_mut(tid) else {
         // First time this thread is seen under a filter: the return of the fork that created it,
@@ -62,10 +62,14 @@ fn try_sys_exit(regs: u64) -> Result<(), i64> {
         }
     }
     let nr = kernel::read::<u64>(regs, kconfig!(pt_regs_orig_ax))? as i32;
-    maps::count_seccomp(&SeccompKey {
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        syscall_nr: nr,
-        action: action::ERRNO,
-    }, PROBE);
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    maps::count_seccomp(&SeccompKey { cgroup_id, syscall_nr: nr, action: action::ERRNO }, PROBE);
+    // Only with the stream on (a constant: with it off, the verifier drops all of this): the
+    // syscall returned -errno (a USER_NOTIF reply may return 0 or a value: no errno then).
+    if crate::events::enabled() {
+        let ret = ret();
+        let errno = if (-4095..0).contains(&ret) { -ret as i32 } else { -1 };
+        crate::events::seccomp(cgroup_id, nr, action::ERRNO, errno, PROBE);
+    }
     Ok(())
 }

@@ -277,6 +277,11 @@ impl Registry {
         }
     }
 
+    /// The path and identity of a known cgroup (live or retained), without admitting it.
+    pub fn describe(&self, id: u64) -> Option<(Arc<str>, Arc<Identity>)> {
+        self.lock().entries.get(&id).map(|e| (e.path.clone(), e.identity.clone()))
+    }
+
     /// The path of a known cgroup (live or retained), without admitting it.
     pub fn path_of(&self, id: u64) -> Option<Arc<str>> {
         self.lock().entries.get(&id).map(|e| e.path.clone())

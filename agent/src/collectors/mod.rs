@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cgroup_resources;
 pub mod containers;
+pub mod events;
 pub mod exits;
 pub mod host;
 pub mod oom;

@@ -3,7 +3,13 @@
 //! named by `limit_cgroup`), `host` (a global OOM), or `unknown` (kernels whose tracepoint gives
 //! no victim task).
 
-use std::{collections::BTreeMap, fmt, os::unix::fs::MetadataExt, path::PathBuf, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use agent_common::{OomKey, oom_limit};
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
@@ -33,30 +39,29 @@ pub struct OomCollector {
     pub memory_v1: Option<PathBuf>,
 }
 
-impl OomCollector {
-    /// The cgroup path of the memory cgroup whose limit fired.
-    fn limit_cgroup(&self, key: &OomKey, victim: &Label) -> String {
-        match key.limit {
-            oom_limit::OWN => victim.as_value(),
-            oom_limit::ANCESTOR => match &self.memory_v1 {
-                None => self.registry.path_of(key.limit_cgroup_id).map(|p| p.to_string()).unwrap_or_default(),
-                // v1 and v2 paths of a cgroup coincide wherever a runtime or systemd created it;
-                // the v1 directory's inode confirms it (a stat, only for OOM series).
-                Some(mount) => {
-                    let Label::Path(path) = victim else { return String::new() };
-                    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-                    let Some(keep) = parts.len().checked_sub(key.levels_up as usize) else { return String::new() };
-                    let candidate = format!("/{}", parts[..keep].join("/"));
-                    let ino = std::fs::metadata(mount.join(candidate.trim_start_matches('/'))).map(|m| m.ino());
-                    if ino.is_ok_and(|i| i == key.limit_cgroup_id) {
-                        candidate
-                    } else {
-                        format!("(v1 memory cgroup {})", key.limit_cgroup_id)
-                    }
+/// The cgroup path of the memory cgroup whose limit fired, for an OOM key of a victim labelled
+/// `victim` (also used by the event stream).
+pub fn limit_cgroup(registry: &Registry, memory_v1: Option<&Path>, key: &OomKey, victim: &Label) -> String {
+    match key.limit {
+        oom_limit::OWN => victim.as_value(),
+        oom_limit::ANCESTOR => match memory_v1 {
+            None => registry.path_of(key.limit_cgroup_id).map(|p| p.to_string()).unwrap_or_default(),
+            // v1 and v2 paths of a cgroup coincide wherever a runtime or systemd created it;
+            // the v1 directory's inode confirms it (a stat, only for OOM series).
+            Some(mount) => {
+                let Label::Path(path) = victim else { return String::new() };
+                let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+                let Some(keep) = parts.len().checked_sub(key.levels_up as usize) else { return String::new() };
+                let candidate = format!("/{}", parts[..keep].join("/"));
+                let ino = std::fs::metadata(mount.join(candidate.trim_start_matches('/'))).map(|m| m.ino());
+                if ino.is_ok_and(|i| i == key.limit_cgroup_id) {
+                    candidate
+                } else {
+                    format!("(v1 memory cgroup {})", key.limit_cgroup_id)
                 }
-            },
-            _ => String::new(),
-        }
+            }
+        },
+        _ => String::new(),
     }
 }
 
@@ -70,7 +75,7 @@ impl Collector for OomCollector {
             }
             let mut labels = victim.labels();
             labels.push(("limit", limit_name(key.limit).to_string()));
-            labels.push(("limit_cgroup", self.limit_cgroup(&key, &victim.label)));
+            labels.push(("limit_cgroup", limit_cgroup(&self.registry, self.memory_v1.as_deref(), &key, &victim.label)));
             *series.entry(labels).or_default() += count;
         }
         counter_family(&mut encoder, &catalog::OOM_KILLS, &series)

@@ -15,6 +15,8 @@ use aya::{
 use aya_log::EbpfLogger;
 use log::{debug, info, warn};
 
+use agent_common::EventsConfig;
+
 use super::{EBPF_OBJECT, Mode, PROBES, ProbeContext, ProbeSpec, table::KRETPROBE_OF};
 use crate::{
     config::ProbeMode,
@@ -79,6 +81,8 @@ pub struct LoadedProbes {
     pub status: Vec<ProbeStatus>,
     pub maps: KernelMaps,
     pub events: RingBuf<MapData>,
+    /// The event stream's records (`--events`; empty while it is off).
+    pub event_ring: RingBuf<MapData>,
     /// The programs' debug log (aya-log), forwarded to the agent's log.
     pub kernel_log: Option<EbpfLogger<&'static dyn log::Log>>,
     /// Links pinned below `--pin-path` (they stay attached when the agent stops).
@@ -129,6 +133,7 @@ pub fn load(
     btf_file: &Path,
     ctx: &ProbeContext,
     sizes: MapSizes,
+    events: EventsConfig,
     pins: Option<&Pins>,
 ) -> Result<LoadedProbes, ProbeError> {
     // The kernel-side diagnostics log at debug level: on when the agent logs debug (or trace).
@@ -152,6 +157,7 @@ pub fn load(
         .btf(Some(&btf))
         .override_global("KCONFIG", &ctx.kernel, true)
         .override_global("AYA_LOG_LEVEL", &log_level, true)
+        .override_global("EVENTS_CONFIG", &events, true)
         .map_max_entries("SECCOMP_COUNTS", sizes.seccomp)
         .map_max_entries("EXIT_COUNTS", sizes.exits)
         .map_max_entries("OOM_COUNTS", sizes.oom);
@@ -164,7 +170,7 @@ pub fn load(
     let mut attacher = Attacher {
         btf: &btf,
         pins,
-        context: pins::fingerprint(&(kernel_bytes, log_level, sizes.seccomp, sizes.exits, sizes.oom)),
+        context: pins::fingerprint(&(kernel_bytes, log_level, events.rate, events.burst, sizes.seccomp, sizes.exits, sizes.oom)),
         pinned_links: Vec::new(),
         reused: 0,
     };
@@ -187,6 +193,7 @@ pub fn load(
         take(&mut ebpf, "SECCOMP_COUNTS")?,
         take(&mut ebpf, "EXIT_COUNTS")?,
         take(&mut ebpf, "OOM_COUNTS")?,
+        take(&mut ebpf, "EVENTS_SUPPRESSED")?,
         take(&mut ebpf, "LOST")?,
         [sizes.seccomp, sizes.exits, sizes.oom],
     );
@@ -197,7 +204,8 @@ pub fn load(
             Err(e) => warn!("pins: the counts of the resized {} are lost: {e}", m.map),
         }
     }
-    let events = take(&mut ebpf, "EVENTS")?;
+    let cgroup_events = take(&mut ebpf, "EVENTS")?;
+    let event_ring = take(&mut ebpf, "EVENT_RING")?;
     let kernel_log = match EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -206,7 +214,7 @@ pub fn load(
         }
     };
     let Attacher { pinned_links, reused, .. } = attacher;
-    Ok(LoadedProbes { ebpf, status, maps, events, kernel_log, pinned_links, reused })
+    Ok(LoadedProbes { ebpf, status, maps, events: cgroup_events, event_ring, kernel_log, pinned_links, reused })
 }
 
 /// The bytes of the kernel layout handed to the programs (part of their links' fingerprint).

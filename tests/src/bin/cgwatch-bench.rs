@@ -90,6 +90,7 @@ impl Setup {
                 }
                 Setup::Floor(child)
             }
+            "events" => Setup::Agent(Agent::start(&["--events", "/dev/null"])),
             _ => Setup::Agent(Agent::start(&[])),
         })
     }
@@ -222,7 +223,7 @@ fn map_memory(report: &mut String, out: Out) -> Result<()> {
 fn syscall_overhead(args: &Args, report: &mut String, out: Out) -> Result<()> {
     // 1. Syscall overhead, interleaved rounds so that drift hits every setup alike.
     out(report, "### 1. Null syscall (raw getpid), ns per call\n".into());
-    let kinds = ["none", "floor", "agent"];
+    let kinds = ["none", "floor", "agent", "events"];
     let mut samples: Vec<[Vec<f64>; 2]> = kinds.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     for round in 0..args.rounds {
         for k in 0..kinds.len() {
@@ -237,16 +238,18 @@ fn syscall_overhead(args: &Args, report: &mut String, out: Out) -> Result<()> {
     out(report, "| task | no probes | floor (empty tp_btf on sys_enter+sys_exit) | agent | floor adds | agent adds | agent / floor |".into());
     out(report, "| --- | --- | --- | --- | --- | --- | --- |".into());
     for (i, task) in ["without a seccomp filter", "with a seccomp filter"].iter().enumerate() {
-        let (n, f, a) = (med[0][i], med[1][i], med[2][i]);
-        out(
-            report,
-            format!(
-                "| {task} | {n:.1} | {f:.1} | {a:.1} | {:.1} | {:.1} | {:.2}x |",
-                f - n,
-                a - n,
-                (a - n) / (f - n)
-            ),
-        );
+        for (agent, which) in [(2, ""), (3, ", agent with --events on")] {
+            let (n, f, a) = (med[0][i], med[1][i], med[agent][i]);
+            out(
+                report,
+                format!(
+                    "| {task}{which} | {n:.1} | {f:.1} | {a:.1} | {:.1} | {:.1} | {:.2}x |",
+                    f - n,
+                    a - n,
+                    (a - n) / (f - n)
+                ),
+            );
+        }
     }
     out(report, format!("\nMedians of {} interleaved rounds, each the best of 3 runs of {} calls.\n", args.rounds, args.calls));
     Ok(())
@@ -279,6 +282,33 @@ fn storms(report: &mut String, out: Out, scrapes: usize) -> Result<()> {
     out(report, "| denied | counted | lost | workload wall time | agent CPU during it |".into());
     out(report, "| --- | --- | --- | --- | --- |".into());
     out(report, format!("| 4000000 | {counted} | {lost} | {wall:.2} s | {storm_cpu:.2} s |\n"));
+
+    // 2b. The same storm with the event stream on: the rate limit holds it to a few hundred
+    // lines, and the agent's CPU shows what the stream costs.
+    {
+        let events = tempfile::NamedTempFile::new()?;
+        let path = events.path().to_str().context("temp path")?.to_string();
+        let agent = Agent::start(&["--events", &path]);
+        let stats = ProcStats { pid: agent.pid() };
+        let cg = TestCgroup::new("bench-storm-events");
+        let c0 = stats.cpu_seconds();
+        let t = Instant::now();
+        let status = cg.run(&["seccomp", "--action", "errno", "--threads", "4", "--count", "1000000"]);
+        let wall = t.elapsed().as_secs_f64();
+        if !status.success() {
+            bail!("storm workload failed: {status}");
+        }
+        let cpu = stats.cpu_seconds() - c0;
+        std::thread::sleep(Duration::from_secs(1));
+        let m = agent.scrape();
+        let counted = m.sum("cgwatch_seccomp_violations_total", &[("cgroup", &cg.rel)]);
+        let suppressed = m.sum("cgwatch_events_suppressed_total", &[("cgroup", &cg.rel)]);
+        let lines = fs::read_to_string(events.path())?.lines().filter(|l| l.contains(&cg.rel)).count();
+        out(report, "With `--events` on (rate 100/s, burst 1000 per cgroup), the same storm:\n".into());
+        out(report, "| denied | counted | event lines written | suppressed | workload wall time | agent CPU during it |".into());
+        out(report, "| --- | --- | --- | --- | --- | --- |".into());
+        out(report, format!("| 4000000 | {counted} | {lines} | {suppressed} | {wall:.2} s | {cpu:.2} s |\n"));
+    }
 
     // 3. Exit storm: two forkers at 10,000/s each for 10 s.
     out(report, "### 3. Exit storm: 2 forkers x 10,000 short processes/s for 10 s\n".into());

@@ -1,0 +1,190 @@
+//! The event stream's schema: every field, its JSON type and the event types that carry it.
+//! The encoder writes only these fields, the integration tests check every line against this
+//! table, and `docs/events.md` is generated from it.
+
+use std::fmt::Write as _;
+
+/// The values of the `type` field.
+pub const TYPES: [&str; 3] = ["seccomp", "oom_kill", "exit"];
+
+/// A field's JSON type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Json {
+    String,
+    /// A whole number.
+    Integer,
+    /// A number, possibly fractional.
+    Number,
+}
+
+impl Json {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Json::String => "string",
+            Json::Integer => "integer",
+            Json::Number => "number",
+        }
+    }
+}
+
+/// One field of the stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    pub json: Json,
+    /// The event types carrying it (present in every record of these types, absent from others).
+    pub types: &'static [&'static str],
+    /// `null` is allowed: the value is not known (a kernel that does not tell, a name not found).
+    pub nullable: bool,
+    pub meaning: &'static str,
+}
+
+const ALL: &[&str] = &TYPES;
+const SECCOMP: &[&str] = &["seccomp"];
+const OOM: &[&str] = &["oom_kill"];
+const EXIT: &[&str] = &["exit"];
+
+const fn field(name: &'static str, json: Json, types: &'static [&'static str], nullable: bool, meaning: &'static str) -> Field {
+    Field { name, json, types, nullable, meaning }
+}
+
+/// Every field, in the order records carry them.
+pub const FIELDS: &[Field] = &[
+    field("time", Json::String, ALL, false, "When the kernel saw it: RFC 3339, UTC, nanoseconds."),
+    field("type", Json::String, ALL, false, "seccomp, oom_kill or exit."),
+    field("cgroup", Json::String, ALL, false, "The cgroup v2 path, as the `cgroup` label of the metrics says it."),
+    field("container_id", Json::String, ALL, true, "Container identity, as the metrics' labels say it; null where the cgroup is not a container's or the name is not known."),
+    field("container", Json::String, ALL, true, "Container name (for a systemd service: the unit)."),
+    field("pod", Json::String, ALL, true, "Kubernetes pod name."),
+    field("namespace", Json::String, ALL, true, "Kubernetes namespace."),
+    field("runtime", Json::String, ALL, true, "Container runtime (containerd, crio, docker, podman, systemd)."),
+    field("image", Json::String, ALL, true, "Container image, where the runtime's state names it."),
+    field("pid", Json::Integer, ALL, false, "Process id (thread group id) in the host's PID namespace."),
+    field("tid", Json::Integer, ALL, false, "Thread id in the host's PID namespace."),
+    field("comm", Json::String, ALL, false, "The thread's command name (at most 15 bytes)."),
+    field("parent_comm", Json::String, ALL, true, "The parent process's command name."),
+    field("suppressed", Json::Integer, ALL, false, "Events of this cgroup and type that the rate limit suppressed since the previous one written (counted in cgwatch_events_suppressed_total)."),
+    field("syscall", Json::String, SECCOMP, false, "The syscall's name (as the metrics' syscall label: syscall_N when unknown)."),
+    field("syscall_nr", Json::Integer, SECCOMP, true, "The syscall's number; null when the probe could not read it."),
+    field("action", Json::String, SECCOMP, false, "The filter's verdict: errno, trap, kill_process or kill_thread."),
+    field("errno", Json::Integer, SECCOMP, true, "The errno an errno verdict returned; null for other verdicts and where the probe sees the verdict but not the value (the fexit / kprobe fast path)."),
+    field("rss_anon_bytes", Json::Integer, OOM, true, "The victim's anonymous resident memory when it was chosen; null where the kernel does not pass the victim (kernels before 6.8: the kill is seen at its exit, its memory already freed)."),
+    field("rss_file_bytes", Json::Integer, OOM, true, "The victim's file-backed resident memory; null as for rss_anon_bytes."),
+    field("rss_shmem_bytes", Json::Integer, OOM, true, "The victim's shared-memory resident memory; null as for rss_anon_bytes."),
+    field("limit", Json::String, OOM, false, "Which limit fired: own (the victim's cgroup), ancestor (a parent's, named by limit_cgroup), host (a global OOM) or unknown."),
+    field("limit_cgroup", Json::String, OOM, true, "The memory cgroup whose limit fired; null for a global OOM or when not known."),
+    field("reason", Json::String, EXIT, false, "success, error (non-zero exit code), signal, oom_kill or seccomp_kill."),
+    field("exit_code", Json::Integer, EXIT, true, "The exit code; null when a signal ended it."),
+    field("signal", Json::String, EXIT, true, "The signal that ended it (SIGSEGV, SIGKILL...); null when it exited by itself."),
+    field("scope", Json::String, EXIT, false, "container for the exit of a container's first process (the init of a PID namespace), else process. Every container exit is written; a process exit only when its reason is not success."),
+    field("lifetime_seconds", Json::Number, EXIT, true, "How long the process (its thread group leader) ran."),
+];
+
+/// The field named `name`.
+pub fn field_named(name: &str) -> Option<&'static Field> {
+    FIELDS.iter().find(|f| f.name == name)
+}
+
+/// The fields table of `docs/events.md`.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| field | JSON type | in | meaning |\n| --- | --- | --- | --- |\n");
+    for f in FIELDS {
+        let types = if f.types.len() == TYPES.len() { "all".to_string() } else { f.types.join(", ") };
+        let json = if f.nullable { format!("{} or null", f.json.as_str()) } else { f.json.as_str().to_string() };
+        let _ = writeln!(out, "| `{}` | {json} | {types} | {} |", f.name, f.meaning);
+    }
+    out
+}
+
+/// Checks one record against the schema: every field known and of its type, every field of its
+/// type present. `Err` says what is wrong.
+pub fn check(record: &serde_json::Value) -> Result<(), String> {
+    let obj = record.as_object().ok_or("not an object")?;
+    let kind = obj.get("type").and_then(|t| t.as_str()).ok_or("no type")?;
+    if !TYPES.contains(&kind) {
+        return Err(format!("unknown type {kind}"));
+    }
+    for (name, value) in obj {
+        let f = field_named(name).ok_or_else(|| format!("unknown field {name}"))?;
+        if !f.types.contains(&kind) {
+            return Err(format!("field {name} in a {kind} event"));
+        }
+        let ok = match (value, f.json) {
+            (serde_json::Value::Null, _) => f.nullable,
+            (serde_json::Value::String(_), Json::String) => true,
+            (serde_json::Value::Number(n), Json::Integer) => n.is_u64() || n.is_i64(),
+            (serde_json::Value::Number(_), Json::Number) => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("field {name} is {value}, not {}", f.json.as_str()));
+        }
+    }
+    for f in FIELDS.iter().filter(|f| f.types.contains(&kind)) {
+        if !obj.contains_key(f.name) {
+            return Err(format!("{kind} event without {}", f.name));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const BEGIN: &str = "<!-- BEGIN GENERATED: cgwatch::events::schema::markdown_table -->\n";
+    const END: &str = "<!-- END GENERATED -->";
+
+    #[test]
+    fn names_are_unique_and_every_type_has_the_common_fields() {
+        let mut seen = std::collections::HashSet::new();
+        for f in FIELDS {
+            assert!(seen.insert(f.name), "{} twice", f.name);
+            assert!(!f.types.is_empty());
+            assert!(f.types.iter().all(|t| TYPES.contains(t)), "{}", f.name);
+        }
+    }
+
+    #[test]
+    fn check_refuses_what_the_schema_does_not_allow() {
+        let ok = serde_json::json!({
+            "time": "2026-12-02T08:00:00.000000001Z", "type": "exit", "cgroup": "/a",
+            "container_id": null, "container": null, "pod": null, "namespace": null, "runtime": null,
+            "image": null, "pid": 1, "tid": 1, "comm": "x", "parent_comm": null, "suppressed": 0,
+            "reason": "signal", "exit_code": null, "signal": "SIGSEGV", "scope": "process",
+            "lifetime_seconds": 0.5
+        });
+        assert_eq!(check(&ok), Ok(()));
+        let mut extra = ok.clone();
+        extra["syscall"] = "keyctl".into();
+        assert!(check(&extra).is_err(), "a seccomp field in an exit event");
+        let mut missing = ok.clone();
+        missing.as_object_mut().unwrap().remove("scope");
+        assert!(check(&missing).is_err());
+        let mut null = ok.clone();
+        null["pid"] = serde_json::Value::Null;
+        assert!(check(&null).is_err(), "pid is never null");
+        let mut wrong = ok;
+        wrong["exit_code"] = "1".into();
+        assert!(check(&wrong).is_err());
+    }
+
+    /// `CGWATCH_BLESS=1 cargo test -p cgwatch --lib events` rewrites docs/events.md's table.
+    #[test]
+    fn docs_events_md_is_generated_from_the_schema() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md");
+        let doc = std::fs::read_to_string(&path).expect("docs/events.md");
+        let start = doc.find(BEGIN).expect("generated-table start marker") + BEGIN.len();
+        let end = doc[start..].find(END).expect("generated-table end marker") + start;
+        let want = markdown_table();
+        if doc[start..end] != want {
+            if std::env::var_os("CGWATCH_BLESS").is_some() {
+                std::fs::write(&path, format!("{}{want}{}", &doc[..start], &doc[end..])).unwrap();
+                return;
+            }
+            panic!("docs/events.md differs from agent/src/events/schema.rs: run `CGWATCH_BLESS=1 cargo test -p cgwatch --lib events`");
+        }
+    }
+}
