@@ -82,9 +82,14 @@ fn each_verdict_kill_and_failure_is_one_event_with_its_process() {
     let syscall = killed_syscall(&m, !kills_raise_signals());
     assert_eq!((&seccomp[0]["syscall"], &seccomp[0]["action"]), (&json!(syscall), &json!("kill_process")));
     assert_process(exit[0], pid);
+    // Before 5.17 a kill raises no signal, and the thread that counts the group's exit may get
+    // there before the killed thread: the counter is then moved to seccomp_kill afterwards, the
+    // event (already written) says what was known, a SIGSYS (docs/kernels.md).
+    let reasons: &[&str] = if kills_raise_signals() { &["seccomp_kill"] } else { &["seccomp_kill", "signal"] };
+    assert!(reasons.iter().any(|r| exit[0]["reason"] == *r), "{:?}", exit[0]);
     assert_eq!(
-        (&exit[0]["reason"], &exit[0]["signal"], &exit[0]["exit_code"], &exit[0]["scope"]),
-        (&json!("seccomp_kill"), &json!("SIGSYS"), &Value::Null, &json!("process"))
+        (&exit[0]["signal"], &exit[0]["exit_code"], &exit[0]["scope"]),
+        (&json!("SIGSYS"), &Value::Null, &json!("process"))
     );
 
     // A failed process: its exit code, and how long it ran.
