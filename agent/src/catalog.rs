@@ -297,14 +297,30 @@ pub fn markdown_table() -> String {
     out
 }
 
+/// Test support: `doc` (relative to the repository root) carries `want` between
+/// `<!-- BEGIN GENERATED: <generator> -->` and `<!-- END GENERATED -->`; with `CGWATCH_BLESS`
+/// set, a stale section is rewritten instead of failing (`regenerate` says how).
+#[cfg(test)]
+pub(crate) fn assert_generated_section(doc: &str, generator: &str, want: &str, regenerate: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(doc);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{doc}: {e}"));
+    let begin = format!("<!-- BEGIN GENERATED: {generator} -->\n");
+    let start = text.find(&begin).unwrap_or_else(|| panic!("{doc}: no generated-section start marker")) + begin.len();
+    let end = text[start..].find("<!-- END GENERATED -->").unwrap_or_else(|| panic!("{doc}: no generated-section end marker")) + start;
+    if text[start..end] != *want {
+        if std::env::var_os("CGWATCH_BLESS").is_some() {
+            std::fs::write(&path, format!("{}{want}{}", &text[..start], &text[end..])).unwrap();
+            return;
+        }
+        panic!("{doc} differs from {generator}: run `{regenerate}` to regenerate it");
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashSet, path::Path};
+    use std::collections::HashSet;
 
     use super::*;
-
-    const BEGIN: &str = "<!-- BEGIN GENERATED: cgwatch::catalog::markdown_table -->\n";
-    const END: &str = "<!-- END GENERATED -->";
 
     #[test]
     fn names_are_unique_and_help_needs_no_escaping() {
@@ -322,19 +338,11 @@ mod tests {
     /// catalog` rewrites it after a change to the catalog.
     #[test]
     fn docs_metrics_md_is_generated_from_the_catalog() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
-        let doc = std::fs::read_to_string(&path).expect("docs/metrics.md");
-        let start = doc.find(BEGIN).expect("generated-table start marker") + BEGIN.len();
-        let end = doc[start..].find(END).expect("generated-table end marker") + start;
-        let want = markdown_table();
-        if doc[start..end] != want {
-            if std::env::var_os("CGWATCH_BLESS").is_some() {
-                std::fs::write(&path, format!("{}{want}{}", &doc[..start], &doc[end..])).unwrap();
-                return;
-            }
-            panic!(
-                "docs/metrics.md differs from agent/src/catalog.rs: run `CGWATCH_BLESS=1 cargo test -p cgwatch --lib catalog` to regenerate it"
-            );
-        }
+        assert_generated_section(
+            "docs/metrics.md",
+            "cgwatch::catalog::markdown_table",
+            &markdown_table(),
+            "CGWATCH_BLESS=1 cargo test -p cgwatch --lib catalog",
+        );
     }
 }

@@ -95,9 +95,7 @@ impl Reader {
                 if !named && !stopping && at.elapsed() < HOLD_FOR_NAMES && held.len() <= MAX_HELD {
                     break;
                 }
-                if let Some(line) = record::encode(&ctx, e)
-                    && let Some(t) = record::type_name(e.kind).and_then(|t| schema::TYPES.iter().position(|x| *x == t))
-                {
+                if let Some((t, line)) = record::encode(&ctx, e) {
                     self.sink.send(t, line);
                 }
                 held.pop_front();

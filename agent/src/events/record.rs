@@ -74,9 +74,11 @@ fn comm(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
-/// The JSON line of `e` (without the newline); `None` for a kind this agent does not know.
-pub fn encode(ctx: &Context, e: &Event) -> Option<String> {
+/// The JSON line of `e` (without the newline) and its type's index in `schema::TYPES`; `None`
+/// for a kind this agent does not know.
+pub fn encode(ctx: &Context, e: &Event) -> Option<(usize, String)> {
     let kind = type_name(e.kind)?;
+    let type_index = super::schema::TYPES.iter().position(|t| *t == kind)?;
     let (path, identity) = match ctx.registry.describe(e.cgroup_id) {
         Some((path, identity)) => (path.to_string(), identity),
         None => (Label::Unknown(e.cgroup_id).as_value(), Default::default()),
@@ -130,5 +132,5 @@ pub fn encode(ctx: &Context, e: &Event) -> Option<String> {
         }
     }
     l.0.push('}');
-    Some(l.0)
+    Some((type_index, l.0))
 }

@@ -130,12 +130,7 @@ pub fn check(record: &serde_json::Value) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-
-    const BEGIN: &str = "<!-- BEGIN GENERATED: cgwatch::events::schema::markdown_table -->\n";
-    const END: &str = "<!-- END GENERATED -->";
 
     #[test]
     fn names_are_unique_and_every_type_has_the_common_fields() {
@@ -174,17 +169,11 @@ mod tests {
     /// `CGWATCH_BLESS=1 cargo test -p cgwatch --lib events` rewrites docs/events.md's table.
     #[test]
     fn docs_events_md_is_generated_from_the_schema() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md");
-        let doc = std::fs::read_to_string(&path).expect("docs/events.md");
-        let start = doc.find(BEGIN).expect("generated-table start marker") + BEGIN.len();
-        let end = doc[start..].find(END).expect("generated-table end marker") + start;
-        let want = markdown_table();
-        if doc[start..end] != want {
-            if std::env::var_os("CGWATCH_BLESS").is_some() {
-                std::fs::write(&path, format!("{}{want}{}", &doc[..start], &doc[end..])).unwrap();
-                return;
-            }
-            panic!("docs/events.md differs from agent/src/events/schema.rs: run `CGWATCH_BLESS=1 cargo test -p cgwatch --lib events`");
-        }
+        crate::catalog::assert_generated_section(
+            "docs/events.md",
+            "cgwatch::events::schema::markdown_table",
+            &markdown_table(),
+            "CGWATCH_BLESS=1 cargo test -p cgwatch --lib events",
+        );
     }
 }

@@ -255,6 +255,20 @@ fn syscall_overhead(args: &Args, report: &mut String, out: Out) -> Result<()> {
     Ok(())
 }
 
+/// 4 threads x 1,000,000 denied getppid in a new cgroup: the cgroup, the wall time and the
+/// agent's CPU seconds during it.
+fn violation_storm(name: &str, agent: &ProcStats) -> Result<(TestCgroup, f64, f64)> {
+    let cg = TestCgroup::new(name);
+    let c0 = agent.cpu_seconds();
+    let t = Instant::now();
+    let status = cg.run(&["seccomp", "--action", "errno", "--threads", "4", "--count", "1000000"]);
+    let wall = t.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("storm workload failed: {status}");
+    }
+    Ok((cg, wall, agent.cpu_seconds() - c0))
+}
+
 fn storms(report: &mut String, out: Out, scrapes: usize) -> Result<()> {
     // 5 (idle part). The agent alone, idle.
     let agent = Agent::start(&[]);
@@ -267,15 +281,7 @@ fn storms(report: &mut String, out: Out, scrapes: usize) -> Result<()> {
 
     // 2. Violation storm.
     out(report, "### 2. Violation storm: 4 threads x 1,000,000 denied getppid (ERRNO)\n".into());
-    let cg = TestCgroup::new("bench-storm");
-    let c0 = stats.cpu_seconds();
-    let t = Instant::now();
-    let status = cg.run(&["seccomp", "--action", "errno", "--threads", "4", "--count", "1000000"]);
-    let wall = t.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("storm workload failed: {status}");
-    }
-    let storm_cpu = stats.cpu_seconds() - c0;
+    let (cg, wall, storm_cpu) = violation_storm("bench-storm", &stats)?;
     let m = agent.scrape();
     let counted = m.sum("cgwatch_seccomp_violations_total", &[("cgroup", &cg.rel)]);
     let lost = m.sum("cgwatch_events_lost_total", &[]);
@@ -290,15 +296,7 @@ fn storms(report: &mut String, out: Out, scrapes: usize) -> Result<()> {
         let path = events.path().to_str().context("temp path")?.to_string();
         let agent = Agent::start(&["--events", &path]);
         let stats = ProcStats { pid: agent.pid() };
-        let cg = TestCgroup::new("bench-storm-events");
-        let c0 = stats.cpu_seconds();
-        let t = Instant::now();
-        let status = cg.run(&["seccomp", "--action", "errno", "--threads", "4", "--count", "1000000"]);
-        let wall = t.elapsed().as_secs_f64();
-        if !status.success() {
-            bail!("storm workload failed: {status}");
-        }
-        let cpu = stats.cpu_seconds() - c0;
+        let (cg, wall, cpu) = violation_storm("bench-storm-events", &stats)?;
         std::thread::sleep(Duration::from_secs(1));
         let m = agent.scrape();
         let counted = m.sum("cgwatch_seccomp_violations_total", &[("cgroup", &cg.rel)]);
