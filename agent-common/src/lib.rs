@@ -83,6 +83,9 @@ pub mod config_flags {
     /// BTF had the offsets of a task's resident-memory counters (`KernelConfig::mm_*`): OOM kill
     /// events carry the victim's anon / file / shmem RSS.
     pub const HAS_RSS: u32 = 1 << 5;
+    /// Tracing programs may use task local storage (kernels >= 5.12): the per-thread syscall
+    /// state lives in the task (`TASK_STATE`) instead of a hash map by thread id (`TASKS`).
+    pub const HAS_TASK_STORAGE: u32 = 1 << 6;
 }
 
 /// Which memory limit an OOM kill enforced (`OomKey::limit`).

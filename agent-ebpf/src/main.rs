@@ -8,6 +8,7 @@ mod events;
 mod kernel;
 mod maps;
 mod probes;
+mod task_storage;
 
 #[cfg(not(test))]
 #[panic_handler]

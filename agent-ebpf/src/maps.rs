@@ -1,16 +1,65 @@
 //! Maps shared by the probes. Counters are per-CPU hashes: no atomics on the hot path, and
 //! userspace sums the CPUs at scrape time. The loader may resize the counter maps (`--max-cgroups`).
 
-use agent_common::{ExitDedupKey, ExitKey, OomKey, SeccompKey, TaskState, lost};
+use agent_common::{ExitDedupKey, ExitKey, OomKey, SeccompKey, TaskState, config_flags, lost};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    macros::map,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_task_btf},
+    macros::{btf_map, map},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
-/// Syscall state of threads under a seccomp filter, by thread id.
+use crate::{kernel::kconfig, task_storage::TaskStorage};
+
+/// Syscall state of threads under a seccomp filter, in the task itself (kernels with
+/// `HAS_TASK_STORAGE`; on older ones the loader puts a placeholder map here and the programs use
+/// `TASKS`). Use [`task_state`] and [`new_task_state`].
+#[btf_map]
+pub static TASK_STATE: TaskStorage<TaskState> = TaskStorage::new();
+
+/// Syscall state of threads under a seccomp filter, by thread id (kernels without task storage
+/// for tracing programs).
 #[map]
 pub static TASKS: LruHashMap<u32, TaskState> = LruHashMap::with_max_entries(32768, 0);
+
+/// Whether the per-thread state lives in task storage: a constant of the load, so the verifier
+/// keeps only one of the two paths below.
+#[inline(always)]
+fn in_task_storage() -> bool {
+    kconfig!(flags) & config_flags::HAS_TASK_STORAGE != 0
+}
+
+/// The current thread's syscall state, or null when it has none yet.
+#[inline(always)]
+pub fn task_state() -> *mut TaskState {
+    if in_task_storage() {
+        TASK_STATE.get(unsafe { bpf_get_current_task_btf() })
+    } else {
+        TASKS.get_ptr_mut(bpf_get_current_pid_tgid() as u32).unwrap_or(core::ptr::null_mut())
+    }
+}
+
+/// Gives the current thread the syscall state `init` (counted as lost, a task-map loss, when it
+/// cannot be stored).
+#[inline(always)]
+pub fn new_task_state(init: TaskState, probe: &'static str) {
+    let stored = if in_task_storage() {
+        !TASK_STATE.get_or_insert(unsafe { bpf_get_current_task_btf() }, &init).is_null()
+    } else {
+        TASKS.insert(bpf_get_current_pid_tgid() as u32, init, 0).is_ok()
+    };
+    if !stored {
+        count_lost(lost::TASK_MAP, 0, probe);
+    }
+}
+
+/// Forgets an exiting thread's syscall state (task storage is freed with the task by itself).
+#[inline(always)]
+pub fn forget_task_state(tid: u32) {
+    if !in_task_storage() {
+        let _ = TASKS.remove(tid);
+    }
+}
 
 /// Syscall number passed to `__seccomp_filter`, by thread, for the kretprobe (the fast path
 /// where fexit cannot attach).

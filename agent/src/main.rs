@@ -272,9 +272,13 @@ fn attach_probes(
     if layout.memory_v1.is_some() {
         kernel.flags |= config_flags::MEMCG_V1;
     }
+    let kernel_version = probes::kernel_version();
+    if probes::task_state::supported(kernel_version) {
+        kernel.flags |= config_flags::HAS_TASK_STORAGE;
+    }
     let ctx = ProbeContext {
         kernel,
-        kernel_version: probes::kernel_version(),
+        kernel_version,
         seccomp_mode: config.seccomp_mode,
         probe_mode: config.probe_mode,
     };

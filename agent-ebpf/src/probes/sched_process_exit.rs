@@ -66,7 +66,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     let sig = exit_code & 0x7f;
 
     if mode == kabi::SECCOMP_MODE_FILTER || mode == kabi::SECCOMP_MODE_DEAD {
-        let _ = maps::TASKS.remove(tid);
+        maps::forget_task_state(tid);
         let _ = maps::SECCOMP_SYSCALL.remove(tid);
     }
     let group_dead_arg = group_dead;

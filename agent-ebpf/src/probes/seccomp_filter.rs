@@ -71,8 +71,8 @@ fn try_seccomp_filter(ret: i64, nr: impl FnOnce() -> Option<i32>) -> Result<(), 
         // SECCOMP_MODE_DEAD: a KILL verdict, counted from its SIGSYS or the exit.
         return Ok(());
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(state) = maps::TASKS.get_ptr_mut(tid) {
+    let state = maps::task_state();
+    if !state.is_null() {
         unsafe {
             if (*state).trap_pending != 0 {
                 // Counted as a TRAP by signal_generate: never also as ERRNO.

@@ -2,7 +2,7 @@
 //! The kernel sets `seccomp.mode` to SECCOMP_MODE_DEAD before a kill action's signal, which tells
 //! a kill from a trap.
 
-use agent_common::{SeccompKey, TaskState, action, kabi, lost};
+use agent_common::{SeccompKey, TaskState, action, kabi};
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
     macros::{btf_tracepoint, raw_tracepoint},
@@ -45,27 +45,23 @@ fn try_signal_generate(sig: i32, info: u64, target: u64) -> Result<(), i64> {
     }
     let mode = kernel::seccomp_mode(task)?;
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
     let act = if mode == kabi::SECCOMP_MODE_DEAD {
         let tgid = (pid_tgid >> 32) as u32;
         // Remembered so that the exit is reported as `seccomp_kill` and not as a KILL_THREAD.
         let _ = maps::SECCOMP_KILLED.insert(tgid, 1u32, 0);
         action::KILL_PROCESS
     } else if kernel::is_filtered(mode) {
-        match maps::TASKS.get_ptr_mut(tid) {
-            Some(state) => unsafe {
+        let state = maps::task_state();
+        if state.is_null() {
+            maps::new_task_state(TaskState { in_syscall: 0, trap_pending: 1 }, PROBE);
+        } else {
+            unsafe {
                 // A SIGSYS with SYS_SECCOMP raised from inside a syscall body is a forgery
                 // (rt_sigqueueinfo to itself), not seccomp, which runs before sys_enter.
                 if (*state).in_syscall != 0 {
                     return Ok(());
                 }
                 (*state).trap_pending = 1;
-            },
-            None => {
-                let state = TaskState { in_syscall: 0, trap_pending: 1 };
-                if maps::TASKS.insert(tid, state, 0).is_err() {
-                    maps::count_lost(lost::TASK_MAP, 0, PROBE);
-                }
             }
         }
         action::TRAP

@@ -2,9 +2,9 @@
 //! syscall skipped by seccomp: an ERRNO (or USER_NOTIF) verdict, unless a TRAP was just counted
 //! for it by `signal_generate`.
 
-use agent_common::{SeccompKey, TaskState, action, lost};
+use agent_common::{SeccompKey, TaskState, action};
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
+    helpers::bpf_get_current_cgroup_id,
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
@@ -19,9 +19,9 @@ const PROBE: &str = "seccomp_sys_exit";
 
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
-    let mode = kernel::current_seccomp_mode_btf();
-    if kernel::is_filtered(mode) {
-        crate::diag::report(PROBE, try_sys_exit(ctx.arg::<u64>(0), || ctx.arg::<i64>(1)));
+    // Tasks without a filter return here, as in sys_enter.
+    if kernel::is_filtered(kernel::current_seccomp_mode_btf()) {
+        exited(ctx.arg::<u64>(0), ctx.arg::<i64>(1));
     }
     0
 }
@@ -29,27 +29,29 @@ pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     if kernel::seccomp_mode(kernel::current_task()).is_ok_and(kernel::is_filtered) {
-        crate::diag::report(PROBE, try_sys_exit(ctx.arg::<u64>(0), || ctx.arg::<i64>(1)));
+        exited(ctx.arg::<u64>(0), ctx.arg::<i64>(1));
     }
     0
 }
 
-/// For a task under a seccomp filter (the callers check `seccomp.mode` first, so that tasks
-/// without a filter pay only the tracepoint itself).
+/// A filtered thread leaves a syscall (`regs`, its return value `ret`). Out of line, like
+/// sys_enter's.
+#[inline(never)]
+fn exited(regs: u64, ret: i64) {
+    crate::diag::report(PROBE, try_sys_exit(regs, ret));
+}
+
 #[inline(always)]
-fn try_sys_exit(regs: u64, ret: impl FnOnce() -> i64) -> Result<(), i64> {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(state) = maps::TASKS.get_ptr_mut(tid) else {
+fn try_sys_exit(regs: u64, ret: i64) -> Result<(), i64> {
+    let state = maps::task_state();
+    if state.is_null() {
         // First time this thread is seen under a filter: the return of the fork that created it,
         // of the seccomp()/prctl() that installed the filter (or a TSYNC from another thread), or
         // a syscall that was already running when the probes attached. None of these is a
         // violation; from now on the thread is tracked.
-        let state = TaskState { in_syscall: 0, trap_pending: 0 };
-        if maps::TASKS.insert(tid, state, 0).is_err() {
-            maps::count_lost(lost::TASK_MAP, 0, PROBE);
-        }
+        maps::new_task_state(TaskState { in_syscall: 0, trap_pending: 0 }, PROBE);
         return Ok(());
-    };
+    }
     unsafe {
         if (*state).in_syscall != 0 {
             (*state).in_syscall = 0;
@@ -67,7 +69,6 @@ fn try_sys_exit(regs: u64, ret: impl FnOnce() -> i64) -> Result<(), i64> {
     // Only with the stream on (a constant: with it off, the verifier drops all of this): the
     // syscall returned -errno (a USER_NOTIF reply may return 0 or a value: no errno then).
     if crate::events::enabled() {
-        let ret = ret();
         let errno = if (-4095..0).contains(&ret) { -ret as i32 } else { -1 };
         crate::events::seccomp(cgroup_id, nr, action::ERRNO, errno, PROBE);
     }

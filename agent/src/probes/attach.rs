@@ -55,6 +55,8 @@ pub enum ProbeError {
     Object(String),
     #[error("pinning")]
     Pins(#[from] pins::PinError),
+    #[error(transparent)]
+    TaskState(#[from] super::task_state::PatchError),
 }
 
 /// Map sizes, derived from `--max-cgroups`.
@@ -155,6 +157,8 @@ pub fn load(
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&btf))
+        // TASK_STATE (task storage) has no aya userspace type; userspace never reads it.
+        .allow_unsupported_maps()
         .override_global("KCONFIG", &ctx.kernel, true)
         .override_global("AYA_LOG_LEVEL", &log_level, true)
         .override_global("EVENTS_CONFIG", &events, true)
@@ -164,7 +168,13 @@ pub fn load(
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    // Kernels without task storage for tracing programs keep per-thread state in `TASKS`, and
+    // cannot create the task-storage map: they load an object where it is a hash map.
+    let mut ebpf = if ctx.kernel.flags & agent_common::config_flags::HAS_TASK_STORAGE == 0 {
+        loader.load(super::task_state::without_task_storage(EBPF_OBJECT)?.bytes())?
+    } else {
+        loader.load(EBPF_OBJECT)?
+    };
 
     let kernel_bytes = bytemuck_bytes(&ctx.kernel);
     let mut attacher = Attacher {
@@ -520,6 +530,7 @@ mod tests {
         let btf = aya::Btf::parse_file(btf_path, aya::Endianness::default()).unwrap();
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
+            .allow_unsupported_maps()
             .override_global("KCONFIG", &ctx.kernel, true)
             .load(EBPF_OBJECT)
             .unwrap();

@@ -1,8 +1,9 @@
-//! The eBPF programs: the probe table (`table`), loading and attaching them (`attach`), and the
-//! running kernel's version. The maps they count in are read by `crate::maps`.
+//! The eBPF programs: the probe table (`table`), loading and attaching them (`attach`), where they
+//! keep per-thread state (`task_state`), and the running kernel's version. The maps they count in are read by `crate::maps`.
 
 pub mod attach;
 pub mod table;
+pub mod task_state;
 
 pub use attach::{LoadedProbes, MapSizes, ProbeError, ProbeStatus, all_failed, load};
 pub use table::{Mode, PROBES, ProbeContext, ProbeSpec};
