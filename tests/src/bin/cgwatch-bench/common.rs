@@ -48,6 +48,8 @@ pub enum Setup {
     Floor(Child),
     // Held for its lifetime: dropping it stops the agent.
     Agent(#[allow(dead_code)] Agent),
+    // Held for its lifetime: dropping it stops bpftrace.
+    Bpftrace(#[allow(dead_code)] Bpftrace),
 }
 
 impl Setup {
@@ -68,6 +70,7 @@ impl Setup {
                 Setup::Floor(child)
             }
             "events" => Setup::Agent(Agent::start(&["--events", "/dev/null"])),
+            "bpftrace" => Setup::Bpftrace(Bpftrace::start()?),
             _ => Setup::Agent(Agent::start(&[])),
         })
     }

@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: the agent's costs, measured on this kernel, printed as a markdown report.
 //! One module per section (`--only N` runs some):
 //!
-//! 1. null-syscall cost: no probes, empty programs on the same hooks (the floor), the agent;
-//!    for a task without and with a seccomp filter (`syscall`);
+//! 1. null-syscall cost: no probes, empty programs on the same hooks (the floor), the agent,
+//!    the bpftrace script a user would write instead; for a task without and with a seccomp
+//!    filter (`syscall`);
 //! 2. violation storm: 4 threads x 1,000,000 denied syscalls (`storms`);
 //! 3. exit storm: short processes at 20,000/s for 10 s (`storms`);
 //! 4. scrape latency and size with 2,000 cgroups with events (`scrape`);
