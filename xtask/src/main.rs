@@ -229,8 +229,13 @@ fn main() -> Result<()> {
         }
         Task::Bench { args } => {
             build(&root)?;
-            // Benchmark 6 compares with node_exporter.
-            ensure_apt_tools(&[("prometheus-node-exporter", "prometheus-node-exporter")])?;
+            // Benchmark 6 compares with node_exporter, 1 and 6b with a bpftrace script (unshare
+            // mounts tracefs for it where the host has none mounted).
+            ensure_apt_tools(&[
+                ("prometheus-node-exporter", "prometheus-node-exporter"),
+                ("bpftrace", "bpftrace"),
+                ("unshare", "util-linux"),
+            ])?;
             run(Command::new(root.join("target/release/cgwatch-bench"))
                 .arg("--out")
                 .arg(root.join("target/bench-report.md"))

@@ -1,13 +1,15 @@
 //! `cargo xtask bench`: the agent's costs, measured on this kernel, printed as a markdown report.
 //! One module per section (`--only N` runs some):
 //!
-//! 1. null-syscall cost: no probes, empty programs on the same hooks (the floor), the agent;
-//!    for a task without and with a seccomp filter (`syscall`);
+//! 1. null-syscall cost: no probes, empty programs on the same hooks (the floor), the agent,
+//!    the bpftrace script a user would write instead; for a task without and with a seccomp
+//!    filter (`syscall`);
 //! 2. violation storm: 4 threads x 1,000,000 denied syscalls (`storms`);
 //! 3. exit storm: short processes at 20,000/s for 10 s (`storms`);
 //! 4. scrape latency and size with 2,000 cgroups with events (`scrape`);
 //! 5. agent RSS and CPU, idle and under the storms (`storms`);
-//! 6. node_exporter side by side on the host metrics both serve (`peers`);
+//! 6. node_exporter side by side on the host metrics both serve, and the bpftrace script beside
+//!    the agent's seccomp counts in a violation storm (`peers`);
 //! 7. kernel memory of the agent's maps (`map_memory`).
 
 mod common;
@@ -67,6 +69,11 @@ fn main() -> Result<()> {
         match peers::node_exporter_compare(args.scrapes) {
             Ok(lines) => lines.into_iter().for_each(|l| out(&mut report, l)),
             Err(e) => out(&mut report, format!("node_exporter not measured: {e:#}")),
+        }
+        out(&mut report, "\n### 6b. bpftrace, the script a user would write (seccomp ERRNO denials per cgroup)\n".into());
+        match peers::bpftrace_compare() {
+            Ok(lines) => lines.into_iter().for_each(|l| out(&mut report, l)),
+            Err(e) => out(&mut report, format!("bpftrace not measured: {e:#}")),
         }
     }
     if want(7) {

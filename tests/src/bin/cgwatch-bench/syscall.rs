@@ -1,4 +1,5 @@
-//! Section 1: the null syscall's cost with no probes, the floor and the agent.
+//! Section 1: the null syscall's cost with no probes, the floor, the agent and the bpftrace
+//! script a user would write instead (tests/bench/seccomp-denials.bt).
 
 use anyhow::Result;
 
@@ -10,7 +11,15 @@ use crate::{
 pub fn syscall_overhead(args: &Args, report: &mut String, out: Out) -> Result<()> {
     // 1. Syscall overhead, interleaved rounds so that drift hits every setup alike.
     out(report, "### 1. Null syscall (raw getpid), ns per call\n".into());
-    let kinds = ["none", "floor", "agent", "events"];
+    let mut kinds = vec!["none", "floor", "agent", "events", "bpftrace"];
+    // bpftrace joins the rounds only if it can attach here.
+    let bpftrace_missing = match Setup::start("bpftrace") {
+        Ok(_) => None,
+        Err(e) => {
+            kinds.pop();
+            Some(format!("bpftrace not measured: {e:#}"))
+        }
+    };
     let mut samples: Vec<[Vec<f64>; 2]> = kinds.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     for round in 0..args.rounds {
         for k in 0..kinds.len() {
@@ -22,21 +31,25 @@ pub fn syscall_overhead(args: &Args, report: &mut String, out: Out) -> Result<()
         }
     }
     let med: Vec<[f64; 2]> = samples.iter_mut().map(|[a, b]| [median(a), median(b)]).collect();
-    out(report, "| task | no probes | floor (empty tp_btf on sys_enter+sys_exit) | agent | floor adds | agent adds | agent / floor |".into());
-    out(report, "| --- | --- | --- | --- | --- | --- | --- |".into());
+    out(report, "| task | setup | no probes | floor (empty tp_btf on sys_enter+sys_exit) | with the setup | floor adds | setup adds | setup / floor |".into());
+    out(report, "| --- | --- | --- | --- | --- | --- | --- | --- |".into());
+    let setups = [(2, "agent"), (3, "agent with --events on"), (4, "bpftrace script (tracepoints)")];
     for (i, task) in ["without a seccomp filter", "with a seccomp filter"].iter().enumerate() {
-        for (agent, which) in [(2, ""), (3, ", agent with --events on")] {
-            let (n, f, a) = (med[0][i], med[1][i], med[agent][i]);
+        for &(setup, which) in setups.iter().filter(|(s, _)| *s < kinds.len()) {
+            let (n, f, a) = (med[0][i], med[1][i], med[setup][i]);
             out(
                 report,
                 format!(
-                    "| {task}{which} | {n:.1} | {f:.1} | {a:.1} | {:.1} | {:.1} | {:.2}x |",
+                    "| {task} | {which} | {n:.1} | {f:.1} | {a:.1} | {:.1} | {:.1} | {:.2}x |",
                     f - n,
                     a - n,
                     (a - n) / (f - n)
                 ),
             );
         }
+    }
+    if let Some(line) = bpftrace_missing {
+        out(report, format!("\n{line}"));
     }
     out(report, format!("\nMedians of {} interleaved rounds, each the best of 3 runs of {} calls.\n", args.rounds, args.calls));
     Ok(())
