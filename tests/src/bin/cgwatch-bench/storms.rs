@@ -6,27 +6,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use cgwatch_tests::{Agent, TestCgroup};
 
 use crate::{
     Out,
-    common::{ProcStats, scrape_latencies},
+    common::{ProcStats, scrape_latencies, violation_storm},
 };
-
-/// 4 threads x 1,000,000 denied getppid in a new cgroup: the cgroup, the wall time and the
-/// agent's CPU seconds during it.
-fn violation_storm(name: &str, agent: &ProcStats) -> Result<(TestCgroup, f64, f64)> {
-    let cg = TestCgroup::new(name);
-    let c0 = agent.cpu_seconds();
-    let t = Instant::now();
-    let status = cg.run(&["seccomp", "--action", "errno", "--threads", "4", "--count", "1000000"]);
-    let wall = t.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("storm workload failed: {status}");
-    }
-    Ok((cg, wall, agent.cpu_seconds() - c0))
-}
 
 pub fn storms(report: &mut String, out: Out, scrapes: usize) -> Result<()> {
     // 5 (idle part). The agent alone, idle.
