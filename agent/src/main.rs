@@ -249,8 +249,8 @@ fn load_probes(config: &Config) -> Result<Started> {
     if loaded.as_ref().map(|l| &l.status).unwrap_or_else(|s| s).iter().all(|s| !s.attached) {
         warn!("no probe attached: serving cgroup and host CPU / memory only");
     }
-    // Parsing kernel BTF (twice: for the offsets, in the loader) peaks at tens of MiB of small
-    // allocations, all freed once the programs are loaded.
+    // aya's two parses of kernel BTF (one after the other, see probes::load) leave megabytes of
+    // freed small allocations in the heap: handed back here.
     memory::release_free_heap();
     let pinned = pins.is_some() && loaded.is_ok();
     Ok(Started { probes: loaded, layout, pinned })

@@ -145,6 +145,12 @@ pub fn load(
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::EmptyObject);
     }
+    // aya's EbpfLoader::new() parses /sys/kernel/btf/vmlinux by itself (aya-rs/aya#1172) and
+    // keeps it until given another: dropped at once, so that its 13 MiB and the parse below
+    // never coexist (that one reads `btf_file`, which follows --path.sysfs, and attaching needs
+    // it too).
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
     let btf = aya::Btf::parse_file(btf_file, aya::Endianness::default())?;
     let migrations = match pins {
         Some(p) => p.check_maps(&map_shapes(sizes)?)?,
@@ -152,7 +158,6 @@ pub fn load(
     };
     let map_paths: Vec<(&str, std::path::PathBuf)> =
         pins.map(|p| PINNED_MAPS.iter().map(|m| (*m, p.map_path(m))).collect()).unwrap_or_default();
-    let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&btf))
         .override_global("KCONFIG", &ctx.kernel, true)
@@ -165,6 +170,7 @@ pub fn load(
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
+    drop(loader);
 
     let kernel_bytes = bytemuck_bytes(&ctx.kernel);
     let mut attacher = Attacher {
@@ -188,6 +194,10 @@ pub fn load(
         status.push(st);
     }
     fast_path_fell_back(&mut status);
+    let Attacher { pinned_links, reused, .. } = attacher;
+    // Attached: the BTF is freed before the ring buffers are mapped, so that the two do not add
+    // up.
+    drop(btf);
 
     let maps = KernelMaps::new(
         take(&mut ebpf, "SECCOMP_COUNTS")?,
@@ -213,7 +223,6 @@ pub fn load(
             None
         }
     };
-    let Attacher { pinned_links, reused, .. } = attacher;
     Ok(LoadedProbes { ebpf, status, maps, events: cgroup_events, event_ring, kernel_log, pinned_links, reused })
 }
 
