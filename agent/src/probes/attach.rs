@@ -2,7 +2,7 @@
 //! degradation: a probe that cannot attach is reported (log and `cgwatch_probe_attached 0`) and
 //! the rest keep working.
 
-use std::path::Path;
+use std::{fs::File, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -126,10 +126,36 @@ fn map_shapes(sizes: MapSizes) -> Result<Vec<(&'static str, MapShape)>, ProbeErr
     Ok(shapes)
 }
 
+/// A loader without its kernel BTF yet. aya's `EbpfLoader::new()` parses /sys/kernel/btf/vmlinux
+/// by itself and keeps it until given another (aya-rs/aya#1172; lazy in aya after 0.14), some
+/// 19 MiB at its peak on top of what the agent holds then: the agent makes its loader first
+/// thing and drops that parse at once. `load` gives it the BTF of `--path.sysfs`.
+pub fn loader() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    crate::memory::release_free_heap();
+    loader
+}
+
+/// The kernel BTF for aya, parsed from the file mapped where the kernel lets sysfs BTF be mapped
+/// (6.16 and later, private and read-only: its pages stay the kernel's), else from a copy read
+/// into the heap (5.5 MB).
+fn kernel_btf(path: &Path) -> Result<aya::Btf, ProbeError> {
+    // SAFETY: kernel BTF never changes, and nothing writes a copy of it (--path.sysfs elsewhere)
+    // while it is parsed.
+    let mapped =
+        File::open(path).ok().and_then(|f| unsafe { memmap2::MmapOptions::new().map_copy_read_only(&f) }.ok());
+    Ok(match mapped {
+        Some(bytes) => aya::Btf::parse(&bytes, aya::Endianness::default())?,
+        None => aya::Btf::parse_file(path, aya::Endianness::default())?,
+    })
+}
+
 /// Loads the object with the kernel layout in `KCONFIG` and attaches every probe it can. With
 /// `pins`, the maps are opened from (or pinned at) the pin directory and every link is pinned,
 /// so that a restart continues the counts and the probes count while the agent is down.
 pub fn load(
+    loader: EbpfLoader<'static>,
     btf_file: &Path,
     ctx: &ProbeContext,
     sizes: MapSizes,
@@ -145,13 +171,9 @@ pub fn load(
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::EmptyObject);
     }
-    // aya's EbpfLoader::new() parses /sys/kernel/btf/vmlinux by itself (aya-rs/aya#1172) and
-    // keeps it until given another: dropped at once, so that its 13 MiB and the parse below
-    // never coexist (that one reads `btf_file`, which follows --path.sysfs, and attaching needs
-    // it too).
-    let mut loader = EbpfLoader::new();
-    loader.btf(None);
-    let btf = aya::Btf::parse_file(btf_file, aya::Endianness::default())?;
+    let btf = kernel_btf(btf_file)?;
+    // (The loader's lifetime shortened to this function's, to borrow the BTF.)
+    let mut loader: EbpfLoader<'_> = loader;
     let migrations = match pins {
         Some(p) => p.check_maps(&map_shapes(sizes)?)?,
         None => Vec::new(),
