@@ -127,7 +127,7 @@ fn map_shapes(sizes: MapSizes) -> Result<Vec<(&'static str, MapShape)>, ProbeErr
 }
 
 /// A loader without its kernel BTF yet. aya's `EbpfLoader::new()` parses /sys/kernel/btf/vmlinux
-/// by itself and keeps it until given another (aya-rs/aya#1172; lazy in aya after 0.14), some
+/// by itself and keeps it until given another (aya-rs/aya#1172; lazy upstream after 0.14), some
 /// 19 MiB at its peak on top of what the agent holds then: the agent makes its loader early in
 /// start-up and drops that parse at once. `load` gives it the BTF of `--path.sysfs`.
 pub fn loader() -> EbpfLoader<'static> {
