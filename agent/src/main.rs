@@ -4,6 +4,7 @@ use std::{process::ExitCode, sync::Arc};
 
 use agent_common::config_flags;
 use anyhow::{Context as _, Result};
+use aya::EbpfLoader;
 use cgwatch::{
     btf::KernelBtf,
     cgroups::{Layout, Registry},
@@ -79,6 +80,8 @@ async fn run(config: Config) -> Result<()> {
         return Ok(());
     }
     privileges::check()?;
+    // Early, while the agent holds the least: making it parses kernel BTF (see probes::loader).
+    let loader = probes::loader();
     if let Err(e) = privileges::raise_memlock() {
         info!("RLIMIT_MEMLOCK not raised ({e}); fine on kernels >= 5.11, which charge BPF memory to the memory cgroup");
     }
@@ -103,7 +106,7 @@ async fn run(config: Config) -> Result<()> {
     let mut server =
         tokio::spawn(web::serve(listener, exporter.clone(), security, config.web_limits(), shutdown_signal()));
     let cfg = config.clone();
-    let started = tokio::task::spawn_blocking(move || load_probes(&cfg));
+    let started = tokio::task::spawn_blocking(move || load_probes(&cfg, loader));
     let loaded = tokio::select! {
         loaded = started => loaded.context("loading the probes")??,
         served = &mut server => {
@@ -222,7 +225,7 @@ struct Started {
 /// the kernel layout from BTF and loads and attaches the probes (slow: a blocking task). Probes
 /// that cannot load at all (no or broken kernel BTF, a refused map) leave the agent serving
 /// cgroup and host metrics, with every probe reported not attached and the reason logged.
-fn load_probes(config: &Config) -> Result<Started> {
+fn load_probes(config: &Config, loader: EbpfLoader<'static>) -> Result<Started> {
     let layout = Arc::new(Layout::detect(&config.sysfs)?);
     let pins = if config.no_pin {
         None
@@ -237,7 +240,7 @@ fn load_probes(config: &Config) -> Result<Started> {
             }
         }
     };
-    let loaded = attach_probes(config, &layout, pins.as_ref());
+    let loaded = attach_probes(config, &layout, pins.as_ref(), loader);
     // (When none could load, attach_probes said why once.)
     for s in loaded.as_ref().map(|l| l.status.as_slice()).unwrap_or_default() {
         match (s.attached, s.mode) {
@@ -249,8 +252,8 @@ fn load_probes(config: &Config) -> Result<Started> {
     if loaded.as_ref().map(|l| &l.status).unwrap_or_else(|s| s).iter().all(|s| !s.attached) {
         warn!("no probe attached: serving cgroup and host CPU / memory only");
     }
-    // Parsing kernel BTF (twice: for the offsets, in the loader) peaks at tens of MiB of small
-    // allocations, all freed once the programs are loaded.
+    // aya's two parses of kernel BTF (one after the other, see probes::load) leave megabytes of
+    // freed small allocations in the heap: handed back here.
     memory::release_free_heap();
     let pinned = pins.is_some() && loaded.is_ok();
     Ok(Started { probes: loaded, layout, pinned })
@@ -260,6 +263,7 @@ fn attach_probes(
     config: &Config,
     layout: &Layout,
     pins: Option<&Pins>,
+    loader: EbpfLoader<'static>,
 ) -> Result<probes::LoadedProbes, Vec<probes::ProbeStatus>> {
     let failed = |e: anyhow::Error| {
         let reason = format!("{e:#}");
@@ -283,7 +287,7 @@ fn attach_probes(
         probe_mode: config.probe_mode,
     };
     let sizes = MapSizes::for_max_cgroups(config.max_cgroups);
-    probes::load(&config.sysfs.join("kernel/btf/vmlinux"), &ctx, sizes, config.events_config(), pins)
+    probes::load(loader, &config.sysfs.join("kernel/btf/vmlinux"), &ctx, sizes, config.events_config(), pins)
         .map_err(|e| failed(e.into()))
 }
 

@@ -2,7 +2,7 @@
 //! degradation: a probe that cannot attach is reported (log and `cgwatch_probe_attached 0`) and
 //! the rest keep working.
 
-use std::path::Path;
+use std::{fs::File, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -128,10 +128,36 @@ fn map_shapes(sizes: MapSizes) -> Result<Vec<(&'static str, MapShape)>, ProbeErr
     Ok(shapes)
 }
 
+/// A loader without its kernel BTF yet. aya's `EbpfLoader::new()` parses /sys/kernel/btf/vmlinux
+/// by itself and keeps it until given another (aya-rs/aya#1172; lazy upstream after 0.14), some
+/// 19 MiB at its peak on top of what the agent holds then: the agent makes its loader early in
+/// start-up and drops that parse at once. `load` gives it the BTF of `--path.sysfs`.
+pub fn loader() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    crate::memory::release_free_heap();
+    loader
+}
+
+/// The kernel BTF for aya, parsed from the file mapped where the kernel lets sysfs BTF be mapped
+/// (6.16 and later, private and read-only: its pages stay the kernel's), else from a copy read
+/// into the heap (5.5 MB).
+fn kernel_btf(path: &Path) -> Result<aya::Btf, ProbeError> {
+    // SAFETY: kernel BTF never changes, and nothing writes a copy of it (--path.sysfs elsewhere)
+    // while it is parsed.
+    let mapped =
+        File::open(path).ok().and_then(|f| unsafe { memmap2::MmapOptions::new().map_copy_read_only(&f) }.ok());
+    Ok(match mapped {
+        Some(bytes) => aya::Btf::parse(&bytes, aya::Endianness::default())?,
+        None => aya::Btf::parse_file(path, aya::Endianness::default())?,
+    })
+}
+
 /// Loads the object with the kernel layout in `KCONFIG` and attaches every probe it can. With
 /// `pins`, the maps are opened from (or pinned at) the pin directory and every link is pinned,
 /// so that a restart continues the counts and the probes count while the agent is down.
 pub fn load(
+    loader: EbpfLoader<'static>,
     btf_file: &Path,
     ctx: &ProbeContext,
     sizes: MapSizes,
@@ -147,14 +173,15 @@ pub fn load(
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::EmptyObject);
     }
-    let btf = aya::Btf::parse_file(btf_file, aya::Endianness::default())?;
+    let btf = kernel_btf(btf_file)?;
+    // (The loader's lifetime shortened to this function's, to borrow the BTF.)
+    let mut loader: EbpfLoader<'_> = loader;
     let migrations = match pins {
         Some(p) => p.check_maps(&map_shapes(sizes)?)?,
         None => Vec::new(),
     };
     let map_paths: Vec<(&str, std::path::PathBuf)> =
         pins.map(|p| PINNED_MAPS.iter().map(|m| (*m, p.map_path(m))).collect()).unwrap_or_default();
-    let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&btf))
         // TASK_STATE (task storage) has no aya userspace type; userspace never reads it.
@@ -175,6 +202,7 @@ pub fn load(
     } else {
         loader.load(EBPF_OBJECT)?
     };
+    drop(loader);
 
     let kernel_bytes = bytemuck_bytes(&ctx.kernel);
     let mut attacher = Attacher {
@@ -198,6 +226,10 @@ pub fn load(
         status.push(st);
     }
     fast_path_fell_back(&mut status);
+    let Attacher { pinned_links, reused, .. } = attacher;
+    // Attached: the BTF is freed before the ring buffers are mapped, so that the two do not add
+    // up.
+    drop(btf);
 
     let maps = KernelMaps::new(
         take(&mut ebpf, "SECCOMP_COUNTS")?,
@@ -223,7 +255,6 @@ pub fn load(
             None
         }
     };
-    let Attacher { pinned_links, reused, .. } = attacher;
     Ok(LoadedProbes { ebpf, status, maps, events: cgroup_events, event_ring, kernel_log, pinned_links, reused })
 }
 

@@ -5,7 +5,7 @@ pub mod attach;
 pub mod table;
 pub mod task_state;
 
-pub use attach::{LoadedProbes, MapSizes, ProbeError, ProbeStatus, all_failed, load};
+pub use attach::{LoadedProbes, MapSizes, ProbeError, ProbeStatus, all_failed, load, loader};
 pub use table::{Mode, PROBES, ProbeContext, ProbeSpec};
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.

@@ -11,11 +11,13 @@
 //! 6. node_exporter side by side on the host metrics both serve, and the bpftrace script beside
 //!    the agent's seccomp counts in a violation storm (`peers`);
 //! 7. kernel memory of the agent's maps (`map_memory`).
+//! 8. start-up memory: peak RSS (VmHWM) and RSS once the agent is ready (`startup`).
 
 mod common;
 mod map_memory;
 mod peers;
 mod scrape;
+mod startup;
 mod storms;
 mod syscall;
 
@@ -78,6 +80,9 @@ fn main() -> Result<()> {
     }
     if want(7) {
         map_memory::map_memory(&mut report, out)?;
+    }
+    if want(8) {
+        startup::startup_memory(&mut report, out)?;
     }
     if let Some(path) = args.out {
         fs::File::create(&path)?.write_all(report.as_bytes())?;
