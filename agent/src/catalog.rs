@@ -3,8 +3,6 @@
 
 use std::fmt::Write as _;
 
-use prometheus_client::metrics::MetricType;
-
 /// The labels every per-cgroup series may carry: `cgroup`, then the identity labels that are
 /// known (`crate::containers::Identity::known_labels`).
 pub const CGROUP_LABELS: [&str; 6] = ["cgroup", "container_id", "container", "pod", "namespace", "runtime"];
@@ -17,13 +15,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn metric_type(self) -> MetricType {
-        match self {
-            Kind::Counter => MetricType::Counter,
-            Kind::Gauge => MetricType::Gauge,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "counter",

@@ -1,12 +1,11 @@
 //! `cgwatch_process_exits_total` and `cgwatch_container_exits_total{cgroup,reason,signal}`.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use agent_common::reason;
-use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
-use super::{Labels, counter_family};
-use crate::{catalog, cgroups::Registry, names::signal_name, maps::KernelMaps};
+use super::{Collector, EventSeries, event_family};
+use crate::{catalog, cgroups::Registry, encoding::Encoder, maps::KernelMaps, names::signal_name};
 
 pub fn reason_name(r: u32) -> &'static str {
     match r {
@@ -26,10 +25,15 @@ pub struct ExitCollector {
 }
 
 impl Collector for ExitCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let mut processes: BTreeMap<Labels, u64> = BTreeMap::new();
-        let mut containers: BTreeMap<Labels, u64> = BTreeMap::new();
-        for (key, count) in self.maps.exits() {
+    fn encode(&self, encoder: &mut Encoder<'_>) {
+        let mut processes: BTreeMap<EventSeries<2>, u64> = BTreeMap::new();
+        let mut containers: BTreeMap<EventSeries<2>, u64> = BTreeMap::new();
+        let counts = self.maps.exits();
+        let series = self.registry.event_series_many(counts.iter().map(|(k, _)| k.cgroup_id));
+        for ((key, count), cgroup) in counts.into_iter().zip(series) {
+            if cgroup.pending() {
+                continue;
+            }
             // `signal` names the signal only for reason="signal", so that the other reasons
             // have one series each.
             let signal = if key.reason == reason::SIGNAL {
@@ -37,17 +41,11 @@ impl Collector for ExitCollector {
             } else {
                 String::new()
             };
-            let cgroup = self.registry.event_series(key.cgroup_id);
-            if cgroup.pending() {
-                continue;
-            }
-            let mut labels = cgroup.labels();
-            labels.push(("reason", reason_name(key.reason).to_string()));
-            labels.push(("signal", signal));
             let target = if key.container != 0 { &mut containers } else { &mut processes };
-            *target.entry(labels).or_default() += count;
+            *target.entry((cgroup.rendered, [reason_name(key.reason).to_string(), signal])).or_default() += count;
         }
-        counter_family(&mut encoder, &catalog::PROCESS_EXITS, &processes)?;
-        counter_family(&mut encoder, &catalog::CONTAINER_EXITS, &containers)
+        let names = ["reason", "signal"];
+        event_family(encoder, &catalog::PROCESS_EXITS, names, &processes);
+        event_family(encoder, &catalog::CONTAINER_EXITS, names, &containers);
     }
 }
