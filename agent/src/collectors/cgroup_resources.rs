@@ -6,7 +6,11 @@
 //! A cgroupfs read costs tens of microseconds (cpuacct sums every CPU), so with thousands of
 //! cgroups the files are read by `crate::tasks::resource_sampler` every `--sample-interval`
 //! and the collector encodes the latest snapshot.
-
+//!
+//! Counters that are still zero (throttling, memory events, pressure) have no series: an idle
+//! cgroup has none of them, which halves the series of a host with thousands of cgroups, and a
+//! series appears with its first non-zero value (counted from zero, as the event counters are).
+//! The gauges (usage, working set, limit) are there whatever their value.
 
 use std::sync::{Arc, RwLock};
 
@@ -62,21 +66,72 @@ impl Collector for CgroupResourceCollector {
     fn encode(&self, encoder: &mut Encoder<'_>) {
         let readings = self.snapshot.get();
         one_each(encoder, &catalog::CGROUP_CPU_USAGE, &readings, |r| r.cpu_seconds);
-        one_each(encoder, &catalog::CGROUP_CPU_THROTTLED, &readings, |r| r.cpu_throttled_seconds);
+        one_each(encoder, &catalog::CGROUP_CPU_THROTTLED, &readings, |r| r.cpu_throttled_seconds.filter(|s| *s > 0.0));
         one_each(encoder, &catalog::CGROUP_MEMORY_USAGE, &readings, |r| r.memory_bytes.map(bytes));
         one_each(encoder, &catalog::CGROUP_MEMORY_WORKING_SET, &readings, |r| r.memory_working_set_bytes.map(bytes));
         one_each(encoder, &catalog::CGROUP_MEMORY_LIMIT, &readings, |r| r.memory_limit_bytes.map(bytes));
         let mut family = encoder.family(&catalog::CGROUP_MEMORY_EVENTS);
         for (labels, r) in readings.iter() {
-            for (event, v) in &r.memory_events {
+            for (event, v) in r.memory_events.iter().filter(|(_, v)| *v != 0) {
                 family.sample_after(labels, &[("event", event)], *v);
             }
         }
         let mut family = encoder.family(&catalog::CGROUP_PRESSURE);
         for (labels, r) in readings.iter() {
-            for (resource, kind, v) in &r.pressure {
+            for (resource, kind, v) in r.pressure.iter().filter(|(_, _, v)| *v > 0.0) {
                 family.sample_after(labels, &[("resource", resource), ("kind", kind)], *v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::{Format, render_labels};
+
+    /// An idle cgroup's zero counters have no series; its gauges do, zero or not.
+    #[test]
+    fn zero_counters_have_no_series() {
+        let idle = Resources {
+            cpu_seconds: Some(0.5),
+            cpu_throttled_seconds: Some(0.0),
+            memory_bytes: Some(0),
+            memory_working_set_bytes: Some(0),
+            memory_limit_bytes: None,
+            memory_events: vec![("max", 0), ("oom_kill", 0)],
+            pressure: vec![("cpu", "some", 0.25), ("cpu", "full", 0.0), ("io", "some", 0.0)],
+        };
+        let busy = Resources {
+            cpu_throttled_seconds: Some(1.5),
+            memory_events: vec![("max", 3), ("oom_kill", 0)],
+            pressure: vec![("memory", "full", 0.125)],
+            ..idle.clone()
+        };
+        let snapshot = ResourceSnapshot::default();
+        *snapshot.latest.write().unwrap() =
+            Arc::new(vec![(render_labels([("cgroup", "/idle")]), idle), (render_labels([("cgroup", "/busy")]), busy)]);
+        let collector = CgroupResourceCollector { snapshot: Arc::new(snapshot) };
+        let mut encoder = Encoder::new(Format::Text, 0);
+        collector.encode(&mut encoder);
+        let text = String::from_utf8(encoder.finish().unwrap()).unwrap();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                "cgwatch_cgroup_cpu_usage_seconds_total{cgroup=\"/idle\"} 0.5",
+                "cgwatch_cgroup_cpu_usage_seconds_total{cgroup=\"/busy\"} 0.5",
+                "cgwatch_cgroup_cpu_throttled_seconds_total{cgroup=\"/busy\"} 1.5",
+                "cgwatch_cgroup_memory_usage_bytes{cgroup=\"/idle\"} 0",
+                "cgwatch_cgroup_memory_usage_bytes{cgroup=\"/busy\"} 0",
+                "cgwatch_cgroup_memory_working_set_bytes{cgroup=\"/idle\"} 0",
+                "cgwatch_cgroup_memory_working_set_bytes{cgroup=\"/busy\"} 0",
+                "cgwatch_cgroup_memory_events_total{cgroup=\"/busy\",event=\"max\"} 3",
+                "cgwatch_cgroup_pressure_seconds_total{cgroup=\"/idle\",resource=\"cpu\",kind=\"some\"} 0.25",
+                "cgwatch_cgroup_pressure_seconds_total{cgroup=\"/busy\",resource=\"memory\",kind=\"full\"} 0.125",
+            ]
+        );
+        // Every family still has its HELP and TYPE lines.
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 7);
     }
 }
