@@ -2,7 +2,7 @@
 //! kernel's rate limit), `cgwatch_events_written_total{type}` and
 //! `cgwatch_events_dropped_total{reason}` (the agent's writer).
 
-use std::{collections::BTreeMap, sync::Arc, sync::atomic::Ordering};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc, sync::atomic::Ordering};
 
 use super::{Collector, EventSeries, Labels, counter_family, event_family};
 use crate::{
@@ -22,17 +22,16 @@ pub struct EventsCollector {
 
 impl Collector for EventsCollector {
     fn encode(&self, encoder: &mut Encoder<'_>) {
-        let mut suppressed: BTreeMap<EventSeries<1>, u64> = BTreeMap::new();
+        let mut suppressed: Vec<(EventSeries<1>, u64)> = Vec::new();
         let counts = self.maps.suppressed();
         let cgroups = self.registry.event_series_many(counts.iter().map(|(k, _)| k.cgroup_id));
         for ((key, count), cgroup) in counts.into_iter().zip(cgroups) {
             if cgroup.pending() {
                 continue;
             }
-            let labels = [type_name(key.kind).unwrap_or("unknown").to_string()];
-            *suppressed.entry((cgroup.rendered, labels)).or_default() += count;
+            suppressed.push(((cgroup.rendered, [Cow::Borrowed(type_name(key.kind).unwrap_or("unknown"))]), count));
         }
-        event_family(encoder, &catalog::EVENTS_SUPPRESSED, ["type"], &suppressed);
+        event_family(encoder, &catalog::EVENTS_SUPPRESSED, ["type"], suppressed);
         let written: BTreeMap<Labels, u64> = TYPES
             .iter()
             .zip(&self.stats.written)

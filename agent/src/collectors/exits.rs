@@ -1,6 +1,6 @@
 //! `cgwatch_process_exits_total` and `cgwatch_container_exits_total{cgroup,reason,signal}`.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{borrow::Cow, sync::Arc};
 
 use agent_common::reason;
 
@@ -26,8 +26,8 @@ pub struct ExitCollector {
 
 impl Collector for ExitCollector {
     fn encode(&self, encoder: &mut Encoder<'_>) {
-        let mut processes: BTreeMap<EventSeries<2>, u64> = BTreeMap::new();
-        let mut containers: BTreeMap<EventSeries<2>, u64> = BTreeMap::new();
+        let mut processes: Vec<(EventSeries<2>, u64)> = Vec::new();
+        let mut containers: Vec<(EventSeries<2>, u64)> = Vec::new();
         let counts = self.maps.exits();
         let series = self.registry.event_series_many(counts.iter().map(|(k, _)| k.cgroup_id));
         for ((key, count), cgroup) in counts.into_iter().zip(series) {
@@ -36,16 +36,12 @@ impl Collector for ExitCollector {
             }
             // `signal` names the signal only for reason="signal", so that the other reasons
             // have one series each.
-            let signal = if key.reason == reason::SIGNAL {
-                signal_name(key.signal).into_owned()
-            } else {
-                String::new()
-            };
+            let signal = if key.reason == reason::SIGNAL { signal_name(key.signal) } else { Cow::Borrowed("") };
             let target = if key.container != 0 { &mut containers } else { &mut processes };
-            *target.entry((cgroup.rendered, [reason_name(key.reason).to_string(), signal])).or_default() += count;
+            target.push(((cgroup.rendered, [Cow::Borrowed(reason_name(key.reason)), signal]), count));
         }
         let names = ["reason", "signal"];
-        event_family(encoder, &catalog::PROCESS_EXITS, names, &processes);
-        event_family(encoder, &catalog::CONTAINER_EXITS, names, &containers);
+        event_family(encoder, &catalog::PROCESS_EXITS, names, processes);
+        event_family(encoder, &catalog::CONTAINER_EXITS, names, containers);
     }
 }

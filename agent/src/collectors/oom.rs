@@ -4,7 +4,7 @@
 //! no victim task).
 
 use std::{
-    collections::BTreeMap,
+    borrow::Cow,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -66,7 +66,7 @@ pub fn limit_cgroup(registry: &Registry, memory_v1: Option<&Path>, key: &OomKey,
 
 impl Collector for OomCollector {
     fn encode(&self, encoder: &mut Encoder<'_>) {
-        let mut series: BTreeMap<EventSeries<2>, u64> = BTreeMap::new();
+        let mut series: Vec<(EventSeries<2>, u64)> = Vec::new();
         let counts = self.maps.oom();
         let victims = self.registry.event_series_many(counts.iter().map(|(k, _)| k.cgroup_id));
         for ((key, count), victim) in counts.into_iter().zip(victims) {
@@ -74,11 +74,11 @@ impl Collector for OomCollector {
                 continue;
             }
             let labels = [
-                limit_name(key.limit).to_string(),
-                limit_cgroup(&self.registry, self.memory_v1.as_deref(), &key, &victim.label),
+                Cow::Borrowed(limit_name(key.limit)),
+                Cow::Owned(limit_cgroup(&self.registry, self.memory_v1.as_deref(), &key, &victim.label)),
             ];
-            *series.entry((victim.rendered, labels)).or_default() += count;
+            series.push(((victim.rendered, labels), count));
         }
-        event_family(encoder, &catalog::OOM_KILLS, ["limit", "limit_cgroup"], &series);
+        event_family(encoder, &catalog::OOM_KILLS, ["limit", "limit_cgroup"], series);
     }
 }

@@ -1,6 +1,6 @@
 //! `cgwatch_seccomp_violations_total{cgroup,syscall,action}`.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{borrow::Cow, sync::Arc};
 
 use agent_common::action;
 
@@ -25,16 +25,16 @@ pub struct SeccompCollector {
 
 impl Collector for SeccompCollector {
     fn encode(&self, encoder: &mut Encoder<'_>) {
-        let mut series: BTreeMap<EventSeries<2>, u64> = BTreeMap::new();
+        let mut series: Vec<(EventSeries<2>, u64)> = Vec::with_capacity(1024);
         let counts = self.maps.seccomp();
         let cgroups = self.registry.event_series_many(counts.iter().map(|(k, _)| k.cgroup_id));
         for ((key, count), cgroup) in counts.into_iter().zip(cgroups) {
             if cgroup.pending() {
                 continue;
             }
-            let labels = [syscall_name(key.syscall_nr).into_owned(), action_name(key.action).to_string()];
-            *series.entry((cgroup.rendered, labels)).or_default() += count;
+            let labels = [syscall_name(key.syscall_nr), Cow::Borrowed(action_name(key.action))];
+            series.push(((cgroup.rendered, labels), count));
         }
-        event_family(encoder, &catalog::SECCOMP_VIOLATIONS, ["syscall", "action"], &series);
+        event_family(encoder, &catalog::SECCOMP_VIOLATIONS, ["syscall", "action"], series);
     }
 }
