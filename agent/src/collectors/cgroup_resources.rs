@@ -33,8 +33,9 @@ pub struct ResourceSnapshot {
 impl ResourceSnapshot {
     /// Reads the files of every shown, live cgroup (slow: call it off the scrape path).
     pub fn refresh(&self, layout: &Layout, registry: &Registry) {
+        let delegates = layout.v2_delegates();
         let fresh: Readings =
-            registry.shown_live().into_iter().map(|cg| (cg.rendered, layout.resources(&cg.path))).collect();
+            registry.shown_live().into_iter().map(|cg| (cg.rendered, layout.resources_in(&cg.path, delegates))).collect();
         *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
     }
 
