@@ -24,12 +24,11 @@ impl Collector for EventsCollector {
     fn encode(&self, encoder: &mut Encoder<'_>) {
         let mut suppressed: Vec<(EventSeries<1>, u64)> = Vec::new();
         let counts = self.maps.suppressed();
-        let cgroups = self.registry.event_series_many(counts.iter().map(|(k, _)| k.cgroup_id));
+        let cgroups = self.registry.event_labels_many(counts.iter().map(|(k, _)| k.cgroup_id));
         for ((key, count), cgroup) in counts.into_iter().zip(cgroups) {
-            if cgroup.pending() {
-                continue;
-            }
-            suppressed.push(((cgroup.rendered, [Cow::Borrowed(type_name(key.kind).unwrap_or("unknown"))]), count));
+            // A container whose names are being looked up: its series wait (counts stay in the kernel).
+            let Some(cgroup) = cgroup else { continue };
+            suppressed.push(((cgroup, [Cow::Borrowed(type_name(key.kind).unwrap_or("unknown"))]), count));
         }
         event_family(encoder, &catalog::EVENTS_SUPPRESSED, ["type"], suppressed);
         let written: BTreeMap<Labels, u64> = TYPES

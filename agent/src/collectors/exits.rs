@@ -29,16 +29,15 @@ impl Collector for ExitCollector {
         let mut processes: Vec<(EventSeries<2>, u64)> = Vec::new();
         let mut containers: Vec<(EventSeries<2>, u64)> = Vec::new();
         let counts = self.maps.exits();
-        let series = self.registry.event_series_many(counts.iter().map(|(k, _)| k.cgroup_id));
+        let series = self.registry.event_labels_many(counts.iter().map(|(k, _)| k.cgroup_id));
         for ((key, count), cgroup) in counts.into_iter().zip(series) {
-            if cgroup.pending() {
-                continue;
-            }
+            // A container whose names are being looked up: its series wait (counts stay in the kernel).
+            let Some(cgroup) = cgroup else { continue };
             // `signal` names the signal only for reason="signal", so that the other reasons
             // have one series each.
             let signal = if key.reason == reason::SIGNAL { signal_name(key.signal) } else { Cow::Borrowed("") };
             let target = if key.container != 0 { &mut containers } else { &mut processes };
-            target.push(((cgroup.rendered, [Cow::Borrowed(reason_name(key.reason)), signal]), count));
+            target.push(((cgroup, [Cow::Borrowed(reason_name(key.reason)), signal]), count));
         }
         let names = ["reason", "signal"];
         event_family(encoder, &catalog::PROCESS_EXITS, names, processes);

@@ -27,13 +27,12 @@ impl Collector for SeccompCollector {
     fn encode(&self, encoder: &mut Encoder<'_>) {
         let mut series: Vec<(EventSeries<2>, u64)> = Vec::with_capacity(1024);
         let counts = self.maps.seccomp();
-        let cgroups = self.registry.event_series_many(counts.iter().map(|(k, _)| k.cgroup_id));
+        let cgroups = self.registry.event_labels_many(counts.iter().map(|(k, _)| k.cgroup_id));
         for ((key, count), cgroup) in counts.into_iter().zip(cgroups) {
-            if cgroup.pending() {
-                continue;
-            }
+            // A container whose names are being looked up: its series wait (counts stay in the kernel).
+            let Some(cgroup) = cgroup else { continue };
             let labels = [syscall_name(key.syscall_nr), Cow::Borrowed(action_name(key.action))];
-            series.push(((cgroup.rendered, labels), count));
+            series.push(((cgroup, labels), count));
         }
         event_family(encoder, &catalog::SECCOMP_VIOLATIONS, ["syscall", "action"], series);
     }
