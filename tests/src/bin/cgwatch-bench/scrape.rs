@@ -53,7 +53,7 @@ pub fn scrape_at_scale(report: &mut String, out: Out, scrapes: usize, baseline: 
         rows.extend(r);
         notes.push(note);
     }
-    out(report, "| cgroups | agent | series per cgroup | scrape | p50 | p99 | size | RSS after |".into());
+    out(report, "| cgroups | agent | series per cgroup | scrape | p50 | p99 | size | RSS after (anon + file + shmem) |".into());
     out(report, "| --- | --- | --- | --- | --- | --- | --- | --- |".into());
     for r in rows {
         out(report, r);
@@ -133,10 +133,18 @@ fn measure(n: usize, scrapes: usize, baseline: Option<&Path>) -> Result<(Vec<Str
         let total: f64 = s.per_cgroup.values().sum();
         let families: Vec<String> = s.per_cgroup.iter().map(|(f, c)| format!("{f} {c:.2}")).collect();
         note.push_str(&format!(" Series per cgroup ({}): {}.", s.name, families.join(", ")));
-        let rss = ProcStats { pid: s.agent.pid() }.status_kib("VmRSS:") / 1024.0;
+        let stats = ProcStats { pid: s.agent.pid() };
+        let mib = |key| stats.status_kib(key) / 1024.0;
+        let rss = format!(
+            "{:.1} MiB ({:.1} + {:.1} + {:.1})",
+            mib("VmRSS:"),
+            mib("RssAnon:"),
+            mib("RssFile:"),
+            mib("RssShmem:")
+        );
         let (p50, p99) = (percentile(&mut s.plain, 0.5), percentile(&mut s.plain, 0.99));
         rows.push(format!(
-            "| {n} | {} | {total:.1} | text, plain | {p50:.1} ms | {p99:.1} ms | {} KiB | {rss:.1} MiB |",
+            "| {n} | {} | {total:.1} | text, plain | {p50:.1} ms | {p99:.1} ms | {} KiB | {rss} |",
             s.name,
             s.plain_size / 1024
         ));
