@@ -3,8 +3,6 @@
 
 use std::fmt::Write as _;
 
-use prometheus_client::metrics::MetricType;
-
 /// The labels every per-cgroup series may carry: `cgroup`, then the identity labels that are
 /// known (`crate::containers::Identity::known_labels`).
 pub const CGROUP_LABELS: [&str; 6] = ["cgroup", "container_id", "container", "pod", "namespace", "runtime"];
@@ -17,13 +15,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn metric_type(self) -> MetricType {
-        match self {
-            Kind::Counter => MetricType::Counter,
-            Kind::Gauge => MetricType::Gauge,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
@@ -108,7 +99,7 @@ pub const CGROUP_CPU_THROTTLED: Metric = counter(
     "cgwatch_cgroup_cpu_throttled_seconds",
     true,
     &[],
-    "Time the cgroup's tasks were throttled by its CPU quota (v2 cpu.stat throttled_usec, v1 throttled_time).",
+    "Time the cgroup's tasks were throttled by its CPU quota (v2 cpu.stat throttled_usec, v1 throttled_time); absent until the cgroup is first throttled.",
 );
 pub const CGROUP_MEMORY_USAGE: Metric = gauge(
     "cgwatch_cgroup_memory_usage_bytes",
@@ -132,13 +123,13 @@ pub const CGROUP_MEMORY_EVENTS: Metric = counter(
     "cgwatch_cgroup_memory_events",
     true,
     &["event"],
-    "Memory events of the cgroup and its descendants: v2 memory.events (low, high, max, oom, oom_kill, oom_group_kill); v1 oom_kill only.",
+    "Memory events of the cgroup and its descendants: v2 memory.events (low, high, max, oom, oom_kill, oom_group_kill); v1 oom_kill only. An event's series appears with its first occurrence (absent while zero).",
 );
 pub const CGROUP_PRESSURE: Metric = counter(
     "cgwatch_cgroup_pressure_seconds",
     true,
     &["resource", "kind"],
-    "PSI total stall time of the cgroup, by resource (cpu, memory, io) and kind (some, full), where the kernel has PSI.",
+    "PSI total stall time of the cgroup, by resource (cpu, memory, io) and kind (some, full), where the kernel has PSI; absent while zero (an idle cgroup has none).",
 );
 
 // Containers.

@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod collectors;
 pub mod config;
 pub mod containers;
+pub mod encoding;
 pub mod events;
 pub mod maps;
 pub mod memory;

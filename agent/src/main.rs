@@ -9,6 +9,7 @@ use cgwatch::{
     btf::KernelBtf,
     cgroups::{Layout, Registry},
     collectors::{
+        Collectors,
         agent::AgentCollector,
         cgroup_resources::{CgroupResourceCollector, ResourceSnapshot},
         containers::ContainerCollector,
@@ -151,33 +152,33 @@ async fn run(config: Config) -> Result<()> {
     resources.refresh(&layout, &registry);
 
     let probe_summary = status.iter().map(|s| format!("{} {} {}\n", s.probe, s.mode, u8::from(s.attached))).collect();
-    let mut metrics = prometheus_client::registry::Registry::default();
+    let mut metrics = Collectors::default();
     if let Some(maps) = &maps {
-        metrics.register_collector(Box::new(SeccompCollector { maps: maps.clone(), registry: registry.clone() }));
-        metrics.register_collector(Box::new(OomCollector {
+        metrics.register(SeccompCollector { maps: maps.clone(), registry: registry.clone() });
+        metrics.register(OomCollector {
             maps: maps.clone(),
             registry: registry.clone(),
             memory_v1: layout.memory_v1.clone(),
-        }));
-        metrics.register_collector(Box::new(ExitCollector { maps: maps.clone(), registry: registry.clone() }));
+        });
+        metrics.register(ExitCollector { maps: maps.clone(), registry: registry.clone() });
         if sink.is_some() {
-            metrics.register_collector(Box::new(EventsCollector {
+            metrics.register(EventsCollector {
                 maps: maps.clone(),
                 registry: registry.clone(),
                 stats: event_stats.clone(),
-            }));
+            });
         }
     }
-    metrics.register_collector(Box::new(CgroupResourceCollector { snapshot: resources.clone() }));
-    metrics.register_collector(Box::new(ContainerCollector { registry: registry.clone() }));
-    metrics.register_collector(Box::new(HostCollector { procfs: config.procfs.clone(), sampler: sampler.clone() }));
-    metrics.register_collector(Box::new(AgentCollector {
+    metrics.register(CgroupResourceCollector { snapshot: resources.clone() });
+    metrics.register(ContainerCollector { registry: registry.clone() });
+    metrics.register(HostCollector { procfs: config.procfs.clone(), sampler: sampler.clone() });
+    metrics.register(AgentCollector {
         maps: maps.clone(),
         registry: registry.clone(),
         probes: status,
         kernel_release: probes::kernel_release(),
         pinned,
-    }));
+    });
 
     let wake_resolver = Arc::new(Notify::new());
     if let Some(ring) = cgroup_events {

@@ -85,10 +85,24 @@ impl Layout {
         read_file(&self.v2_dir(rel).join("cgroup.controllers")).unwrap_or_default()
     }
 
+    /// Whether a cgroup below the v2 root may have controllers: the root enables some for its
+    /// children (`cgroup.subtree_control`). Not on a hybrid host, where they are all on v1: the
+    /// sampler then skips each cgroup's `cgroup.controllers` (a file read per cgroup less).
+    pub fn v2_delegates(&self) -> bool {
+        read_file(&self.v2.join("cgroup.subtree_control")).is_none_or(|c| !c.trim().is_empty())
+    }
+
     /// CPU, memory and pressure of the cgroup at `rel` (a path relative to the mount, starting
     /// with `/`): from v2 where the controller is enabled there, else from v1 at the same path.
     pub fn resources(&self, rel: &str) -> Resources {
-        let controllers = self.v2_controllers(rel);
+        self.resources_in(rel, true)
+    }
+
+    /// `resources`, where `v2_delegates` (once per pass) says whether to look for v2
+    /// controllers below the root.
+    pub fn resources_in(&self, rel: &str, v2_delegates: bool) -> Resources {
+        let root = rel.trim_start_matches('/').is_empty();
+        let controllers = if v2_delegates || root { self.v2_controllers(rel) } else { String::new() };
         let has = |name: &str| controllers.split_whitespace().any(|c| c == name);
         let v2 = self.v2_dir(rel);
         let mut r = Resources::default();
@@ -231,8 +245,13 @@ fn join_rel(base: &Path, rel: &str) -> PathBuf {
 
 /// A cgroup file's text; `None` when it is missing or unreadable. Every file parser below takes
 /// what this returns, so that each can be tested (and fuzzed) on text alone.
+/// A small file's text. Not `fs::read_to_string`, whose size hint costs a statx and an lseek
+/// per file: the sampler reads some ten files per cgroup, thousands of cgroups per pass.
 fn read_file(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok()
+    let mut file = fs::File::open(path).ok()?;
+    let mut text = String::with_capacity(512);
+    io::Read::read_to_string(&mut io::Read::take(&mut file, 1 << 20), &mut text).ok()?;
+    Some(text)
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -310,6 +329,11 @@ mod tests {
         assert_eq!(r.memory_working_set_bytes, Some(4096 - 1024));
         assert_eq!(r.memory_events, vec![("oom_kill", 2)]);
         assert_eq!(r.cpu_throttled_seconds, Some(0.5));
+        // No subtree_control file (a fixture): assume delegation; an empty one: none.
+        assert!(layout.v2_delegates());
+        fs::write(cg.join("unified/cgroup.subtree_control"), "\n").unwrap();
+        assert!(!layout.v2_delegates());
+        assert_eq!(layout.resources_in("/app", false), r);
 
         let scan = layout.scan().unwrap();
         assert_eq!(scan.len(), 2);
@@ -337,6 +361,8 @@ mod tests {
         )
         .unwrap();
         let layout = Layout::detect(dir.path()).unwrap();
+        fs::write(cg.join("cgroup.subtree_control"), "cpu memory\n").unwrap();
+        assert!(layout.v2_delegates());
         let r = layout.resources("/svc");
         assert_eq!(r.cpu_seconds, Some(1.5));
         assert_eq!(r.cpu_throttled_seconds, None, "no throttled_usec in this cpu.stat");

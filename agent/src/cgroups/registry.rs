@@ -1,5 +1,5 @@
 //! The id -> path registry of cgroups, with the `--max-cgroups` bound and the `--retain`
-//! window, and the labels of each cgroup's series.
+//! window; the labels of each cgroup's series are in `super::series`.
 //!
 //! The eBPF programs identify a cgroup by its v2 id, which is the inode number of its directory
 //! in the cgroup2 mount. The registry learns ids from a walk of that mount and from the
@@ -11,83 +11,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::ScannedCgroup;
+use super::{
+    ScannedCgroup,
+    series::{Label, Series, render, sanitize_path},
+};
 use crate::containers::{Identity, Selection, parse_path};
-
-/// Longest cgroup path exported as a label value; longer ones are cut at a char boundary.
-pub const MAX_PATH_LABEL: usize = 1024;
-
-/// Makes an untrusted cgroup path safe as a label value: valid UTF-8, bounded length. The
-/// exposition encoder escapes quotes, backslashes and newlines.
-pub fn sanitize_path(raw: &[u8]) -> Arc<str> {
-    let s = String::from_utf8_lossy(raw);
-    let s = if s.is_empty() { "/" } else { &s };
-    if s.len() <= MAX_PATH_LABEL {
-        return Arc::from(s);
-    }
-    let mut end = MAX_PATH_LABEL;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    Arc::from(&s[..end])
-}
-
-/// What a per-cgroup series is labelled with.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Label {
-    Path(Arc<str>),
-    /// Over `--max-cgroups`: summed into one series so that no count is lost.
-    Overflow,
-    /// Not chosen by `--cgroups`: summed into one series so that no count is lost.
-    Unselected,
-    /// An id the agent never saw created (its mkdir event was lost and it is gone).
-    Unknown(u64),
-}
-
-impl Label {
-    pub fn as_value(&self) -> String {
-        match self {
-            Label::Path(p) => p.to_string(),
-            Label::Overflow => "(overflow)".to_string(),
-            Label::Unselected => "(other)".to_string(),
-            Label::Unknown(id) => format!("(unknown id {id})"),
-        }
-    }
-}
-
-/// The labels of one cgroup's series: its path (or a fold) and its container identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Series {
-    pub label: Label,
-    pub identity: Arc<Identity>,
-}
-
-impl Series {
-    fn folded(label: Label) -> Self {
-        Series { label, identity: Arc::default() }
-    }
-
-    /// The names of this container are being looked up: its series wait for them (the
-    /// counters are kept in the kernel meanwhile, nothing is lost).
-    pub fn pending(&self) -> bool {
-        self.identity.pending()
-    }
-
-    /// `cgroup`, then the known ones of `container_id`, `container`, `pod`, `namespace`,
-    /// `runtime` (`Identity::known_labels`).
-    pub fn labels(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::with_capacity(8);
-        out.push(("cgroup", self.label.as_value()));
-        out.extend(self.identity.known_labels().map(|(k, v)| (k, v.to_string())));
-        out
-    }
-}
 
 #[derive(Debug)]
 struct Entry {
     path: Arc<str>,
     /// What the path says, then the names the resolver found.
     identity: Arc<Identity>,
+    /// Path and identity rendered as labels (`Series::rendered`).
+    rendered: Arc<str>,
     populated: bool,
     removed_at: Option<Instant>,
     /// Has series of its own (admitted under `--max-cgroups`).
@@ -101,15 +37,25 @@ struct Entry {
 impl Entry {
     fn new(path: Arc<str>, seen_at: Instant) -> Self {
         let identity = Arc::new(parse_path(&path));
-        Entry { path, identity, populated: false, removed_at: None, shown: false, has_events: false, seen_at }
+        let rendered = render(&Label::Path(path.clone()), &identity);
+        Entry { path, identity, rendered, populated: false, removed_at: None, shown: false, has_events: false, seen_at }
+    }
+
+    fn set_identity(&mut self, identity: Arc<Identity>) {
+        self.rendered = render(&Label::Path(self.path.clone()), &identity);
+        self.identity = identity;
+    }
+
+    fn series(&self) -> Series {
+        Series { label: Label::Path(self.path.clone()), identity: self.identity.clone(), rendered: self.rendered.clone() }
     }
 
     /// Renames (a cgroup id never changes path in practice, but a lost event can leave a
     /// stale one); a new path means a new identity.
     fn set_path(&mut self, path: Arc<str>) {
         if self.path != path {
-            self.identity = Arc::new(parse_path(&path));
             self.path = path;
+            self.set_identity(Arc::new(parse_path(&self.path)));
         }
     }
 }
@@ -134,6 +80,8 @@ pub struct Registry {
 pub struct ShownCgroup {
     pub path: Arc<str>,
     pub identity: Arc<Identity>,
+    /// Its labels, rendered (`Series::rendered`).
+    pub rendered: Arc<str>,
 }
 
 impl Registry {
@@ -233,7 +181,35 @@ impl Registry {
     /// The labels for a cgroup that has kernel events; admits it when there is room, evicting a
     /// cgroup that is only populated if needed.
     pub fn event_series(&self, id: u64) -> Series {
+        self.event_series_locked(&mut self.lock(), id)
+    }
+
+    /// `event_series` of every id, in order, under one lock (a scrape's thousands of keys).
+    pub fn event_series_many(&self, ids: impl IntoIterator<Item = u64>) -> Vec<Series> {
         let mut st = self.lock();
+        ids.into_iter().map(|id| self.event_series_locked(&mut st, id)).collect()
+    }
+
+    /// The rendered labels (`Series::rendered`) of every id's series, in order, under one lock;
+    /// `None` while its names are looked up (`Series::pending`). What the event collectors
+    /// need: a shown cgroup costs a lookup and one reference count, not a whole `Series`.
+    pub fn event_labels_many(&self, ids: impl IntoIterator<Item = u64>) -> Vec<Option<Arc<str>>> {
+        let mut st = self.lock();
+        ids.into_iter()
+            .map(|id| match st.entries.get_mut(&id) {
+                Some(e) if e.shown && self.selection.selects(e.identity.kind) => {
+                    e.has_events = true;
+                    (!e.identity.pending()).then(|| e.rendered.clone())
+                }
+                _ => {
+                    let series = self.event_series_locked(&mut st, id);
+                    (!series.pending()).then_some(series.rendered)
+                }
+            })
+            .collect()
+    }
+
+    fn event_series_locked(&self, st: &mut State, id: u64) -> Series {
         let max = self.max_shown;
         // Counts of a cgroup the registry does not know (gone before this agent started, or its
         // events lost): kept as "(unknown id N)" for the retain window, then purged with them.
@@ -248,7 +224,7 @@ impl Registry {
             return Series::folded(Label::Unselected);
         }
         if e.shown {
-            return Series { label: Label::Path(e.path.clone()), identity: e.identity.clone() };
+            return e.series();
         }
         if st.shown >= max {
             let victim = st
@@ -271,7 +247,7 @@ impl Registry {
         match st.entries.get_mut(&id) {
             Some(e) => {
                 e.shown = true;
-                Series { label: Label::Path(e.path.clone()), identity: e.identity.clone() }
+                e.series()
             }
             None => Series::folded(Label::Unknown(id)),
         }
@@ -305,7 +281,7 @@ impl Registry {
             && e.identity.container_id == identity.container_id
             && e.identity.pod_uid == identity.pod_uid
         {
-            e.identity = Arc::new(identity);
+            e.set_identity(Arc::new(identity));
         }
     }
 
@@ -332,7 +308,7 @@ impl Registry {
             .entries
             .values()
             .filter(|e| e.shown && e.removed_at.is_none() && !e.identity.pending())
-            .map(|e| ShownCgroup { path: e.path.clone(), identity: e.identity.clone() })
+            .map(|e| ShownCgroup { path: e.path.clone(), identity: e.identity.clone(), rendered: e.rendered.clone() })
             .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out
@@ -410,15 +386,6 @@ mod tests {
 
     fn scanned(id: u64, path: &str, populated: bool) -> ScannedCgroup {
         ScannedCgroup { id, path: path.into(), populated }
-    }
-
-    #[test]
-    fn hostile_paths_are_bounded_and_valid_utf8() {
-        let p = sanitize_path(b"/a\xff\"b\nc");
-        assert_eq!(&*p, "/a\u{fffd}\"b\nc");
-        let long = "é".repeat(2000);
-        let p = sanitize_path(long.as_bytes());
-        assert!(p.len() <= MAX_PATH_LABEL && p.chars().all(|c| c == 'é'));
     }
 
     #[test]
@@ -502,6 +469,28 @@ mod tests {
         assert!(r.needs_names().is_empty(), "a removed container is not retried");
         assert_eq!(r.event_series(3).labels()[1], ("container_id", id));
         assert_eq!(r.event_series(4).labels(), vec![("cgroup", "/plain".to_string())], "unknown identity: no empty labels");
+    }
+
+    /// The event collectors' shortcut says what `event_series` says: the rendered labels,
+    /// nothing while a container's names are looked up, folds over --max-cgroups.
+    #[test]
+    fn event_labels_agree_with_event_series() {
+        let t0 = Instant::now();
+        let r = Registry::new(3, Duration::from_secs(60));
+        r.cgroup_created(1, b"/a", t0);
+        r.cgroup_created(2, format!("/docker/{}", "cd".repeat(32)).as_bytes(), t0);
+        for id in [3, 4, 5] {
+            r.cgroup_created(id, format!("/x{id}").as_bytes(), t0);
+        }
+        let ids = [1, 2, 3, 4, 5, 1];
+        let labels = r.event_labels_many(ids);
+        let series = r.event_series_many(ids);
+        for (l, s) in labels.iter().zip(&series) {
+            assert_eq!(l.as_deref(), (!s.pending()).then_some(&*s.rendered), "{s:?}");
+        }
+        assert_eq!(labels[0].as_deref(), Some("cgroup=\"/a\""));
+        assert_eq!(labels[1], None, "a container waits for its names");
+        assert_eq!(labels[4].as_deref(), Some("cgroup=\"(overflow)\""));
     }
 
     #[test]

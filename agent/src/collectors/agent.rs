@@ -2,14 +2,13 @@
 //! `cgwatch_events_lost_total{reason}`, `cgwatch_map_entries{map}` / `cgwatch_map_capacity{map}`,
 //! `cgwatch_cgroups_not_shown`, `cgwatch_pinned`, `cgwatch_build_info{version,kernel}`.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
-use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
-
-use super::{Labels, counter_family, gauge_family, single_gauge};
+use super::{Collector, Labels, counter_family, gauge_family, single_gauge};
 use crate::{
     catalog,
     cgroups::Registry,
+    encoding::Encoder,
     maps::{KernelMaps, LOST_REASONS},
     probes::ProbeStatus,
 };
@@ -26,7 +25,7 @@ pub struct AgentCollector {
 }
 
 impl Collector for AgentCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+    fn encode(&self, encoder: &mut Encoder<'_>) {
         let attached: BTreeMap<Labels, i64> = self
             .probes
             .iter()
@@ -34,22 +33,22 @@ impl Collector for AgentCollector {
                 (vec![("probe", p.probe.to_string()), ("mode", p.mode.to_string())], i64::from(p.attached))
             })
             .collect();
-        gauge_family(&mut encoder, &catalog::PROBE_ATTACHED, &attached)?;
+        gauge_family(encoder, &catalog::PROBE_ATTACHED, &attached);
         // Every reason always has a series, so that the first loss is an increase from zero.
         let lost = self.maps.as_ref().map(|m| m.lost()).unwrap_or_default();
         let lost: BTreeMap<Labels, u64> =
             LOST_REASONS.iter().zip(lost).map(|(r, n)| (vec![("reason", r.to_string())], n)).collect();
-        counter_family(&mut encoder, &catalog::EVENTS_LOST, &lost)?;
+        counter_family(encoder, &catalog::EVENTS_LOST, &lost);
         if let Some(maps) = &self.maps {
             let fill = maps.fill();
             let entries: BTreeMap<Labels, i64> = fill.iter().map(|(m, n, _)| (vec![("map", m.to_string())], *n as i64)).collect();
             let capacity: BTreeMap<Labels, i64> =
                 fill.iter().map(|(m, _, c)| (vec![("map", m.to_string())], i64::from(*c))).collect();
-            gauge_family(&mut encoder, &catalog::MAP_ENTRIES, &entries)?;
-            gauge_family(&mut encoder, &catalog::MAP_CAPACITY, &capacity)?;
+            gauge_family(encoder, &catalog::MAP_ENTRIES, &entries);
+            gauge_family(encoder, &catalog::MAP_CAPACITY, &capacity);
         }
-        single_gauge(&mut encoder, &catalog::CGROUPS_NOT_SHOWN, self.registry.not_shown() as i64)?;
-        single_gauge(&mut encoder, &catalog::PINNED, i64::from(self.pinned))?;
+        single_gauge(encoder, &catalog::CGROUPS_NOT_SHOWN, self.registry.not_shown() as i64);
+        single_gauge(encoder, &catalog::PINNED, i64::from(self.pinned));
         let build = BTreeMap::from([(
             vec![
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
@@ -57,6 +56,6 @@ impl Collector for AgentCollector {
             ],
             1i64,
         )]);
-        gauge_family(&mut encoder, &catalog::BUILD_INFO, &build)
+        gauge_family(encoder, &catalog::BUILD_INFO, &build);
     }
 }

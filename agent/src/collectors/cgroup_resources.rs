@@ -6,26 +6,23 @@
 //! A cgroupfs read costs tens of microseconds (cpuacct sums every CPU), so with thousands of
 //! cgroups the files are read by `crate::tasks::resource_sampler` every `--sample-interval`
 //! and the collector encodes the latest snapshot.
+//!
+//! Counters that are still zero (throttling, memory events, pressure) have no series: an idle
+//! cgroup has none of them, which halves the series of a host with thousands of cgroups, and a
+//! series appears with its first non-zero value (counted from zero, as the event counters are).
+//! The gauges (usage, working set, limit) are there whatever their value.
 
-use std::{
-    fmt,
-    sync::{Arc, RwLock},
-};
+use std::sync::{Arc, RwLock};
 
-use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
-};
-
-use super::descriptor;
+use super::Collector;
 use crate::{
     catalog::{self, Metric},
-    cgroups::{Label, Layout, Registry, Resources, Series},
+    cgroups::{Layout, Registry, Resources},
+    encoding::{Encoder, Value},
 };
 
-/// One sampling pass: (the cgroup's series labels, its readings).
-pub type Readings = Vec<(Series, Resources)>;
+/// One sampling pass: (the cgroup's rendered labels, its readings).
+pub type Readings = Vec<(Arc<str>, Resources)>;
 
 /// The latest CPU and memory reading of every shown, live cgroup.
 #[derive(Debug, Default)]
@@ -36,28 +33,14 @@ pub struct ResourceSnapshot {
 impl ResourceSnapshot {
     /// Reads the files of every shown, live cgroup (slow: call it off the scrape path).
     pub fn refresh(&self, layout: &Layout, registry: &Registry) {
-        let fresh: Readings = registry
-            .shown_live()
-            .into_iter()
-            .map(|cg| {
-                let r = layout.resources(&cg.path);
-                (
-                    Series {
-                        label: Label::Path(cg.path),
-                        identity: cg.identity,
-                    },
-                    r,
-                )
-            })
-            .collect();
+        let delegates = layout.v2_delegates();
+        let fresh: Readings =
+            registry.shown_live().into_iter().map(|cg| (cg.rendered, layout.resources_in(&cg.path, delegates))).collect();
         *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
     }
 
     pub fn get(&self) -> Arc<Readings> {
-        self.latest
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.latest.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -66,113 +49,90 @@ pub struct CgroupResourceCollector {
     pub snapshot: Arc<ResourceSnapshot>,
 }
 
-/// Emits one series of the current family: the extra labels after the cgroup's own, and the value.
-type Emit<'e> = dyn FnMut(&[(&'static str, &'static str)], &dyn EncodeMetric) -> fmt::Result + 'e;
-
-/// Encodes one family with a series per cgroup (or several, with extra labels), borrowing the
-/// label values from the snapshot: with thousands of cgroups, building owned label sets for
-/// every series cost more than the rest of the scrape.
-fn per_cgroup(
-    encoder: &mut DescriptorEncoder,
-    metric: &Metric,
-    readings: &Readings,
-    mut values: impl FnMut(&Resources, &mut Emit<'_>) -> fmt::Result,
-) -> fmt::Result {
-    let mut family = descriptor(encoder, metric)?;
-    for (series, r) in readings.iter() {
-        let Label::Path(path) = &series.label else {
-            continue;
-        };
-        let mut base: [(&'static str, &str); 6] = [("cgroup", path); 6];
-        let mut n = 1;
-        for label in series.identity.known_labels() {
-            base[n] = label;
-            n += 1;
+/// A family with one series per cgroup that has `value`.
+fn one_each<V: Value>(encoder: &mut Encoder<'_>, metric: &Metric, readings: &Readings, value: impl Fn(&Resources) -> Option<V>) {
+    let mut family = encoder.family(metric);
+    for (labels, r) in readings {
+        if let Some(v) = value(r) {
+            family.sample_after(labels, &[], v);
         }
-        let base = &base[..n];
-        let mut emit =
-            |extra: &[(&'static str, &'static str)], metric: &dyn EncodeMetric| -> fmt::Result {
-                metric.encode(family.encode_family(&(base, extra))?)
-            };
-        values(r, &mut emit)?;
     }
-    Ok(())
 }
 
-fn bytes(v: u64) -> ConstGauge<i64> {
-    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+fn bytes(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Collector for CgroupResourceCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+    fn encode(&self, encoder: &mut Encoder<'_>) {
         let readings = self.snapshot.get();
-        let e = &mut encoder;
-        per_cgroup(
-            e,
-            &catalog::CGROUP_CPU_USAGE,
-            &readings,
-            |r, emit| {
-                r.cpu_seconds
-                    .map_or(Ok(()), |v| emit(&[], &ConstCounter::new(v)))
-            },
-        )?;
-        per_cgroup(
-            e,
-            &catalog::CGROUP_CPU_THROTTLED,
-            &readings,
-            |r, emit| {
-                r.cpu_throttled_seconds
-                    .map_or(Ok(()), |v| emit(&[], &ConstCounter::new(v)))
-            },
-        )?;
-        per_cgroup(
-            e,
-            &catalog::CGROUP_MEMORY_USAGE,
-            &readings,
-            |r, emit| r.memory_bytes.map_or(Ok(()), |v| emit(&[], &bytes(v))),
-        )?;
-        per_cgroup(
-            e,
-            &catalog::CGROUP_MEMORY_WORKING_SET,
-            &readings,
-            |r, emit| {
-                r.memory_working_set_bytes
-                    .map_or(Ok(()), |v| emit(&[], &bytes(v)))
-            },
-        )?;
-        per_cgroup(
-            e,
-            &catalog::CGROUP_MEMORY_LIMIT,
-            &readings,
-            |r, emit| {
-                r.memory_limit_bytes
-                    .map_or(Ok(()), |v| emit(&[], &bytes(v)))
-            },
-        )?;
-        per_cgroup(
-            e,
-            &catalog::CGROUP_MEMORY_EVENTS,
-            &readings,
-            |r, emit| {
-                for (event, v) in &r.memory_events {
-                    emit(&[("event", event)], &ConstCounter::new(*v))?;
-                }
-                Ok(())
-            },
-        )?;
-        per_cgroup(
-            e,
-            &catalog::CGROUP_PRESSURE,
-            &readings,
-            |r, emit| {
-                for (resource, kind, v) in &r.pressure {
-                    emit(
-                        &[("resource", resource), ("kind", kind)],
-                        &ConstCounter::new(*v),
-                    )?;
-                }
-                Ok(())
-            },
-        )
+        one_each(encoder, &catalog::CGROUP_CPU_USAGE, &readings, |r| r.cpu_seconds);
+        one_each(encoder, &catalog::CGROUP_CPU_THROTTLED, &readings, |r| r.cpu_throttled_seconds.filter(|s| *s > 0.0));
+        one_each(encoder, &catalog::CGROUP_MEMORY_USAGE, &readings, |r| r.memory_bytes.map(bytes));
+        one_each(encoder, &catalog::CGROUP_MEMORY_WORKING_SET, &readings, |r| r.memory_working_set_bytes.map(bytes));
+        one_each(encoder, &catalog::CGROUP_MEMORY_LIMIT, &readings, |r| r.memory_limit_bytes.map(bytes));
+        let mut family = encoder.family(&catalog::CGROUP_MEMORY_EVENTS);
+        for (labels, r) in readings.iter() {
+            for (event, v) in r.memory_events.iter().filter(|(_, v)| *v != 0) {
+                family.sample_after(labels, &[("event", event)], *v);
+            }
+        }
+        let mut family = encoder.family(&catalog::CGROUP_PRESSURE);
+        for (labels, r) in readings.iter() {
+            for (resource, kind, v) in r.pressure.iter().filter(|(_, _, v)| *v > 0.0) {
+                family.sample_after(labels, &[("resource", resource), ("kind", kind)], *v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::{Format, render_labels};
+
+    /// An idle cgroup's zero counters have no series; its gauges do, zero or not.
+    #[test]
+    fn zero_counters_have_no_series() {
+        let idle = Resources {
+            cpu_seconds: Some(0.5),
+            cpu_throttled_seconds: Some(0.0),
+            memory_bytes: Some(0),
+            memory_working_set_bytes: Some(0),
+            memory_limit_bytes: None,
+            memory_events: vec![("max", 0), ("oom_kill", 0)],
+            pressure: vec![("cpu", "some", 0.25), ("cpu", "full", 0.0), ("io", "some", 0.0)],
+        };
+        let busy = Resources {
+            cpu_throttled_seconds: Some(1.5),
+            memory_events: vec![("max", 3), ("oom_kill", 0)],
+            pressure: vec![("memory", "full", 0.125)],
+            ..idle.clone()
+        };
+        let snapshot = ResourceSnapshot::default();
+        *snapshot.latest.write().unwrap() =
+            Arc::new(vec![(render_labels([("cgroup", "/idle")]), idle), (render_labels([("cgroup", "/busy")]), busy)]);
+        let collector = CgroupResourceCollector { snapshot: Arc::new(snapshot) };
+        let mut encoder = Encoder::new(Format::Text, 0);
+        collector.encode(&mut encoder);
+        let text = String::from_utf8(encoder.finish().unwrap()).unwrap();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                "cgwatch_cgroup_cpu_usage_seconds_total{cgroup=\"/idle\"} 0.5",
+                "cgwatch_cgroup_cpu_usage_seconds_total{cgroup=\"/busy\"} 0.5",
+                "cgwatch_cgroup_cpu_throttled_seconds_total{cgroup=\"/busy\"} 1.5",
+                "cgwatch_cgroup_memory_usage_bytes{cgroup=\"/idle\"} 0",
+                "cgwatch_cgroup_memory_usage_bytes{cgroup=\"/busy\"} 0",
+                "cgwatch_cgroup_memory_working_set_bytes{cgroup=\"/idle\"} 0",
+                "cgwatch_cgroup_memory_working_set_bytes{cgroup=\"/busy\"} 0",
+                "cgwatch_cgroup_memory_events_total{cgroup=\"/busy\",event=\"max\"} 3",
+                "cgwatch_cgroup_pressure_seconds_total{cgroup=\"/idle\",resource=\"cpu\",kind=\"some\"} 0.25",
+                "cgwatch_cgroup_pressure_seconds_total{cgroup=\"/busy\",resource=\"memory\",kind=\"full\"} 0.125",
+            ]
+        );
+        // Every family still has its HELP and TYPE lines.
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 7);
     }
 }

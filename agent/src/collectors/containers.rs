@@ -1,12 +1,10 @@
 //! `cgwatch_container_info{container_id,container,pod,namespace,runtime,image}` and
 //! `cgwatch_containers{runtime}`, from the registry's live container cgroups.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
-use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
-
-use super::{Labels, gauge_family};
-use crate::{catalog, cgroups::Registry};
+use super::{Collector, Labels, gauge_family};
+use crate::{catalog, cgroups::Registry, encoding::Encoder};
 
 #[derive(Debug)]
 pub struct ContainerCollector {
@@ -14,7 +12,7 @@ pub struct ContainerCollector {
 }
 
 impl Collector for ContainerCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+    fn encode(&self, encoder: &mut Encoder<'_>) {
         let mut info: BTreeMap<Labels, i64> = BTreeMap::new();
         let mut count: BTreeMap<Labels, i64> = BTreeMap::new();
         for c in self.registry.live_containers() {
@@ -23,7 +21,7 @@ impl Collector for ContainerCollector {
             info.insert(labels, 1);
             *count.entry(vec![("runtime", c.runtime.as_str().to_string())]).or_default() += 1;
         }
-        gauge_family(&mut encoder, &catalog::CONTAINER_INFO, &info)?;
-        gauge_family(&mut encoder, &catalog::CONTAINERS, &count)
+        gauge_family(encoder, &catalog::CONTAINER_INFO, &info);
+        gauge_family(encoder, &catalog::CONTAINERS, &count);
     }
 }

@@ -2,14 +2,13 @@
 //! kernel's rate limit), `cgwatch_events_written_total{type}` and
 //! `cgwatch_events_dropped_total{reason}` (the agent's writer).
 
-use std::{collections::BTreeMap, fmt, sync::Arc, sync::atomic::Ordering};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc, sync::atomic::Ordering};
 
-use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
-
-use super::{Labels, counter_family};
+use super::{Collector, EventSeries, Labels, counter_family, event_family};
 use crate::{
     catalog,
     cgroups::Registry,
+    encoding::Encoder,
     events::{Stats, record::type_name, schema::TYPES},
     maps::KernelMaps,
 };
@@ -22,24 +21,22 @@ pub struct EventsCollector {
 }
 
 impl Collector for EventsCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let mut suppressed: BTreeMap<Labels, u64> = BTreeMap::new();
-        for (key, count) in self.maps.suppressed() {
-            let cgroup = self.registry.event_series(key.cgroup_id);
-            if cgroup.pending() {
-                continue;
-            }
-            let mut labels = cgroup.labels();
-            labels.push(("type", type_name(key.kind).unwrap_or("unknown").to_string()));
-            *suppressed.entry(labels).or_default() += count;
+    fn encode(&self, encoder: &mut Encoder<'_>) {
+        let mut suppressed: Vec<(EventSeries<1>, u64)> = Vec::new();
+        let counts = self.maps.suppressed();
+        let cgroups = self.registry.event_labels_many(counts.iter().map(|(k, _)| k.cgroup_id));
+        for ((key, count), cgroup) in counts.into_iter().zip(cgroups) {
+            // A container whose names are being looked up: its series wait (counts stay in the kernel).
+            let Some(cgroup) = cgroup else { continue };
+            suppressed.push(((cgroup, [Cow::Borrowed(type_name(key.kind).unwrap_or("unknown"))]), count));
         }
-        counter_family(&mut encoder, &catalog::EVENTS_SUPPRESSED, &suppressed)?;
+        event_family(encoder, &catalog::EVENTS_SUPPRESSED, ["type"], suppressed);
         let written: BTreeMap<Labels, u64> = TYPES
             .iter()
             .zip(&self.stats.written)
             .map(|(t, n)| (vec![("type", t.to_string())], n.load(Ordering::Relaxed)))
             .collect();
-        counter_family(&mut encoder, &catalog::EVENTS_WRITTEN, &written)?;
+        counter_family(encoder, &catalog::EVENTS_WRITTEN, &written);
         let dropped: BTreeMap<Labels, u64> = [
             ("queue_full", &self.stats.dropped_queue_full),
             ("write_error", &self.stats.dropped_write_error),
@@ -47,6 +44,6 @@ impl Collector for EventsCollector {
         .into_iter()
         .map(|(r, n)| (vec![("reason", r.to_string())], n.load(Ordering::Relaxed)))
         .collect();
-        counter_family(&mut encoder, &catalog::EVENTS_DROPPED, &dropped)
+        counter_family(encoder, &catalog::EVENTS_DROPPED, &dropped);
     }
 }

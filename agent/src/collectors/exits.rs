@@ -1,12 +1,11 @@
 //! `cgwatch_process_exits_total` and `cgwatch_container_exits_total{cgroup,reason,signal}`.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{borrow::Cow, sync::Arc};
 
 use agent_common::reason;
-use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
-use super::{Labels, counter_family};
-use crate::{catalog, cgroups::Registry, names::signal_name, maps::KernelMaps};
+use super::{Collector, EventSeries, event_family};
+use crate::{catalog, cgroups::Registry, encoding::Encoder, maps::KernelMaps, names::signal_name};
 
 pub fn reason_name(r: u32) -> &'static str {
     match r {
@@ -26,28 +25,22 @@ pub struct ExitCollector {
 }
 
 impl Collector for ExitCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let mut processes: BTreeMap<Labels, u64> = BTreeMap::new();
-        let mut containers: BTreeMap<Labels, u64> = BTreeMap::new();
-        for (key, count) in self.maps.exits() {
+    fn encode(&self, encoder: &mut Encoder<'_>) {
+        let mut processes: Vec<(EventSeries<2>, u64)> = Vec::new();
+        let mut containers: Vec<(EventSeries<2>, u64)> = Vec::new();
+        let counts = self.maps.exits();
+        let series = self.registry.event_labels_many(counts.iter().map(|(k, _)| k.cgroup_id));
+        for ((key, count), cgroup) in counts.into_iter().zip(series) {
+            // A container whose names are being looked up: its series wait (counts stay in the kernel).
+            let Some(cgroup) = cgroup else { continue };
             // `signal` names the signal only for reason="signal", so that the other reasons
             // have one series each.
-            let signal = if key.reason == reason::SIGNAL {
-                signal_name(key.signal).into_owned()
-            } else {
-                String::new()
-            };
-            let cgroup = self.registry.event_series(key.cgroup_id);
-            if cgroup.pending() {
-                continue;
-            }
-            let mut labels = cgroup.labels();
-            labels.push(("reason", reason_name(key.reason).to_string()));
-            labels.push(("signal", signal));
+            let signal = if key.reason == reason::SIGNAL { signal_name(key.signal) } else { Cow::Borrowed("") };
             let target = if key.container != 0 { &mut containers } else { &mut processes };
-            *target.entry(labels).or_default() += count;
+            target.push(((cgroup, [Cow::Borrowed(reason_name(key.reason)), signal]), count));
         }
-        counter_family(&mut encoder, &catalog::PROCESS_EXITS, &processes)?;
-        counter_family(&mut encoder, &catalog::CONTAINER_EXITS, &containers)
+        let names = ["reason", "signal"];
+        event_family(encoder, &catalog::PROCESS_EXITS, names, processes);
+        event_family(encoder, &catalog::CONTAINER_EXITS, names, containers);
     }
 }

@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
     fs::File,
     io::Read,
     path::{Path, PathBuf},
@@ -13,10 +12,9 @@ use std::{
 };
 
 use procfs::{CpuTime, FromReadSI, KernelStats};
-use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
-use super::{Labels, counter_family, single_gauge};
-use crate::{catalog, cgroups::read_pressure};
+use super::{Collector, Labels, counter_family, single_gauge};
+use crate::{catalog, cgroups::read_pressure, encoding::Encoder};
 
 /// CPU seconds by mode from `<procfs>/stat`'s first line.
 pub fn read_cpu_seconds(procfs: &Path) -> Option<Vec<(&'static str, f64)>> {
@@ -152,14 +150,14 @@ pub struct HostCollector {
 }
 
 impl Collector for HostCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+    fn encode(&self, encoder: &mut Encoder<'_>) {
         if let Some(modes) = read_cpu_seconds(&self.procfs) {
             let series: BTreeMap<Labels, f64> =
                 modes.into_iter().map(|(m, v)| (vec![("mode", m.to_string())], v)).collect();
-            counter_family(&mut encoder, &catalog::HOST_CPU_SECONDS, &series)?;
+            counter_family(encoder, &catalog::HOST_CPU_SECONDS, &series);
         }
         if let Some(r) = self.sampler.ratio() {
-            single_gauge(&mut encoder, &catalog::HOST_CPU_USAGE_RATIO, r)?;
+            single_gauge(encoder, &catalog::HOST_CPU_USAGE_RATIO, r);
         }
         let mut pressure: BTreeMap<Labels, f64> = BTreeMap::new();
         for resource in ["cpu", "memory", "io", "irq"] {
@@ -168,17 +166,16 @@ impl Collector for HostCollector {
             }
         }
         if !pressure.is_empty() {
-            counter_family(&mut encoder, &catalog::HOST_PRESSURE, &pressure)?;
+            counter_family(encoder, &catalog::HOST_PRESSURE, &pressure);
         }
         if let Some(mem) = HostMemory::read(&self.procfs) {
             let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
-            single_gauge(&mut encoder, &catalog::HOST_MEMORY_TOTAL, gauge(mem.total_bytes))?;
-            single_gauge(&mut encoder, &catalog::HOST_MEMORY_AVAILABLE, gauge(mem.available_bytes))?;
+            single_gauge(encoder, &catalog::HOST_MEMORY_TOTAL, gauge(mem.total_bytes));
+            single_gauge(encoder, &catalog::HOST_MEMORY_AVAILABLE, gauge(mem.available_bytes));
             if let Some(ratio) = mem.usage_ratio() {
-                single_gauge(&mut encoder, &catalog::HOST_MEMORY_USAGE_RATIO, ratio)?;
+                single_gauge(encoder, &catalog::HOST_MEMORY_USAGE_RATIO, ratio);
             }
         }
-        Ok(())
     }
 }
 

@@ -4,20 +4,19 @@
 //! no victim task).
 
 use std::{
-    collections::BTreeMap,
-    fmt,
+    borrow::Cow,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use agent_common::{OomKey, oom_limit};
-use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
-use super::{Labels, counter_family};
+use super::{Collector, EventSeries, event_family};
 use crate::{
     catalog,
     cgroups::{Label, Registry},
+    encoding::Encoder,
     maps::KernelMaps,
 };
 
@@ -66,18 +65,20 @@ pub fn limit_cgroup(registry: &Registry, memory_v1: Option<&Path>, key: &OomKey,
 }
 
 impl Collector for OomCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let mut series: BTreeMap<Labels, u64> = BTreeMap::new();
-        for (key, count) in self.maps.oom() {
-            let victim = self.registry.event_series(key.cgroup_id);
+    fn encode(&self, encoder: &mut Encoder<'_>) {
+        let mut series: Vec<(EventSeries<2>, u64)> = Vec::new();
+        let counts = self.maps.oom();
+        let victims = self.registry.event_series_many(counts.iter().map(|(k, _)| k.cgroup_id));
+        for ((key, count), victim) in counts.into_iter().zip(victims) {
             if victim.pending() {
                 continue;
             }
-            let mut labels = victim.labels();
-            labels.push(("limit", limit_name(key.limit).to_string()));
-            labels.push(("limit_cgroup", limit_cgroup(&self.registry, self.memory_v1.as_deref(), &key, &victim.label)));
-            *series.entry(labels).or_default() += count;
+            let labels = [
+                Cow::Borrowed(limit_name(key.limit)),
+                Cow::Owned(limit_cgroup(&self.registry, self.memory_v1.as_deref(), &key, &victim.label)),
+            ];
+            series.push(((victim.rendered, labels), count));
         }
-        counter_family(&mut encoder, &catalog::OOM_KILLS, &series)
+        event_family(encoder, &catalog::OOM_KILLS, ["limit", "limit_cgroup"], series);
     }
 }

@@ -1,12 +1,11 @@
 //! `cgwatch_seccomp_violations_total{cgroup,syscall,action}`.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{borrow::Cow, sync::Arc};
 
 use agent_common::action;
-use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
-use super::{Labels, counter_family};
-use crate::{catalog, cgroups::Registry, names::syscall_name, maps::KernelMaps};
+use super::{Collector, EventSeries, event_family};
+use crate::{catalog, cgroups::Registry, encoding::Encoder, maps::KernelMaps, names::syscall_name};
 
 pub fn action_name(a: u32) -> &'static str {
     match a {
@@ -25,18 +24,16 @@ pub struct SeccompCollector {
 }
 
 impl Collector for SeccompCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let mut series: BTreeMap<Labels, u64> = BTreeMap::new();
-        for (key, count) in self.maps.seccomp() {
-            let cgroup = self.registry.event_series(key.cgroup_id);
-            if cgroup.pending() {
-                continue;
-            }
-            let mut labels = cgroup.labels();
-            labels.push(("syscall", syscall_name(key.syscall_nr).into_owned()));
-            labels.push(("action", action_name(key.action).to_string()));
-            *series.entry(labels).or_default() += count;
+    fn encode(&self, encoder: &mut Encoder<'_>) {
+        let mut series: Vec<(EventSeries<2>, u64)> = Vec::with_capacity(1024);
+        let counts = self.maps.seccomp();
+        let cgroups = self.registry.event_labels_many(counts.iter().map(|(k, _)| k.cgroup_id));
+        for ((key, count), cgroup) in counts.into_iter().zip(cgroups) {
+            // A container whose names are being looked up: its series wait (counts stay in the kernel).
+            let Some(cgroup) = cgroup else { continue };
+            let labels = [syscall_name(key.syscall_nr), Cow::Borrowed(action_name(key.action))];
+            series.push(((cgroup, labels), count));
         }
-        counter_family(&mut encoder, &catalog::SECCOMP_VIOLATIONS, &series)
+        event_family(encoder, &catalog::SECCOMP_VIOLATIONS, ["syscall", "action"], series);
     }
 }

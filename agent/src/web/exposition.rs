@@ -1,17 +1,12 @@
 //! Exposition formats: which one a scraper asks for (OpenMetrics or the text format 0.0.4, as
-//! Prometheus's client libraries negotiate), the text-format rewrite of the OpenMetrics
-//! encoder's output, and gzip when the scraper accepts it.
+//! Prometheus's client libraries negotiate; `crate::encoding` writes either), and gzip when the
+//! scraper accepts it.
 
 use std::io::Write as _;
 
 use flate2::{Compression, write::GzEncoder};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    OpenMetrics,
-    /// The Prometheus text format 0.0.4.
-    Text,
-}
+pub use crate::encoding::Format;
 
 impl Format {
     pub fn content_type(self) -> &'static str {
@@ -76,106 +71,17 @@ pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
     gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
-/// Compresses a response body (fast level: scrapes are frequent and the text compresses ~10x
-/// even so).
+/// A gzip stream at the fast level (scrapes are frequent and the text compresses ~20x even so),
+/// into a buffer of `capacity`.
+pub fn gzip_stream(capacity: usize) -> GzEncoder<Vec<u8>> {
+    GzEncoder::new(Vec::with_capacity(capacity), Compression::fast())
+}
+
+/// Compresses a response body.
 pub fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 8 + 64), Compression::fast());
+    let mut enc = gzip_stream(body.len() / 16 + 64);
     enc.write_all(body)?;
     enc.finish()
-}
-
-/// Rewrites OpenMetrics text, as prometheus-client encodes it, into the text format 0.0.4:
-/// a counter family's HELP and TYPE lines name its samples (`x_total`), `info` becomes a gauge
-/// named `x_info`, `unknown` becomes `untyped`, and `# UNIT`, `# EOF`, `_created` samples and
-/// exemplars go. Label values are escaped alike in both formats.
-pub fn to_text_format(om: &str) -> String {
-    let mut out = String::with_capacity(om.len());
-    // The HELP line waits for its TYPE line, which tells the name the text format wants.
-    let mut help: Option<(&str, &str)> = None;
-    let mut counter: Option<&str> = None;
-    let mut rest = om;
-    while !rest.is_empty() {
-        if !rest.starts_with('#') {
-            // A run of sample lines, up to the next comment line: copied in one piece unless it
-            // holds what the text format has no place for (never the case for cgwatch's own
-            // collectors, whose samples have no exemplars and no `_created`).
-            let end = rest.find("\n#").map_or(rest.len(), |i| i + 1);
-            let (samples, next) = rest.split_at(end);
-            if let Some((name, text)) = help.take() {
-                // A HELP without a TYPE: keep it as it was.
-                push_line(&mut out, &["# HELP ", name, " ", text]);
-            }
-            if samples.contains(" # ") || counter.is_some_and(|c| samples.contains(&format!("{c}_created"))) {
-                for line in samples.lines() {
-                    if counter.is_some_and(|c| line.strip_prefix(c).is_some_and(|r| r.starts_with("_created"))) {
-                        continue;
-                    }
-                    push_line(&mut out, &[strip_exemplar(line)]);
-                }
-            } else {
-                out.push_str(samples);
-                if !samples.ends_with('\n') {
-                    out.push('\n');
-                }
-            }
-            rest = next;
-            continue;
-        }
-        let (line, next) = rest.split_once('\n').unwrap_or((rest, ""));
-        rest = next;
-        if let Some(r) = line.strip_prefix("# HELP ") {
-            let (name, text) = r.split_once(' ').unwrap_or((r, ""));
-            help = Some((name, text));
-            continue;
-        }
-        if let Some(r) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = r.split_once(' ').unwrap_or((r, "untyped"));
-            let (suffix, kind) = match kind {
-                "counter" => ("_total", "counter"),
-                "info" => ("_info", "gauge"),
-                "unknown" => ("", "untyped"),
-                other => ("", other),
-            };
-            counter = (kind == "counter").then_some(name);
-            if let Some((hname, text)) = help.take().filter(|(h, _)| *h == name) {
-                push_line(&mut out, &["# HELP ", hname, suffix, " ", text]);
-            }
-            push_line(&mut out, &["# TYPE ", name, suffix, " ", kind]);
-            continue;
-        }
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        if let Some((name, text)) = help.take() {
-            push_line(&mut out, &["# HELP ", name, " ", text]);
-        }
-        push_line(&mut out, &[line]);
-    }
-    out
-}
-
-fn push_line(out: &mut String, parts: &[&str]) {
-    for p in parts {
-        out.push_str(p);
-    }
-    out.push('\n');
-}
-
-/// A sample line without its OpenMetrics exemplar (` # {...} value`), found outside quotes.
-fn strip_exemplar(line: &str) -> &str {
-    let bytes = line.as_bytes();
-    let mut in_quotes = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if in_quotes => i += 1,
-            b'"' => in_quotes = !in_quotes,
-            b'#' if !in_quotes && i > 0 && bytes[i - 1] == b' ' => return line[..i - 1].trim_end(),
-            _ => {}
-        }
-        i += 1;
-    }
-    line
 }
 
 #[cfg(test)]
@@ -221,32 +127,5 @@ mod tests {
         let mut back = String::new();
         flate2::read::GzDecoder::new(&gzip(body.as_bytes()).unwrap()[..]).read_to_string(&mut back).unwrap();
         assert_eq!(back, body);
-    }
-
-    /// Runs of plain samples are copied whole; every family keeps its samples, in order.
-    #[test]
-    fn plain_sample_runs_are_copied_whole() {
-        let om = "# HELP c Counts.\n# TYPE c counter\nc_total{a=\"1\"} 1\nc_total{a=\"#2\"} 2\n\
-                  # HELP g Gauges.\n# TYPE g gauge\ng{a=\"x\"} 0.5\ng 7\n# EOF\n";
-        assert_eq!(
-            to_text_format(om),
-            "# HELP c_total Counts.\n# TYPE c_total counter\nc_total{a=\"1\"} 1\nc_total{a=\"#2\"} 2\n\
-             # HELP g Gauges.\n# TYPE g gauge\ng{a=\"x\"} 0.5\ng 7\n"
-        );
-    }
-
-    #[test]
-    fn rewrites_openmetrics_into_the_text_format() {
-        let om = "# HELP a_seconds Time.\n# TYPE a_seconds counter\n# UNIT a_seconds seconds\n\
-                  a_seconds_total{x=\"q\\\"#\"} 3 # {trace=\"1\"} 1.0\na_seconds_created 17.5\n\
-                  # HELP g A gauge.\n# TYPE g gauge\ng 1.5\n\
-                  # HELP i Info.\n# TYPE i info\ni_info{v=\"1\"} 1\n# EOF\n";
-        let text = to_text_format(om);
-        assert_eq!(
-            text,
-            "# HELP a_seconds_total Time.\n# TYPE a_seconds_total counter\na_seconds_total{x=\"q\\\"#\"} 3\n\
-             # HELP g A gauge.\n# TYPE g gauge\ng 1.5\n\
-             # HELP i_info Info.\n# TYPE i_info gauge\ni_info{v=\"1\"} 1\n"
-        );
     }
 }

@@ -25,11 +25,12 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::get,
 };
-use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpSocket};
 
 pub use limits::Limits;
 use scrape::{ScrapeError, Scrapes, Variant};
+
+use crate::collectors::Collectors;
 
 /// Pending connections the kernel queues for the accept loop: a burst of clients must not
 /// fill the queue, or a scraper's SYN waits for a retransmission (a second or more).
@@ -64,14 +65,14 @@ pub struct Exporter {
 
 #[derive(Debug)]
 struct Ready {
-    registry: Arc<Registry>,
+    registry: Arc<Collectors>,
     /// The probe summary `/readyz` answers with.
     probes: String,
 }
 
 impl Exporter {
     /// Start-up is done: serve `registry`, and say `probes` on `/readyz`.
-    pub fn set_ready(&self, registry: Arc<Registry>, probes: String) {
+    pub fn set_ready(&self, registry: Arc<Collectors>, probes: String) {
         let _ = self.metrics.set(Ready { registry, probes });
     }
 }

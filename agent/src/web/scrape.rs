@@ -1,7 +1,11 @@
-//! Concurrent scrapes share encodings: one encoding of the registry runs at a time, and every
+//! Concurrent scrapes share encodings: one encoding of the collectors runs at a time, and every
 //! scrape that arrives meanwhile waits for the next one, which starts after it arrived (so no
 //! scrape is answered with data older than itself) and serves them all. 500 simultaneous
 //! scrapes cost two encodings, not 500.
+//!
+//! An encoding writes each wanted format once, straight into the response body: a plain body
+//! is handed to the server as it is (no copy), a gzipped one is compressed as it is written
+//! and never held whole.
 
 use std::{
     sync::{
@@ -12,10 +16,10 @@ use std::{
 };
 
 use axum::body::Bytes;
-use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use super::exposition::{self, Format};
+use crate::{collectors::Collectors, encoding::Encoder};
 
 /// Longest a scrape waits for its encoding: Prometheus's default scrape timeout. Past it (a
 /// collector stuck on a hung file system), the scraper hears so and retries later.
@@ -41,6 +45,7 @@ impl Variant {
         usize::from(self.format == Format::Text) * 2 + usize::from(self.gzip)
     }
 
+    #[cfg(test)]
     fn all() -> [Variant; 4] {
         [
             Variant { format: Format::OpenMetrics, gzip: false },
@@ -78,7 +83,7 @@ impl std::fmt::Debug for Scrapes {
 
 impl Scrapes {
     /// The registry encoded as `variant`, from an encoding that started after this call.
-    pub async fn scrape(self: &Arc<Self>, registry: &Arc<Registry>, variant: Variant) -> Result<Bytes, ScrapeError> {
+    pub async fn scrape(self: &Arc<Self>, registry: &Arc<Collectors>, variant: Variant) -> Result<Bytes, ScrapeError> {
         let mut done = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let batch = state
@@ -105,7 +110,7 @@ impl Scrapes {
 
     /// Encodes batch after batch until none waits. Runs on its own task, so that a scraper
     /// that goes away leaves the others served.
-    async fn encoder(self: Arc<Self>, registry: Arc<Registry>) {
+    async fn encoder(self: Arc<Self>, registry: Arc<Collectors>) {
         loop {
             let batch = {
                 let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -130,43 +135,62 @@ impl Scrapes {
     }
 }
 
-/// Encodes the registry once and derives each wanted variant from it.
-fn encode(registry: &Registry, wanted: u8) -> Encoded {
+/// Encodes each wanted format once and derives its wanted variants from it.
+fn encode(collectors: &Collectors, wanted: u8) -> Encoded {
     let mut out: Encoded = Default::default();
-    let mut om = String::with_capacity(64 * 1024);
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut om, registry) {
-        let failed = Err(format!("encoding failed: {e}"));
-        return [Some(failed.clone()), Some(failed.clone()), Some(failed.clone()), Some(failed)];
-    }
-    let text = (wanted & 0b1100 != 0).then(|| exposition::to_text_format(&om));
-    for v in Variant::all() {
-        if wanted & (1 << v.index()) == 0 {
-            continue;
+    for format in [Format::OpenMetrics, Format::Text] {
+        let plain = Variant { format, gzip: false };
+        let gzip = Variant { format, gzip: true };
+        let (want_plain, want_gzip) = (wanted & (1 << plain.index()) != 0, wanted & (1 << gzip.index()) != 0);
+        if want_plain {
+            let mut encoder = Encoder::new(format, 256 * 1024);
+            collectors.encode(&mut encoder);
+            match encoder.finish() {
+                Ok(body) => {
+                    if want_gzip {
+                        out[gzip.index()] =
+                            Some(exposition::gzip(&body).map(Bytes::from).map_err(|e| format!("gzip failed: {e}")));
+                    }
+                    out[plain.index()] = Some(Ok(Bytes::from(body)));
+                }
+                Err(e) => {
+                    let failed = Err(format!("encoding failed: {e}"));
+                    out[plain.index()] = Some(failed.clone());
+                    out[gzip.index()] = want_gzip.then_some(failed);
+                }
+            }
+        } else if want_gzip {
+            let mut stream = exposition::gzip_stream(64 * 1024);
+            let mut encoder = Encoder::streaming(format, &mut stream);
+            collectors.encode(&mut encoder);
+            let body = encoder.finish().and_then(|_| stream.finish());
+            out[gzip.index()] = Some(body.map(Bytes::from).map_err(|e| format!("gzip failed: {e}")));
         }
-        let body = match v.format {
-            Format::OpenMetrics => om.as_bytes(),
-            Format::Text => text.as_deref().unwrap_or_default().as_bytes(),
-        };
-        out[v.index()] = Some(if v.gzip {
-            exposition::gzip(body).map(Bytes::from).map_err(|e| format!("gzip failed: {e}"))
-        } else {
-            Ok(Bytes::copy_from_slice(body))
-        });
     }
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use prometheus_client::metrics::counter::Counter;
+    use std::{io::Read as _, sync::atomic::AtomicU64};
 
     use super::*;
+    use crate::{catalog, collectors::Collector};
+
+    #[derive(Debug, Default)]
+    struct Count(Arc<AtomicU64>);
+
+    impl Collector for Count {
+        fn encode(&self, encoder: &mut Encoder<'_>) {
+            encoder.family(&catalog::PINNED).sample(&[], self.0.load(Ordering::Relaxed) as i64);
+        }
+    }
 
     #[tokio::test]
     async fn concurrent_scrapes_share_encodings_and_see_their_own_time() {
-        let mut registry = Registry::default();
-        let c: Counter = Counter::default();
-        registry.register("x", "An x.", c.clone());
+        let c = Arc::new(AtomicU64::new(0));
+        let mut registry = Collectors::default();
+        registry.register(Count(c.clone()));
         let registry = Arc::new(registry);
         let scrapes = Arc::new(Scrapes::default());
         let text = Variant { format: Format::Text, gzip: false };
@@ -180,8 +204,34 @@ mod tests {
             let body = t.await.unwrap().unwrap();
             assert!(!body.is_empty());
         }
-        c.inc();
+        c.fetch_add(1, Ordering::Relaxed);
         let body = scrapes.scrape(&registry, text).await.unwrap();
-        assert!(String::from_utf8_lossy(&body).contains("x_total 1"), "{body:?}");
+        assert!(String::from_utf8_lossy(&body).contains("cgwatch_pinned 1\n"), "{body:?}");
+    }
+
+    /// Every variant of one encoding says the same, plain or gzipped, and only OpenMetrics
+    /// ends with `# EOF`.
+    #[test]
+    fn variants_of_one_encoding_agree() {
+        let mut registry = Collectors::default();
+        registry.register(Count(Arc::new(AtomicU64::new(7))));
+        for wanted in [0b1111, 0b0010, 0b1000, 0b0101] {
+            let out = encode(&registry, wanted);
+            for v in Variant::all() {
+                let Some(body) = &out[v.index()] else {
+                    assert_eq!(wanted & (1 << v.index()), 0);
+                    continue;
+                };
+                let body = body.clone().unwrap();
+                let mut text = String::new();
+                if v.gzip {
+                    flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut text).unwrap();
+                } else {
+                    text = String::from_utf8(body.to_vec()).unwrap();
+                }
+                assert!(text.contains("cgwatch_pinned 7\n"), "{text}");
+                assert_eq!(text.ends_with("# EOF\n"), v.format == Format::OpenMetrics, "{text}");
+            }
+        }
     }
 }

@@ -6,7 +6,8 @@
 //!    filter (`syscall`);
 //! 2. violation storm: 4 threads x 1,000,000 denied syscalls (`storms`);
 //! 3. exit storm: short processes at 20,000/s for 10 s (`storms`);
-//! 4. scrape latency and size with 2,000 cgroups with events (`scrape`);
+//! 4. scrape latency, size and agent RSS with 2,000 and 10,000 cgroups with events, plain and
+//!    gzipped (`scrape`);
 //! 5. agent RSS and CPU, idle and under the storms (`storms`);
 //! 6. node_exporter side by side on the host metrics both serve, and the bpftrace script beside
 //!    the agent's seccomp counts in a violation storm (`peers`);
@@ -37,9 +38,16 @@ pub struct Args {
     /// Scrapes for the latency benchmark.
     #[arg(long, default_value_t = 200)]
     pub scrapes: usize,
+    /// Rounds of scrapes (one plain, one gzipped) per agent and cgroup count in section 4.
+    #[arg(long, default_value_t = 100)]
+    pub scale_scrapes: usize,
     /// Run only these sections (e.g. 1,4); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u32>,
+    /// Section 4 also runs this cgwatch binary beside the built one, over the same cgroups, its
+    /// scrapes alternating with the built one's (a before/after within one run).
+    #[arg(long)]
+    pub baseline: Option<std::path::PathBuf>,
     /// Write the report here as well as to stdout.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
@@ -64,7 +72,7 @@ fn main() -> Result<()> {
         storms::storms(&mut report, out, args.scrapes)?;
     }
     if want(4) {
-        scrape::scrape_2000(&mut report, out, args.scrapes)?;
+        scrape::scrape_at_scale(&mut report, out, args.scale_scrapes, args.baseline.as_deref())?;
     }
     if want(6) {
         out(&mut report, "### 6. Side by side with node_exporter (host CPU and memory only)\n".into());

@@ -1,5 +1,5 @@
-//! The kernel's counter maps, read at scrape time (values summed over CPUs), and the counts of
-//! removed cgroups whose path a newer cgroup took over.
+//! The kernel's counter maps, read at scrape time (values summed over CPUs, a batch of entries
+//! per syscall: `batch`), and the counts of removed cgroups whose path a newer cgroup took over.
 //!
 //! A container restarted by its runtime (docker and podman restart policies, systemd's
 //! `Restart=`) gets a new cgroup at the same path: the same series. While both cgroups are
@@ -14,8 +14,13 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
+mod batch;
+
+use std::os::fd::AsFd as _;
+
 use agent_common::{EventKey, ExitKey, OomKey, SeccompKey, lost};
-use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use log::debug;
 
 /// A counter key: which cgroup it counts for.
 pub trait CgroupKey: aya::Pod + Eq + Hash {
@@ -42,25 +47,44 @@ struct Counter<K: CgroupKey> {
     map: PerCpuHashMap<MapData, K, u64>,
     /// Counts of purged cgroups, keyed by the cgroup that took their path.
     carried: HashMap<K, u64>,
+    /// Possible CPUs (the number of per-CPU slots of a value).
+    cpus: usize,
+    /// The kernel reads this map in batches (false before Linux 5.6: key by key).
+    batched: bool,
 }
 
 impl<K: CgroupKey> Counter<K> {
     fn new(map: PerCpuHashMap<MapData, K, u64>) -> Self {
-        Counter { map, carried: HashMap::new() }
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        Counter { map, carried: HashMap::new(), cpus, batched: true }
     }
 
-    /// Every key's count (a key may appear twice: from the kernel and carried over).
-    fn totals(&self) -> Vec<(K, u64)> {
+    /// Every kernel entry with its count summed over CPUs (zero counts included). Wrapping: a
+    /// probe may take a count back on another CPU than the one that added it (`uncount_exit`),
+    /// leaving that CPU's slot below zero.
+    fn entries(&mut self) -> Vec<(K, u64)> {
+        if self.batched {
+            match batch::per_cpu_sums(self.map.map().fd().as_fd(), self.cpus) {
+                Ok(entries) => return entries,
+                Err(e) if batch::unsupported(&e) => {
+                    debug!("counter maps: no batch lookup on this kernel ({e}); reading key by key");
+                    self.batched = false;
+                }
+                Err(e) => debug!("counter maps: batch lookup failed ({e}); reading key by key"),
+            }
+        }
         // An entry deleted while iterating yields an error for that key only: skip it.
-        // Wrapping: a probe may take a count back on another CPU than the one that added it
-        // (`uncount_exit`), leaving that CPU's slot below zero.
-        let mut out: Vec<(K, u64)> = self
-            .map
+        self.map
             .iter()
             .filter_map(Result::ok)
             .map(|(k, per_cpu)| (k, per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v))))
-            .filter(|(_, total)| *total != 0)
-            .collect();
+            .collect()
+    }
+
+    /// Every key's count (a key may appear twice: from the kernel and carried over).
+    fn totals(&mut self) -> Vec<(K, u64)> {
+        let mut out = self.entries();
+        out.retain(|(_, total)| *total != 0);
         out.extend(self.carried.iter().map(|(k, v)| (*k, *v)));
         out
     }
@@ -68,12 +92,11 @@ impl<K: CgroupKey> Counter<K> {
     /// Deletes the counters of `expired` cgroups; those with a successor (a cgroup now at the
     /// same path) carry their counts over to it. Returns how many kernel entries went.
     fn forget(&mut self, expired: &HashMap<u64, Option<u64>>) -> usize {
-        let keys: Vec<K> = self.map.keys().filter_map(Result::ok).filter(|k| expired.contains_key(&k.cgroup_id())).collect();
+        let gone: Vec<(K, u64)> = self.entries().into_iter().filter(|(k, _)| expired.contains_key(&k.cgroup_id())).collect();
         let mut deleted = 0;
-        for k in keys {
+        for (k, total) in gone {
             // A removed cgroup has no tasks: nothing counts into it between this read and the
             // delete.
-            let total = self.map.get(&k, 0).map(|v| v.iter().fold(0u64, |a, v| a.wrapping_add(*v))).unwrap_or(0);
             if let Some(Some(to)) = expired.get(&k.cgroup_id())
                 && total != 0
             {
@@ -162,12 +185,12 @@ impl KernelMaps {
         }
     }
 
-    /// Counts the entries of each counter map (a syscall per key: call it off the scrape path).
+    /// Counts the entries of each counter map (off the scrape path).
     pub fn count_entries(&self) {
         let n = [
-            lock(&self.seccomp).map.keys().count(),
-            lock(&self.exits).map.keys().count(),
-            lock(&self.oom).map.keys().count(),
+            lock(&self.seccomp).entries().len(),
+            lock(&self.exits).entries().len(),
+            lock(&self.oom).entries().len(),
         ];
         *lock(&self.entries) = n;
     }
