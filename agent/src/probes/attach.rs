@@ -197,11 +197,7 @@ pub fn load(
     }
     // Kernels without task storage for tracing programs keep per-thread state in `TASKS`, and
     // cannot create the task-storage map: they load an object where it is a hash map.
-    let mut ebpf = if ctx.kernel.flags & agent_common::config_flags::HAS_TASK_STORAGE == 0 {
-        loader.load(super::task_state::without_task_storage(EBPF_OBJECT)?.bytes())?
-    } else {
-        loader.load(EBPF_OBJECT)?
-    };
+    let mut ebpf = loader.load(super::task_state::LoadObject::for_flags(EBPF_OBJECT, ctx.kernel.flags)?.bytes())?;
     drop(loader);
 
     let kernel_bytes = bytemuck_bytes(&ctx.kernel);

@@ -43,20 +43,17 @@ struct Btf<'a> {
 
 impl<'a> Btf<'a> {
     fn parse(data: &'a [u8]) -> Result<Self, PatchError> {
-        let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
         if data.get(0..2) != Some(&[0x9f, 0xeb]) {
             return Err(PatchError::Btf("bad BTF magic"));
         }
-        let (Some(hdr_len), Some(type_off), Some(type_len), Some(str_off)) = (u32_at(4), u32_at(8), u32_at(12), u32_at(16))
-        else {
-            return Err(PatchError::Btf("short BTF header"));
-        };
+        let mut btf = Self { data, types: vec![0], strings: 0 };
+        let header = |o| btf.u32_at(o).map_err(|_| PatchError::Btf("short BTF header"));
+        let (hdr_len, type_off, type_len, str_off) = (header(4)?, header(8)?, header(12)?, header(16)?);
         let start = (hdr_len + type_off) as usize;
         let end = start + type_len as usize;
-        let mut types = vec![0];
         let mut o = start;
         while o < end {
-            let info = u32_at(o + 4).ok_or(PatchError::Btf("truncated type"))?;
+            let info = btf.u32_at(o + 4).map_err(|_| PatchError::Btf("truncated type"))?;
             let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
             let extra = match kind {
                 BTF_KIND_INT | BTF_KIND_VAR | BTF_KIND_DECL_TAG => 4,
@@ -66,10 +63,11 @@ impl<'a> Btf<'a> {
                 0..=19 => 0,
                 _ => return Err(PatchError::Btf("unknown BTF kind")),
             };
-            types.push(o);
+            btf.types.push(o);
             o += 12 + extra;
         }
-        Ok(Self { data, types, strings: (hdr_len + str_off) as usize })
+        btf.strings = (hdr_len + str_off) as usize;
+        Ok(btf)
     }
 
     fn u32_at(&self, o: usize) -> Result<u32, PatchError> {
@@ -144,6 +142,30 @@ pub fn without_task_storage(object: &[u8]) -> Result<AlignedObject, PatchError> 
     Ok(copy)
 }
 
+/// The object to load: the embedded one where the kernel layout has `HAS_TASK_STORAGE`, else
+/// the patched copy.
+pub enum LoadObject {
+    Embedded(&'static [u8]),
+    Patched(AlignedObject),
+}
+
+impl LoadObject {
+    pub fn for_flags(object: &'static [u8], flags: u32) -> Result<Self, PatchError> {
+        Ok(if flags & agent_common::config_flags::HAS_TASK_STORAGE != 0 {
+            LoadObject::Embedded(object)
+        } else {
+            LoadObject::Patched(without_task_storage(object)?)
+        })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            LoadObject::Embedded(b) => b,
+            LoadObject::Patched(o) => o.bytes(),
+        }
+    }
+}
+
 /// An object's bytes in an 8-byte aligned buffer.
 pub struct AlignedObject {
     words: Vec<u64>,
@@ -152,21 +174,18 @@ pub struct AlignedObject {
 
 impl AlignedObject {
     fn new(bytes: &[u8]) -> Self {
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        let mut s = Self { words: Vec::new(), len: bytes.len() };
-        // SAFETY: u64 has no invalid bit patterns and the buffer holds at least `len` bytes.
-        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes.len()) }.copy_from_slice(bytes);
-        s.words = words;
-        s
+        let mut object = Self { words: vec![0; bytes.len().div_ceil(8)], len: bytes.len() };
+        object.bytes_mut().copy_from_slice(bytes);
+        object
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `new`.
+        // SAFETY: u64 has no invalid bit patterns and `words` holds at least `len` bytes.
         unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
     }
 
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: as in `new`.
+        // SAFETY: as in `bytes_mut`.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
     }
 }

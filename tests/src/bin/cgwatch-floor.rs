@@ -15,19 +15,15 @@ fn main() -> Result<()> {
     let btf = aya::Btf::from_sys_fs().context("kernel BTF")?;
     let mut kernel = cgwatch::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))?.kernel_config()?;
     // As the agent loads it: task storage where the kernel has it, else the patched object.
-    let patched;
-    let object = if cgwatch::probes::task_state::supported(cgwatch::probes::kernel_version()) {
+    if cgwatch::probes::task_state::supported(cgwatch::probes::kernel_version()) {
         kernel.flags |= agent_common::config_flags::HAS_TASK_STORAGE;
-        cgwatch::probes::EBPF_OBJECT
-    } else {
-        patched = cgwatch::probes::task_state::without_task_storage(cgwatch::probes::EBPF_OBJECT)?;
-        patched.bytes()
-    };
+    }
+    let object = cgwatch::probes::task_state::LoadObject::for_flags(cgwatch::probes::EBPF_OBJECT, kernel.flags)?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .allow_unsupported_maps()
         .override_global("KCONFIG", &kernel, true)
-        .load(object)?;
+        .load(object.bytes())?;
     for hook in ["sys_enter", "sys_exit"] {
         if mode == "agent" {
             // The agent's own syscall programs alone, without the rest of the agent.
