@@ -76,7 +76,8 @@ pub struct Config {
     #[arg(long, env = "CGWATCH_RETAIN", default_value = "10m", value_parser = humantime::parse_duration)]
     pub retain: Duration,
 
-    /// How often the cgroup tree is rescanned (populated cgroups, missed events).
+    /// How often the cgroup tree is rescanned (missed events; cgroups populated long after they
+    /// were made: a new one is checked for a first process every 500 ms for 30 s).
     #[arg(long, env = "CGWATCH_SCAN_INTERVAL", default_value = "15s", value_parser = parse_interval)]
     pub scan_interval: Duration,
 

@@ -197,6 +197,7 @@ async fn run(config: Config) -> Result<()> {
     }
     tokio::spawn(tasks::name_resolver(config.rootfs.clone(), registry.clone(), wake_resolver, config.scan_interval));
     tokio::spawn(tasks::housekeeping_loop(layout.clone(), registry.clone(), maps, config.scan_interval));
+    tokio::spawn(tasks::fresh_cgroups(layout.clone(), registry.clone(), resources.clone()));
     tokio::spawn(tasks::sampler(config.procfs.clone(), sampler, layout, registry, resources, config.sample_interval));
 
     exporter.set_ready(Arc::new(metrics), probe_summary);

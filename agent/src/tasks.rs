@@ -173,6 +173,36 @@ pub async fn sampler(
     }
 }
 
+/// How often young cgroups are checked for a first process and new cgroups sampled.
+pub const FRESH_EVERY: Duration = Duration::from_millis(500);
+/// How long after its mkdir a cgroup is checked for a first process; later, the rescans find it.
+const FRESH_WINDOW: Duration = Duration::from_secs(30);
+/// Most young cgroups checked in one round (in a churn of thousands, the newest).
+const FRESH_MAX: usize = 256;
+
+/// One round of `fresh_cgroups`.
+pub fn fresh_round(layout: &Layout, registry: &Registry, resources: &ResourceSnapshot) {
+    let young = registry.unpopulated_young(Instant::now(), FRESH_WINDOW, FRESH_MAX);
+    let populated: Vec<u64> = young.into_iter().filter(|(_, path)| layout.is_populated(path)).map(|(id, _)| id).collect();
+    registry.mark_populated(&populated);
+    resources.add(layout, registry.take_unsampled());
+}
+
+/// Gives a new cgroup its series within a second of its first process instead of at the next
+/// rescan and sampling pass: cgroups made less than `FRESH_WINDOW` ago are checked for processes
+/// every `FRESH_EVERY`, and every cgroup newly shown (populated, with a first event, or just
+/// named) is sampled at once.
+pub async fn fresh_cgroups(layout: Arc<Layout>, registry: Arc<Registry>, resources: Arc<ResourceSnapshot>) {
+    let mut tick = ticker(FRESH_EVERY);
+    loop {
+        tick.tick().await;
+        let (l, r, s) = (layout.clone(), registry.clone(), resources.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || fresh_round(&l, &r, &s)).await {
+            warn!("new cgroup check failed: {e}");
+        }
+    }
+}
+
 /// One round of name lookups for the container and pod cgroups that have none yet.
 pub fn resolve_names(resolver: &mut Resolver, registry: &Registry) {
     for (id, identity) in registry.needs_names() {
@@ -184,18 +214,26 @@ pub fn resolve_names(resolver: &mut Resolver, registry: &Registry) {
     }
 }
 
+/// How long after its mkdir a container's names are retried every `NAMES_RETRY`.
+const NAMES_RETRY_WINDOW: Duration = Duration::from_secs(10);
+const NAMES_RETRY: Duration = Duration::from_millis(250);
+
 /// Looks names up after every rescan period and whenever a container cgroup appears; a miss
 /// (the runtime has not written its state yet) is retried on the next round.
 pub async fn name_resolver(rootfs: PathBuf, registry: Arc<Registry>, wake: Arc<Notify>, every: Duration) {
     let mut resolver = Resolver::new(&rootfs);
     let mut tick = ticker(every);
     loop {
+        // A container made seconds ago whose runtime had not written its names yet is looked up
+        // again soon, not at the next period.
+        let retry_soon = registry.young_unnamed(Instant::now(), NAMES_RETRY_WINDOW);
         tokio::select! {
             _ = tick.tick() => {}
             _ = wake.notified() => {
                 // The runtime writes its state around the cgroup's creation: give it a moment.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            _ = tokio::time::sleep(NAMES_RETRY), if retry_soon => {}
         }
         let reg = registry.clone();
         resolver = match tokio::task::spawn_blocking(move || {

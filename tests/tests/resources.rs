@@ -29,6 +29,28 @@ fn busy_loop_cpu_matches_cgroup_files() {
     assert!(within(got, files, 0.10), "agent {got}s vs files {files}s");
 }
 
+/// A cgroup that gets its first process has its CPU and memory series at once, not at the next
+/// rescan and sampling pass (an hour here): from its mkdir record and a check of young cgroups
+/// for processes every half second. (`cargo xtask bench` measures how soon.)
+#[test]
+fn a_new_cgroup_has_its_series_without_waiting_for_a_rescan() {
+    let agent = Agent::start(&["--scan-interval", "1h", "--sample-interval", "1h"]);
+    // Let the agent's first scan and sampling pass go by.
+    std::thread::sleep(Duration::from_millis(500));
+    let cg = TestCgroup::new("fresh");
+    let mut child = cg.start_ready(&["alloc", "--mb", "16", "--hold", "30"]);
+    let l = [("cgroup", cg.rel.as_str())];
+    let m = agent.scrape_until(Duration::from_secs(5), |m| {
+        m.get("cgwatch_cgroup_cpu_usage_seconds_total", &l).is_some()
+            && m.get("cgwatch_cgroup_memory_usage_bytes", &l).is_some()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(m.get("cgwatch_cgroup_cpu_usage_seconds_total", &l).is_some(), "no CPU series for {}", cg.rel);
+    let memory = m.get("cgwatch_cgroup_memory_usage_bytes", &l).expect("memory series");
+    assert!(memory > 0.0, "sampled after its first process: {memory}");
+}
+
 #[test]
 fn known_allocation_memory_matches_cgroup_files() {
     let agent = Agent::start(&[]);

@@ -151,6 +151,11 @@ impl Layout {
         r
     }
 
+    /// Whether the cgroup at `rel` has processes (`cgroup.events`); false when it is gone.
+    pub fn is_populated(&self, rel: &str) -> bool {
+        read_file(&self.v2_dir(rel).join("cgroup.events")).is_some_and(|s| parse_populated(&s))
+    }
+
     /// Walks the cgroup2 mount. Errors below the root (a cgroup removed during the walk) are
     /// skipped; an unreadable root is an error.
     pub fn scan(&self) -> Result<Vec<ScannedCgroup>, CgroupError> {

@@ -12,31 +12,58 @@
 //! series appears with its first non-zero value (counted from zero, as the event counters are).
 //! The gauges (usage, working set, limit) are there whatever their value.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::Collector;
 use crate::{
     catalog::{self, Metric},
-    cgroups::{Layout, Registry, Resources},
+    cgroups::{Layout, Registry, Resources, ShownCgroup},
     encoding::{Encoder, Value},
 };
 
-/// One sampling pass: (the cgroup's rendered labels, its readings).
-pub type Readings = Vec<(Arc<str>, Resources)>;
+/// One sampling pass: (the cgroup's id, its rendered labels, its readings).
+pub type Readings = Vec<(u64, Arc<str>, Resources)>;
 
 /// The latest CPU and memory reading of every shown, live cgroup.
 #[derive(Debug, Default)]
 pub struct ResourceSnapshot {
     latest: RwLock<Arc<Readings>>,
+    /// Held by a pass from the registry's list to the swap, so that a full pass and a pass over
+    /// new cgroups never undo each other.
+    writer: Mutex<()>,
 }
 
 impl ResourceSnapshot {
     /// Reads the files of every shown, live cgroup (slow: call it off the scrape path).
     pub fn refresh(&self, layout: &Layout, registry: &Registry) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let delegates = layout.v2_delegates();
-        let fresh: Readings =
-            registry.shown_live().into_iter().map(|cg| (cg.rendered, layout.resources_in(&cg.path, delegates))).collect();
+        // This pass reads every cgroup shown so far: none is left for `add`.
+        drop(registry.take_unsampled());
+        let fresh: Readings = registry
+            .shown_live()
+            .into_iter()
+            .map(|cg| (cg.id, cg.rendered, layout.resources_in(&cg.path, delegates)))
+            .collect();
         *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+    }
+
+    /// Reads the files of cgroups just shown (or renamed) and adds them to the latest pass,
+    /// replacing their earlier reading: a new container's series need not wait for the next pass.
+    pub fn add(&self, layout: &Layout, new: Vec<ShownCgroup>) {
+        if new.is_empty() {
+            return;
+        }
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let delegates = layout.v2_delegates();
+        let mut added: Readings =
+            new.into_iter().map(|cg| (cg.id, cg.rendered, layout.resources_in(&cg.path, delegates))).collect();
+        added.sort_unstable_by_key(|r| r.0);
+        let latest = self.get();
+        let mut next: Readings = Vec::with_capacity(latest.len() + added.len());
+        next.extend(latest.iter().filter(|r| added.binary_search_by_key(&r.0, |a| a.0).is_err()).cloned());
+        next.extend(added);
+        *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
     }
 
     pub fn get(&self) -> Arc<Readings> {
@@ -52,7 +79,7 @@ pub struct CgroupResourceCollector {
 /// A family with one series per cgroup that has `value`.
 fn one_each<V: Value>(encoder: &mut Encoder<'_>, metric: &Metric, readings: &Readings, value: impl Fn(&Resources) -> Option<V>) {
     let mut family = encoder.family(metric);
-    for (labels, r) in readings {
+    for (_, labels, r) in readings {
         if let Some(v) = value(r) {
             family.sample_after(labels, &[], v);
         }
@@ -72,13 +99,13 @@ impl Collector for CgroupResourceCollector {
         one_each(encoder, &catalog::CGROUP_MEMORY_WORKING_SET, &readings, |r| r.memory_working_set_bytes.map(bytes));
         one_each(encoder, &catalog::CGROUP_MEMORY_LIMIT, &readings, |r| r.memory_limit_bytes.map(bytes));
         let mut family = encoder.family(&catalog::CGROUP_MEMORY_EVENTS);
-        for (labels, r) in readings.iter() {
+        for (_, labels, r) in readings.iter() {
             for (event, v) in r.memory_events.iter().filter(|(_, v)| *v != 0) {
                 family.sample_after(labels, &[("event", event)], *v);
             }
         }
         let mut family = encoder.family(&catalog::CGROUP_PRESSURE);
-        for (labels, r) in readings.iter() {
+        for (_, labels, r) in readings.iter() {
             for (resource, kind, v) in r.pressure.iter().filter(|(_, _, v)| *v > 0.0) {
                 family.sample_after(labels, &[("resource", resource), ("kind", kind)], *v);
             }
@@ -111,7 +138,7 @@ mod tests {
         };
         let snapshot = ResourceSnapshot::default();
         *snapshot.latest.write().unwrap() =
-            Arc::new(vec![(render_labels([("cgroup", "/idle")]), idle), (render_labels([("cgroup", "/busy")]), busy)]);
+            Arc::new(vec![(1, render_labels([("cgroup", "/idle")]), idle), (2, render_labels([("cgroup", "/busy")]), busy)]);
         let collector = CgroupResourceCollector { snapshot: Arc::new(snapshot) };
         let mut encoder = Encoder::new(Format::Text, 0);
         collector.encode(&mut encoder);

@@ -32,18 +32,35 @@ struct Entry {
     has_events: bool,
     /// Last time a scan or a mkdir event saw it.
     seen_at: Instant,
+    /// When its mkdir event arrived (`None`: found by a scan): a young cgroup is watched for its
+    /// first process (`unpopulated_young`).
+    born: Option<Instant>,
 }
 
 impl Entry {
     fn new(path: Arc<str>, seen_at: Instant) -> Self {
         let identity = Arc::new(parse_path(&path));
         let rendered = render(&Label::Path(path.clone()), &identity);
-        Entry { path, identity, rendered, populated: false, removed_at: None, shown: false, has_events: false, seen_at }
+        Entry {
+            path,
+            identity,
+            rendered,
+            populated: false,
+            removed_at: None,
+            shown: false,
+            has_events: false,
+            seen_at,
+            born: None,
+        }
     }
 
     fn set_identity(&mut self, identity: Arc<Identity>) {
         self.rendered = render(&Label::Path(self.path.clone()), &identity);
         self.identity = identity;
+    }
+
+    fn shown_cgroup(&self, id: u64) -> ShownCgroup {
+        ShownCgroup { id, path: self.path.clone(), identity: self.identity.clone(), rendered: self.rendered.clone() }
     }
 
     fn series(&self) -> Series {
@@ -60,10 +77,32 @@ impl Entry {
     }
 }
 
+/// Bound of `State::unsampled`.
+const MAX_UNSAMPLED: usize = 1 << 16;
+
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<u64, Entry>,
     shown: usize,
+    /// Cgroups shown, or renamed while shown, since the last `take_unsampled`: the sampler reads
+    /// them at once instead of at its next pass.
+    unsampled: Vec<u64>,
+}
+
+impl State {
+    /// Shows a cgroup (the caller checked there is room).
+    fn show(&mut self, id: u64) {
+        if let Some(e) = self.entries.get_mut(&id)
+            && !e.shown
+        {
+            e.shown = true;
+            self.shown += 1;
+            // Bounded for a registry nobody drains (the next full sampling pass reads them all).
+            if self.unsampled.len() < MAX_UNSAMPLED {
+                self.unsampled.push(id);
+            }
+        }
+    }
 }
 
 /// Known cgroups, shared by the collectors (scrape) and the background tasks.
@@ -78,6 +117,7 @@ pub struct Registry {
 /// A live cgroup whose resources are exported.
 #[derive(Debug, Clone)]
 pub struct ShownCgroup {
+    pub id: u64,
     pub path: Arc<str>,
     pub identity: Arc<Identity>,
     /// Its labels, rendered (`Series::rendered`).
@@ -141,11 +181,55 @@ impl Registry {
             if st.shown >= self.max_shown {
                 break;
             }
-            if let Some(e) = st.entries.get_mut(&id) {
-                e.shown = true;
-                st.shown += 1;
+            st.show(id);
+        }
+    }
+
+    /// Live cgroups made less than `window` ago (their mkdir event was seen) that have not been
+    /// seen populated and have no series: the ones to watch for a first process. The newest
+    /// `max` of them, with their paths.
+    pub fn unpopulated_young(&self, now: Instant, window: Duration, max: usize) -> Vec<(u64, Arc<str>)> {
+        let st = self.lock();
+        let mut young: Vec<(Instant, u64, Arc<str>)> = st
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.populated && !e.shown && e.removed_at.is_none())
+            .filter_map(|(id, e)| e.born.filter(|b| now.saturating_duration_since(*b) < window).map(|b| (b, *id, e.path.clone())))
+            .collect();
+        if young.len() > max {
+            young.sort_unstable_by_key(|y| std::cmp::Reverse(y.0));
+            young.truncate(max);
+        }
+        young.into_iter().map(|(_, id, path)| (id, path)).collect()
+    }
+
+    /// Cgroups found populated between scans: admitted as a scan would admit them.
+    pub fn mark_populated(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        for id in ids {
+            if let Some(e) = st.entries.get_mut(id) {
+                e.populated = true;
             }
         }
+        self.admit_populated(&mut st);
+    }
+
+    /// The cgroups shown (or renamed while shown) since the last call that are live and named:
+    /// the ones whose resources the sampler has not read yet. A cgroup still waiting for its names
+    /// comes back when `set_identity` records them.
+    pub fn take_unsampled(&self) -> Vec<ShownCgroup> {
+        let mut st = self.lock();
+        let ids = std::mem::take(&mut st.unsampled);
+        let mut out: Vec<ShownCgroup> = ids
+            .into_iter()
+            .filter_map(|id| st.entries.get(&id).filter(|e| e.shown && e.removed_at.is_none() && !e.identity.pending()).map(|e| e.shown_cgroup(id)))
+            .collect();
+        out.sort_unstable_by_key(|c| c.id);
+        out.dedup_by_key(|c| c.id);
+        out
     }
 
     /// A mkdir event. Returns true when the new cgroup's names need a lookup.
@@ -156,6 +240,7 @@ impl Registry {
         e.set_path(path);
         e.removed_at = None;
         e.seen_at = e.seen_at.max(now);
+        e.born.get_or_insert(now);
         e.identity.needs_names()
     }
 
@@ -243,12 +328,9 @@ impl Registry {
                 None => return Series::folded(Label::Overflow),
             }
         }
-        st.shown += 1;
-        match st.entries.get_mut(&id) {
-            Some(e) => {
-                e.shown = true;
-                e.series()
-            }
+        st.show(id);
+        match st.entries.get(&id) {
+            Some(e) => e.series(),
             None => Series::folded(Label::Unknown(id)),
         }
     }
@@ -275,13 +357,29 @@ impl Registry {
             .collect()
     }
 
+    /// Whether a live container or pod cgroup made less than `window` ago still has no names
+    /// (its runtime may not have written them yet when the lookup ran).
+    pub fn young_unnamed(&self, now: Instant, window: Duration) -> bool {
+        let st = self.lock();
+        st.entries.values().any(|e| {
+            e.identity.needs_names()
+                && e.removed_at.is_none()
+                && e.born.is_some_and(|b| now.saturating_duration_since(b) < window)
+        })
+    }
+
     /// Records the names the resolver found for a cgroup (unless it changed path meanwhile).
     pub fn set_identity(&self, id: u64, identity: Identity) {
-        if let Some(e) = self.lock().entries.get_mut(&id)
+        let mut st = self.lock();
+        if let Some(e) = st.entries.get_mut(&id)
             && e.identity.container_id == identity.container_id
             && e.identity.pod_uid == identity.pod_uid
         {
             e.set_identity(Arc::new(identity));
+            if e.shown && st.unsampled.len() < MAX_UNSAMPLED {
+                // Its labels changed (or it was waiting for them): sample it under them now.
+                st.unsampled.push(id);
+            }
         }
     }
 
@@ -306,9 +404,9 @@ impl Registry {
         let st = self.lock();
         let mut out: Vec<ShownCgroup> = st
             .entries
-            .values()
-            .filter(|e| e.shown && e.removed_at.is_none() && !e.identity.pending())
-            .map(|e| ShownCgroup { path: e.path.clone(), identity: e.identity.clone(), rendered: e.rendered.clone() })
+            .iter()
+            .filter(|(_, e)| e.shown && e.removed_at.is_none() && !e.identity.pending())
+            .map(|(id, e)| e.shown_cgroup(*id))
             .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out

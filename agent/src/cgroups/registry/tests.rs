@@ -145,3 +145,44 @@ fn an_expired_cgroup_hands_its_path_to_the_cgroup_that_took_it() {
     r.cgroup_removed(5, b"", t0 + Duration::from_secs(72));
     assert_eq!(r.purge_expired(t0 + Duration::from_secs(75)), vec![(2, Some(5))]);
 }
+
+/// A cgroup from a mkdir event is watched for its first process for a while; once populated it
+/// is shown and handed to the sampler once, and again under its names when they arrive.
+#[test]
+fn young_cgroups_are_watched_then_shown_and_sampled_once() {
+    let t0 = Instant::now();
+    let r = Registry::new(10, Duration::from_secs(60));
+    r.apply_scan(vec![scanned(1, "/", true), scanned(2, "/old", false)], t0);
+    let _ = r.take_unsampled();
+    r.cgroup_created(3, b"/new", t0);
+    r.cgroup_created(4, b"/newer", t0 + Duration::from_millis(5));
+    // Only mkdir-made cgroups, newest first when capped; none once the window has passed.
+    let young = |now, max| r.unpopulated_young(now, Duration::from_secs(30), max).into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    assert_eq!(young(t0 + Duration::from_secs(1), 1), vec![4]);
+    let mut both = young(t0 + Duration::from_secs(1), 10);
+    both.sort();
+    assert_eq!(both, vec![3, 4]);
+    assert!(young(t0 + Duration::from_secs(31), 10).is_empty());
+    // Populated: shown, no longer watched, sampled once.
+    r.mark_populated(&[3]);
+    assert_eq!(young(t0 + Duration::from_secs(1), 10), vec![4]);
+    let new: Vec<u64> = r.take_unsampled().iter().map(|c| c.id).collect();
+    assert_eq!(new, vec![3]);
+    assert!(r.take_unsampled().is_empty());
+    // A container cgroup waits for its first name lookup, then is sampled under its names.
+    let path = b"/machine.slice/libpod-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+    assert!(r.cgroup_created(5, path, t0), "a container needs names");
+    assert!(r.young_unnamed(t0 + Duration::from_secs(1), Duration::from_secs(10)));
+    r.mark_populated(&[5]);
+    assert!(r.take_unsampled().is_empty(), "held back until a lookup ran");
+    let (_, identity) = r.describe(5).unwrap();
+    let mut named = (*identity).clone();
+    named.attempted = true;
+    named.resolved = true;
+    named.container = "web".into();
+    r.set_identity(5, named);
+    let new = r.take_unsampled();
+    assert_eq!(new.len(), 1);
+    assert!(new[0].rendered.contains("container=\"web\""), "{}", new[0].rendered);
+    assert!(!r.young_unnamed(t0 + Duration::from_secs(1), Duration::from_secs(10)));
+}

@@ -292,3 +292,11 @@ fn parse_bpftrace(stdout: &str, stderr: &[String]) -> BpftraceOutput {
     }
     BpftraceOutput { denied, lost }
 }
+
+/// An agent from another cgwatch binary (`--baseline`), with the same flags as `Agent::start`.
+pub fn start_baseline(bin: &Path, args: &[&str]) -> Result<Agent> {
+    // `sh` replaces itself with the baseline binary (same pid), dropping the built one's path.
+    let bin = bin.to_str().context("baseline path")?;
+    let wrap = ["sh", "-c", "shift; exec \"$0\" \"$@\"", bin];
+    Ok(Agent::start_wrapped(&wrap, args))
+}

@@ -13,8 +13,10 @@
 //!    the agent's seccomp counts in a violation storm (`peers`);
 //! 7. kernel memory of the agent's maps (`map_memory`).
 //! 8. start-up memory: peak RSS (VmHWM) and RSS once the agent is ready (`startup`).
+//! 9. freshness: how soon a new cgroup's and a new container's series appear (`freshness`).
 
 mod common;
+mod freshness;
 mod map_memory;
 mod peers;
 mod scrape;
@@ -41,11 +43,14 @@ pub struct Args {
     /// Rounds of scrapes (one plain, one gzipped) per agent and cgroup count in section 4.
     #[arg(long, default_value_t = 100)]
     pub scale_scrapes: usize,
+    /// New cgroups and new containers timed in section 9 (each).
+    #[arg(long, default_value_t = 10)]
+    pub fresh_rounds: usize,
     /// Run only these sections (e.g. 1,4); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u32>,
-    /// Section 4 also runs this cgwatch binary beside the built one, over the same cgroups, its
-    /// scrapes alternating with the built one's (a before/after within one run).
+    /// Sections 4 and 9 also run this cgwatch binary beside the built one, over the same cgroups
+    /// (section 4: its scrapes alternating with the built one's): a before/after within one run.
     #[arg(long)]
     pub baseline: Option<std::path::PathBuf>,
     /// Write the report here as well as to stdout.
@@ -91,6 +96,9 @@ fn main() -> Result<()> {
     }
     if want(8) {
         startup::startup_memory(&mut report, out)?;
+    }
+    if want(9) {
+        freshness::freshness(&mut report, out, args.fresh_rounds, args.baseline.as_deref())?;
     }
     if let Some(path) = args.out {
         fs::File::create(&path)?.write_all(report.as_bytes())?;

@@ -18,7 +18,7 @@ use cgwatch_tests::{Agent, Metrics, TestCgroup};
 
 use crate::{
     Out,
-    common::{ProcStats, percentile},
+    common::{ProcStats, percentile, start_baseline},
 };
 
 /// Cgroup counts measured.
@@ -85,10 +85,7 @@ fn measure(n: usize, scrapes: usize, baseline: Option<&Path>) -> Result<(Vec<Str
     let args = ["--max-cgroups", &max, "--scan-interval", "15s", "--sample-interval", "5s"];
     let mut subjects = vec![Subject::new("new", Agent::start(&args))];
     if let Some(bin) = baseline {
-        // `sh` replaces itself with the baseline binary (same pid), dropping the built one's path.
-        let bin = bin.to_str().context("baseline path")?;
-        let wrap = ["sh", "-c", "shift; exec \"$0\" \"$@\"", bin];
-        subjects.push(Subject::new("baseline", Agent::start_wrapped(&wrap, &args)));
+        subjects.push(Subject::new("baseline", start_baseline(bin, &args)?));
     }
     let parent = TestCgroup::new("bench-scrape");
     let t = Instant::now();
