@@ -69,9 +69,10 @@ impl Setup {
                 }
                 Setup::Floor(child)
             }
-            "events" => Setup::Agent(Agent::start(&["--events", "/dev/null"])),
+            // The periods users run with (the tests' 500 ms would add background work).
+            "events" => Setup::Agent(Agent::start(&["--scan-interval", "15s", "--sample-interval", "5s", "--events", "/dev/null"])),
             "bpftrace" => Setup::Bpftrace(Bpftrace::start()?),
-            _ => Setup::Agent(Agent::start(&[])),
+            _ => Setup::Agent(Agent::start(&["--scan-interval", "15s", "--sample-interval", "5s"])),
         })
     }
 }

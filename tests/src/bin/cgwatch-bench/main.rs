@@ -32,7 +32,7 @@ use clap::Parser;
 #[derive(Parser)]
 pub struct Args {
     /// Rounds of the interleaved syscall benchmark.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     pub rounds: usize,
     /// Syscalls per measurement.
     #[arg(long, default_value_t = 2_000_000)]

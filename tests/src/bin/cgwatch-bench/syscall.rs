@@ -30,6 +30,18 @@ pub fn syscall_overhead(args: &Args, report: &mut String, out: Out) -> Result<()
             samples[idx][1].push(nullsys(args.calls, true)?);
         }
     }
+    // The ratio of each round (its own no-probes and floor runs, minutes apart at most), then
+    // their median: drift between rounds cancels out.
+    let ratio = |setup: usize, task: usize| {
+        let mut r: Vec<f64> = (0..args.rounds)
+            .map(|round| {
+                let (n, f, a) = (samples[0][task][round], samples[1][task][round], samples[setup][task][round]);
+                (a - n) / (f - n)
+            })
+            .collect();
+        median(&mut r)
+    };
+    let ratios: Vec<[f64; 2]> = (0..kinds.len()).map(|setup| [ratio(setup, 0), ratio(setup, 1)]).collect();
     let med: Vec<[f64; 2]> = samples.iter_mut().map(|[a, b]| [median(a), median(b)]).collect();
     out(report, "| task | setup | no probes | floor (empty tp_btf on sys_enter+sys_exit) | with the setup | floor adds | setup adds | setup / floor |".into());
     out(report, "| --- | --- | --- | --- | --- | --- | --- | --- |".into());
@@ -43,7 +55,7 @@ pub fn syscall_overhead(args: &Args, report: &mut String, out: Out) -> Result<()
                     "| {task} | {which} | {n:.1} | {f:.1} | {a:.1} | {:.1} | {:.1} | {:.2}x |",
                     f - n,
                     a - n,
-                    (a - n) / (f - n)
+                    ratios[setup][i]
                 ),
             );
         }
@@ -51,6 +63,14 @@ pub fn syscall_overhead(args: &Args, report: &mut String, out: Out) -> Result<()
     if let Some(line) = bpftrace_missing {
         out(report, format!("\n{line}"));
     }
-    out(report, format!("\nMedians of {} interleaved rounds, each the best of 3 runs of {} calls.\n", args.rounds, args.calls));
+    out(
+        report,
+        format!(
+            "\nMedians of {} interleaved rounds, each the best of 3 runs of {} calls; \"setup / floor\" is the \
+             median of each round's ratio. The agents run with the default periods (--scan-interval 15s \
+             --sample-interval 5s).\n",
+            args.rounds, args.calls
+        ),
+    );
     Ok(())
 }
