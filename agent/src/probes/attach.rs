@@ -110,9 +110,13 @@ pub fn all_failed(reason: &str) -> Vec<ProbeStatus> {
         .collect()
 }
 
+/// Entries of `TASKS` where per-thread state lives in task storage: the map is never used there,
+/// but every map of the object is created.
+const TASKS_UNUSED: u32 = 1;
+
 /// The shape of each pinned map as this agent loads it: the object's definition with the sizes
-/// `--max-cgroups` asks for.
-fn map_shapes(sizes: MapSizes) -> Result<Vec<(&'static str, MapShape)>, ProbeError> {
+/// `--max-cgroups` asks for (and `TASKS` shrunk where task storage replaces it).
+fn map_shapes(sizes: MapSizes, flags: u32) -> Result<Vec<(&'static str, MapShape)>, ProbeError> {
     let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| ProbeError::Object(e.to_string()))?;
     let mut shapes = Vec::with_capacity(PINNED_MAPS.len());
     for name in PINNED_MAPS {
@@ -121,6 +125,7 @@ fn map_shapes(sizes: MapSizes) -> Result<Vec<(&'static str, MapShape)>, ProbeErr
             "SECCOMP_COUNTS" => sizes.seccomp,
             "EXIT_COUNTS" => sizes.exits,
             "OOM_COUNTS" => sizes.oom,
+            "TASKS" if flags & agent_common::config_flags::HAS_TASK_STORAGE != 0 => TASKS_UNUSED,
             _ => m.max_entries(),
         };
         shapes.push((name, MapShape { key_size: m.key_size(), value_size: m.value_size(), max_entries }));
@@ -177,7 +182,7 @@ pub fn load(
     // (The loader's lifetime shortened to this function's, to borrow the BTF.)
     let mut loader: EbpfLoader<'_> = loader;
     let migrations = match pins {
-        Some(p) => p.check_maps(&map_shapes(sizes)?)?,
+        Some(p) => p.check_maps(&map_shapes(sizes, ctx.kernel.flags)?)?,
         None => Vec::new(),
     };
     let map_paths: Vec<(&str, std::path::PathBuf)> =
@@ -192,6 +197,9 @@ pub fn load(
         .map_max_entries("SECCOMP_COUNTS", sizes.seccomp)
         .map_max_entries("EXIT_COUNTS", sizes.exits)
         .map_max_entries("OOM_COUNTS", sizes.oom);
+    if ctx.kernel.flags & agent_common::config_flags::HAS_TASK_STORAGE != 0 {
+        loader.map_max_entries("TASKS", TASKS_UNUSED);
+    }
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
