@@ -242,10 +242,18 @@ const _: () = assert!(size_of::<ExitKey>() == 24);
 pub struct TaskState {
     /// 1 between `sys_enter` and `sys_exit`.
     pub in_syscall: u32,
-    /// 1 when a seccomp TRAP was counted for the syscall now being skipped.
+    /// 1 when a seccomp TRAP was counted for the syscall now being skipped; `KILL_COUNTED` once
+    /// `signal_generate` counted a KILL verdict of the thread (dead by then: none of its syscalls
+    /// returns, so no hook takes it for a pending TRAP).
     pub trap_pending: u32,
 }
 const _: () = assert!(size_of::<TaskState>() == 8);
+
+impl TaskState {
+    /// `trap_pending` of a thread whose KILL verdict was counted from its SIGSYS: its exit must
+    /// not count the kill again.
+    pub const KILL_COUNTED: u32 = 2;
+}
 
 /// Key of the thread-group exit de-duplication map (kernels without `group_dead`).
 #[repr(C)]

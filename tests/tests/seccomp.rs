@@ -51,6 +51,26 @@ fn kill_process_is_counted_and_the_exit_is_seccomp_kill() {
     assert_eq!(exits[0].value, 1.0);
 }
 
+/// Kill after kill: the killed thread can reach the exit probe after the main thread, which
+/// counted the group exit (the killed thread stalled in between, as a vCPU of a loaded VM host
+/// does). Each kill is still counted once, under its syscall.
+#[test]
+fn repeated_kill_process_is_counted_once_each() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("killproc-repeat");
+    let runs = 20;
+    for _ in 0..runs {
+        let status = cg.run(&["seccomp", "--action", "kill-process"]);
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGSYS));
+    }
+    let m = agent.scrape();
+    let syscall = killed_syscall(&m, !kills_raise_signals());
+    assert_eq!(violations(&m, &cg), vec![(syscall.into(), "kill_process".into(), f64::from(runs))]);
+    let exits = m.find("cgwatch_process_exits_total", &[("cgroup", &cg.rel)]);
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!((exits[0].labels["reason"].as_str(), exits[0].value), ("seccomp_kill", f64::from(runs)));
+}
+
 #[test]
 fn kill_thread_in_a_multithreaded_process() {
     let agent = Agent::start(&[]);

@@ -4,7 +4,7 @@
 //! exit, classified by reason.
 
 use agent_common::{
-    ExitKey, OomKey, SeccompKey, action, config_flags, kabi, reason,
+    ExitKey, OomKey, SeccompKey, TaskState, action, config_flags, kabi, reason,
 };
 use aya_ebpf::{
     helpers::{
@@ -65,6 +65,11 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     let exit_code = kernel::read::<i32>(task, kconfig!(task_exit_code))? as u32;
     let sig = exit_code & 0x7f;
 
+    // signal_generate counted this thread's kill verdict (read before the state is forgotten).
+    let kill_counted = mode == kabi::SECCOMP_MODE_DEAD && {
+        let state = maps::task_state();
+        !state.is_null() && unsafe { (*state).trap_pending } == TaskState::KILL_COUNTED
+    };
     if mode == kabi::SECCOMP_MODE_FILTER || mode == kabi::SECCOMP_MODE_DEAD {
         maps::forget_task_state(tid);
         let _ = maps::SECCOMP_SYSCALL.remove(tid);
@@ -81,9 +86,12 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     // A kill verdict that raised no signal (signal_generate did not see it, so SECCOMP_KILLED
     // has no entry): KILL_THREAD of a non-last thread (`do_exit(SIGSYS)`), and on kernels
     // before the signal-based kill (5.10) every kill: KILL_PROCESS is `do_group_exit(SIGSYS)`,
-    // which sets the group exit code first.
+    // which sets the group exit code first. Not a killed thread whose signal was counted: another
+    // thread of the group may have counted the group exit, and taken the SECCOMP_KILLED entry,
+    // before this one got here (it decremented `signal->live` first but was slower since).
     if mode == kabi::SECCOMP_MODE_DEAD
         && sig == kabi::SIGSYS
+        && !kill_counted
         && maps::SECCOMP_KILLED.get_ptr(tgid).is_none()
     {
         let signal = kernel::read::<u64>(task, kconfig!(task_signal))?;

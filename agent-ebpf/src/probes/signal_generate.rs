@@ -49,6 +49,15 @@ fn try_signal_generate(sig: i32, info: u64, target: u64) -> Result<(), i64> {
         let tgid = (pid_tgid >> 32) as u32;
         // Remembered so that the exit is reported as `seccomp_kill` and not as a KILL_THREAD.
         let _ = maps::SECCOMP_KILLED.insert(tgid, 1u32, 0);
+        // And in the thread itself: the group exit takes the SECCOMP_KILLED entry, and another
+        // thread may count it before this one reaches the exit tracepoint, whose test for a kill
+        // that raised no signal must still see that this one did.
+        let state = maps::task_state();
+        if state.is_null() {
+            maps::new_task_state(TaskState { in_syscall: 0, trap_pending: TaskState::KILL_COUNTED }, PROBE);
+        } else {
+            unsafe { (*state).trap_pending = TaskState::KILL_COUNTED };
+        }
         action::KILL_PROCESS
     } else if kernel::is_filtered(mode) {
         let state = maps::task_state();
