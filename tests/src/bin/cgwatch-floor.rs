@@ -1,6 +1,7 @@
 //! Attaches only the empty `floor_*` programs of the agent's eBPF object to sys_enter and
-//! sys_exit (`tp_btf`, default, or `raw_tp`), or the agent's own two syscall programs alone
-//! (`agent`), then waits until stdin closes: the cost floor for the syscall-overhead benchmark.
+//! sys_exit (`tp_btf`, default, or `raw_tp`), the two that only keep the per-thread mark of a
+//! filtered task (`state`), or the agent's own two syscall programs alone (`agent`), then waits
+//! until stdin closes: the cost floor for the syscall-overhead benchmark.
 
 use std::io::Read as _;
 
@@ -15,7 +16,7 @@ fn main() -> Result<()> {
     let btf = aya::Btf::from_sys_fs().context("kernel BTF")?;
     let mut kernel = cgwatch::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))?.kernel_config()?;
     // As the agent loads it: task storage where the kernel has it, else the patched object.
-    if cgwatch::probes::task_state::supported(cgwatch::probes::kernel_version()) {
+    if cgwatch::probes::task_state::supported(cgwatch::probes::kernel_version()) && std::env::var_os("CGWATCH_FLOOR_HASH").is_none() {
         kernel.flags |= agent_common::config_flags::HAS_TASK_STORAGE;
     }
     let object = cgwatch::probes::task_state::LoadObject::for_flags(cgwatch::probes::EBPF_OBJECT, kernel.flags)?;
@@ -28,6 +29,12 @@ fn main() -> Result<()> {
         if mode == "agent" {
             // The agent's own syscall programs alone, without the rest of the agent.
             let p: &mut BtfTracePoint = ebpf.program_mut(&format!("{hook}_btf")).context("program")?.try_into()?;
+            p.load(hook, &btf)?;
+            p.attach()?;
+        } else if mode == "state" {
+            // Empty but for the per-thread mark an exact tracepoint method needs.
+            let p: &mut BtfTracePoint =
+                ebpf.program_mut(&format!("floor_state_{hook}_btf")).context("program")?.try_into()?;
             p.load(hook, &btf)?;
             p.attach()?;
         } else if mode == "raw_tp" {

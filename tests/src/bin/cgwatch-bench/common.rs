@@ -56,9 +56,9 @@ impl Setup {
     pub fn start(kind: &str) -> Result<Setup> {
         Ok(match kind {
             "none" => Setup::None,
-            "floor" => {
+            "floor" | "state" => {
                 let mut child = Command::new(bin("cgwatch-floor"))
-                    .arg("tp_btf")
+                    .arg(if kind == "floor" { "tp_btf" } else { "state" })
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .spawn()?;
