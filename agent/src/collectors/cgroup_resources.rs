@@ -40,11 +40,7 @@ impl ResourceSnapshot {
         let delegates = layout.v2_delegates();
         // This pass reads every cgroup shown so far: none is left for `add`.
         drop(registry.take_unsampled());
-        let fresh: Readings = registry
-            .shown_live()
-            .into_iter()
-            .map(|cg| (cg.id, cg.rendered, layout.resources_in(&cg.path, delegates)))
-            .collect();
+        let fresh: Readings = registry.shown_live().into_iter().map(|cg| read(layout, delegates, cg)).collect();
         *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
     }
 
@@ -56,8 +52,7 @@ impl ResourceSnapshot {
         }
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let delegates = layout.v2_delegates();
-        let mut added: Readings =
-            new.into_iter().map(|cg| (cg.id, cg.rendered, layout.resources_in(&cg.path, delegates))).collect();
+        let mut added: Readings = new.into_iter().map(|cg| read(layout, delegates, cg)).collect();
         added.sort_unstable_by_key(|r| r.0);
         let latest = self.get();
         let mut next: Readings = Vec::with_capacity(latest.len() + added.len());
@@ -69,6 +64,12 @@ impl ResourceSnapshot {
     pub fn get(&self) -> Arc<Readings> {
         self.latest.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// One cgroup's reading (`delegates`: `Layout::v2_delegates`, once per pass).
+fn read(layout: &Layout, delegates: bool, cg: ShownCgroup) -> (u64, Arc<str>, Resources) {
+    let resources = layout.resources_in(&cg.path, delegates);
+    (cg.id, cg.rendered, resources)
 }
 
 #[derive(Debug)]

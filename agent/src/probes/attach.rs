@@ -114,20 +114,27 @@ pub fn all_failed(reason: &str) -> Vec<ProbeStatus> {
 /// but every map of the object is created.
 const TASKS_UNUSED: u32 = 1;
 
-/// The shape of each pinned map as this agent loads it: the object's definition with the sizes
-/// `--max-cgroups` asks for (and `TASKS` shrunk where task storage replaces it).
+/// The maps this agent loads with another size than the object's: the counter maps at the sizes
+/// `--max-cgroups` asks for, and `TASKS` shrunk where task storage replaces it. The loader and
+/// the pin check both use this list.
+fn resized_maps(sizes: MapSizes, flags: u32) -> Vec<(&'static str, u32)> {
+    let mut resized = vec![("SECCOMP_COUNTS", sizes.seccomp), ("EXIT_COUNTS", sizes.exits), ("OOM_COUNTS", sizes.oom)];
+    if flags & agent_common::config_flags::HAS_TASK_STORAGE != 0 {
+        resized.push(("TASKS", TASKS_UNUSED));
+    }
+    resized
+}
+
+/// The shape of each pinned map as this agent loads it: the object's definition with
+/// `resized_maps`' sizes.
 fn map_shapes(sizes: MapSizes, flags: u32) -> Result<Vec<(&'static str, MapShape)>, ProbeError> {
     let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| ProbeError::Object(e.to_string()))?;
+    let resized = resized_maps(sizes, flags);
     let mut shapes = Vec::with_capacity(PINNED_MAPS.len());
     for name in PINNED_MAPS {
         let m = obj.maps.get(name).ok_or(ProbeError::NoMap(name))?;
-        let max_entries = match name {
-            "SECCOMP_COUNTS" => sizes.seccomp,
-            "EXIT_COUNTS" => sizes.exits,
-            "OOM_COUNTS" => sizes.oom,
-            "TASKS" if flags & agent_common::config_flags::HAS_TASK_STORAGE != 0 => TASKS_UNUSED,
-            _ => m.max_entries(),
-        };
+        let max_entries =
+            resized.iter().find(|(n, _)| *n == name).map_or_else(|| m.max_entries(), |(_, entries)| *entries);
         shapes.push((name, MapShape { key_size: m.key_size(), value_size: m.value_size(), max_entries }));
     }
     Ok(shapes)
@@ -193,12 +200,9 @@ pub fn load(
         .allow_unsupported_maps()
         .override_global("KCONFIG", &ctx.kernel, true)
         .override_global("AYA_LOG_LEVEL", &log_level, true)
-        .override_global("EVENTS_CONFIG", &events, true)
-        .map_max_entries("SECCOMP_COUNTS", sizes.seccomp)
-        .map_max_entries("EXIT_COUNTS", sizes.exits)
-        .map_max_entries("OOM_COUNTS", sizes.oom);
-    if ctx.kernel.flags & agent_common::config_flags::HAS_TASK_STORAGE != 0 {
-        loader.map_max_entries("TASKS", TASKS_UNUSED);
+        .override_global("EVENTS_CONFIG", &events, true);
+    for (name, entries) in resized_maps(sizes, ctx.kernel.flags) {
+        loader.map_max_entries(name, entries);
     }
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
