@@ -99,14 +99,15 @@ pub struct RecentKill {
 #[map]
 pub static RECENT_KILLS: LruHashMap<ExitDedupKey, RecentKill> = LruHashMap::with_max_entries(1024, 0);
 
-/// Moves the exit recorded for `group` with `signal` to `reason`, if there is one.
+/// Moves the exit recorded for `group` with `signal` to `reason`, if there is one. The entry's
+/// removal decides: of two threads trying at once (on two CPUs), only the one whose delete
+/// succeeds moves the count, so a count is never moved twice.
 #[inline(always)]
 pub fn reclassify_exit(group: &ExitDedupKey, signal: u32, reason: u32, probe: &'static str) -> bool {
     let Some(rec) = (unsafe { RECENT_KILLS.get(group) }).copied() else { return false };
-    if rec.key.signal != signal {
+    if rec.key.signal != signal || RECENT_KILLS.remove(group).is_err() {
         return false;
     }
-    let _ = RECENT_KILLS.remove(group);
     let moved = ExitKey { reason, ..rec.key };
     uncount_exit(&rec.key, probe);
     count_exit(&moved, probe);

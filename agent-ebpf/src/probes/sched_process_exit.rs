@@ -99,11 +99,15 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         let act = if group_code & 0x7f == kabi::SIGSYS { action::KILL_PROCESS } else { action::KILL_THREAD };
         if act == action::KILL_PROCESS || (group_dead && group_sig == kabi::SIGSYS) {
             // The whole thread group dies of it: its exit is a seccomp_kill. Without group_dead
-            // another thread may have counted the group exit already, as a plain SIGSYS.
-            let moved = group_dead_arg.is_none()
-                && kernel::group_key(task).is_ok_and(|k| maps::reclassify_exit(&k, kabi::SIGSYS, reason::SECCOMP_KILL, PROBE));
-            if !moved {
-                let _ = maps::SECCOMP_KILLED.insert(tgid, 1u32, 0);
+            // another thread may be counting the group exit on another CPU right now, as a plain
+            // SIGSYS: publish the kill first, then move a count already made. The thread counting
+            // the exit does the same in the other order (see `seccomp_later` below), and
+            // `reclassify_exit`'s delete lets only one of the two move it.
+            let _ = maps::SECCOMP_KILLED.insert(tgid, 1u32, 0);
+            if group_dead_arg.is_none()
+                && kernel::group_key(task).is_ok_and(|k| maps::reclassify_exit(&k, kabi::SIGSYS, reason::SECCOMP_KILL, PROBE))
+            {
+                let _ = maps::SECCOMP_KILLED.remove(tgid);
             }
         }
         let nr = if regs != 0 {
@@ -160,6 +164,11 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     {
         let rec = maps::RecentKill { key, container: u32::from(container), _pad: 0 };
         let _ = maps::RECENT_KILLS.insert(k, rec, 0);
+        // The killed thread may have published its kill after the check above and looked for
+        // this record before it was written: then the move is this thread's to make.
+        if seccomp_later && maps::SECCOMP_KILLED.remove(tgid).is_ok() {
+            maps::reclassify_exit(&k, kabi::SIGSYS, reason::SECCOMP_KILL, PROBE);
+        }
     }
     Ok(())
 }
