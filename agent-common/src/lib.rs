@@ -18,6 +18,9 @@ pub mod action {
     pub const KILL_PROCESS: u32 = 3;
     /// SECCOMP_RET_KILL_THREAD of a thread that was not the last one.
     pub const KILL_THREAD: u32 = 4;
+    /// SECCOMP_RET_LOG: the syscall ran, logged (complain mode). Counted only where the
+    /// `audit_seccomp` hook attaches (fexit or kprobe).
+    pub const LOG: u32 = 5;
 }
 
 /// Why a process (thread group) exited (`ExitKey::reason`).
@@ -61,6 +64,8 @@ pub mod kabi {
     pub const MM_ANONPAGES: u32 = 1;
     pub const MM_SHMEMPAGES: u32 = 3;
     pub const SIGSYS: u32 = 31;
+    /// `SECCOMP_RET_LOG`, include/uapi/linux/seccomp.h: the `code` `audit_seccomp` gets for it.
+    pub const SECCOMP_RET_LOG: u32 = 0x7ffc_0000;
 }
 
 /// Flags in `KernelConfig::flags`, chosen by the loader from BTF.

@@ -2,8 +2,10 @@
 //! arguments, lower overhead) and a `raw_tp` one (fallback) that share the same `try_*` body.
 //! Pointer arguments are read with `bpf_probe_read_kernel` so that both program types accept them.
 //! `seccomp_filter` is an fexit program on a kernel function instead (the fast path), and
-//! `oom_kill_process` a kprobe (where `mark_victim` lacks the victim task).
+//! `oom_kill_process` a kprobe (where `mark_victim` lacks the victim task), and `audit_seccomp`
+//! fexit or a kprobe (LOG verdicts).
 
+mod audit_seccomp;
 mod cgroup_mkdir;
 mod floor;
 mod cgroup_rmdir;

@@ -67,7 +67,7 @@ pub const SECCOMP_VIOLATIONS: Metric = counter(
     "cgwatch_seccomp_violations",
     true,
     &["syscall", "action"],
-    "Syscalls denied by a seccomp filter, by cgroup, syscall (x86_64 name, syscall_NR when unknown) and action (errno, trap, kill_process, kill_thread).",
+    "Syscalls denied by a seccomp filter, by cgroup, syscall (x86_64 name, syscall_NR when unknown) and action (errno, trap, kill_process, kill_thread, log: a LOG verdict of complain mode, the syscall ran; see cgwatch_seccomp_action_observable for which actions this kernel lets cgwatch tell apart).",
 );
 pub const OOM_KILLS: Metric = counter(
     "cgwatch_oom_kills",
@@ -182,6 +182,12 @@ pub const PROBE_ATTACHED: Metric = gauge(
     &["probe", "mode"],
     "1 when the probe is attached (mode tp_btf, raw_tp, fexit or kprobe); 0 with mode off when not wanted here (turned off by a flag, not needed on this kernel, or replaced by another probe); 0 with another mode when it failed to attach.",
 );
+pub const SECCOMP_ACTION_OBSERVABLE: Metric = gauge(
+    "cgwatch_seccomp_action_observable",
+    false,
+    &["action", "mode"],
+    "1 when seccomp verdicts of this action are counted under their own action label, with the attach mode of the probe that counts them; 0 when not: log without the audit_seccomp hook (fexit or kprobe) or with kernel.seccomp.actions_logged lacking log; trace and user_notif are not told apart from errno (mode: the path that counts them as errno).",
+);
 pub const EVENTS_LOST: Metric = counter(
     "cgwatch_events_lost",
     false,
@@ -255,6 +261,7 @@ pub const ALL: &[Metric] = &[
     HOST_MEMORY_AVAILABLE,
     HOST_MEMORY_USAGE_RATIO,
     PROBE_ATTACHED,
+    SECCOMP_ACTION_OBSERVABLE,
     EVENTS_LOST,
     EVENTS_SUPPRESSED,
     EVENTS_WRITTEN,

@@ -16,7 +16,7 @@ use cgwatch::{
         events::EventsCollector,
         exits::ExitCollector,
         host::{HostCollector, HostSampler},
-        oom::OomCollector, seccomp::SeccompCollector,
+        oom::OomCollector, seccomp::SeccompCollector, seccomp_observable::SeccompObservableCollector,
     },
     config::Config,
     containers::metadata::Resolver,
@@ -172,6 +172,7 @@ async fn run(config: Config) -> Result<()> {
     metrics.register(CgroupResourceCollector { snapshot: resources.clone() });
     metrics.register(ContainerCollector { registry: registry.clone() });
     metrics.register(HostCollector { procfs: config.procfs.clone(), sampler: sampler.clone() });
+    metrics.register(SeccompObservableCollector::new(status.clone(), &config.procfs));
     metrics.register(AgentCollector {
         maps: maps.clone(),
         registry: registry.clone(),

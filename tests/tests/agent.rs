@@ -25,6 +25,15 @@ fn every_probe_of_the_table_attaches_here() {
             agent.log()
         );
     }
+    // The LOG hook attaches where fexit or kprobes work, else reads `off` and says so.
+    let log = m.find("cgwatch_probe_attached", &[("probe", "seccomp_log")]);
+    assert_eq!(log.len(), 1);
+    if log[0].value == 0.0 {
+        assert_eq!(log[0].labels["mode"], "off");
+        assert!(agent.log().contains("probe seccomp_log: off: unavailable here, LOG verdicts are not counted"), "{}", agent.log());
+    } else {
+        assert!(["fexit", "kprobe"].contains(&log[0].labels["mode"].as_str()), "{log:?}");
+    }
     // The oom_kill_process kprobe only stands in for a mark_victim without the victim task.
     let oom_kprobe_needed = cgwatch::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))
         .and_then(|b| b.kernel_config())
@@ -33,7 +42,7 @@ fn every_probe_of_the_table_attaches_here() {
     assert_eq!(m.get("cgwatch_probe_attached", &[("probe", off), ("mode", "off")]), Some(0.0));
     for rows in PROBES
         .iter()
-        .filter(|r| !r[0].probe.starts_with("seccomp_sys_") && !["seccomp_filter", skip, off].contains(&r[0].probe))
+        .filter(|r| !r[0].probe.starts_with("seccomp_sys_") && !["seccomp_filter", "seccomp_log", skip, off].contains(&r[0].probe))
     {
         let probe = rows[0].probe;
         // This kernel has BTF and tp_btf: the preferred mode must be the one that attached.
@@ -54,7 +63,7 @@ fn raw_tp_mode_attaches_everything_and_counts_the_same() {
     let agent = Agent::start(&["--probe-mode", "raw_tp", "--seccomp-mode", "tracepoint"]);
     let m = agent.scrape();
     // Every tracepoint probe attaches raw; the function probes are not tracepoints.
-    for rows in PROBES.iter().filter(|r| !["seccomp_filter", "oom_kill_process"].contains(&r[0].probe)) {
+    for rows in PROBES.iter().filter(|r| !["seccomp_filter", "seccomp_log", "oom_kill_process"].contains(&r[0].probe)) {
         let probe = rows[0].probe;
         assert_eq!(m.get("cgwatch_probe_attached", &[("probe", probe), ("mode", "raw_tp")]), Some(1.0), "{probe}");
     }

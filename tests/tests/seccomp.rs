@@ -132,7 +132,17 @@ fn the_fast_path_counts_each_verdict_once_or_says_why_not() {
         let cg = TestCgroup::new(&format!("fast-{mode}"));
         assert!(cg.run(&["seccomp", "--action", "errno", "--count", "25"]).success());
         assert!(cg.run(&["seccomp", "--action", "trap", "--count", "4"]).success());
+        let log_cg = TestCgroup::new(&format!("fast-{mode}-log"));
+        assert!(log_cg.run(&["seccomp", "--action", "log", "--count", "3"]).success());
         let m = agent.scrape();
+        // The LOG hook takes the same kind of hook as the mode asks for.
+        let log = m.find("cgwatch_probe_attached", &[("probe", "seccomp_log")]);
+        assert_eq!(log.len(), 1, "{log:?}");
+        if in_vm {
+            assert_eq!((log[0].labels["mode"].as_str(), log[0].value), (want, 1.0), "{mode}");
+        }
+        let logged = if log[0].value == 1.0 { vec![("getppid".into(), "log".into(), 3.0)] } else { vec![] };
+        assert_eq!(violations(&m, &log_cg), logged, "{mode}");
         // The tracepoints stay off in these modes: nothing can be counted twice.
         for tp in ["seccomp_sys_enter", "seccomp_sys_exit"] {
             assert_eq!(m.get("cgwatch_probe_attached", &[("probe", tp), ("mode", "off")]), Some(0.0), "{mode} {tp}");
@@ -177,4 +187,42 @@ fn auto_uses_the_fast_path_or_the_tracepoints_never_both() {
     // `cgwatch_probe_attached{mode!="off"} == 0` stays quiet.
     let blind: Vec<_> = m.find("cgwatch_probe_attached", &[]).into_iter().filter(|s| s.value == 0.0 && s.labels["mode"] != "off").collect();
     assert!(blind.is_empty(), "{blind:?}");
+}
+
+/// Complain mode: LOG verdicts run the syscall, so only the `audit_seccomp` hook sees them.
+/// Where it is attached they are counted exactly under `action="log"`; where not, the gauge
+/// says LOG is not observable, and either way none is counted as a denial.
+#[test]
+fn log_verdicts_are_counted_as_log_where_observable_and_never_as_errno() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("log");
+    let control = TestCgroup::new("log-control");
+    assert!(cg.run(&["seccomp", "--action", "log", "--count", "11"]).success());
+    assert!(control.run(&["seccomp", "--action", "errno", "--count", "5"]).success());
+    let m = agent.scrape_until(Duration::from_secs(5), |m| {
+        m.sum(V, &[("cgroup", &control.rel)]) >= 5.0 && m.sum(V, &[("cgroup", &cg.rel)]) >= 11.0
+    });
+    assert_eq!(violations(&m, &control), vec![("getppid".into(), "errno".into(), 5.0)]);
+    let observable = m.find("cgwatch_seccomp_action_observable", &[("action", "log")]);
+    assert_eq!(observable.len(), 1, "{observable:?}");
+    let attached = m.find("cgwatch_probe_attached", &[("probe", "seccomp_log")]);
+    assert_eq!(attached.len(), 1, "{attached:?}");
+    let logged = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_logged").unwrap_or_default();
+    let hooked = attached[0].value == 1.0;
+    assert_eq!(observable[0].value == 1.0, hooked && logged.split_whitespace().any(|a| a == "log"), "{logged}");
+    // Every kernel of the VM matrix has fexit or kprobes for audit_seccomp.
+    if std::env::var_os("CGWATCH_VM").is_some() {
+        assert!(hooked, "{attached:?}");
+    }
+    if observable[0].value == 1.0 {
+        assert_eq!(violations(&m, &cg), vec![("getppid".into(), "log".into(), 11.0)]);
+        assert_eq!(observable[0].labels["mode"], attached[0].labels["mode"]);
+    } else {
+        assert_eq!(violations(&m, &cg), vec![]);
+    }
+    // The verdicts this path cannot tell apart say so.
+    for action in ["trace", "user_notif"] {
+        assert_eq!(m.get("cgwatch_seccomp_action_observable", &[("action", action)]), Some(0.0), "{action}");
+    }
+    assert_eq!(m.get("cgwatch_seccomp_action_observable", &[("action", "errno")]), Some(1.0));
 }

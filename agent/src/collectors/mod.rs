@@ -11,6 +11,7 @@ pub mod exits;
 pub mod host;
 pub mod oom;
 pub mod seccomp;
+pub mod seccomp_observable;
 
 use std::{borrow::Cow, collections::BTreeMap, fmt, sync::Arc};
 

@@ -13,6 +13,7 @@ pub fn action_name(a: u32) -> &'static str {
         action::TRAP => "trap",
         action::KILL_PROCESS => "kill_process",
         action::KILL_THREAD => "kill_thread",
+        action::LOG => "log",
         _ => "unknown",
     }
 }

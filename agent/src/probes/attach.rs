@@ -234,6 +234,7 @@ pub fn load(
         status.push(st);
     }
     fast_path_fell_back(&mut status);
+    log_hook_unavailable(&mut status, ctx.seccomp_mode);
     let Attacher { pinned_links, reused, .. } = attacher;
     // Attached: the BTF is freed before the ring buffers are mapped, so that the two do not add
     // up.
@@ -281,6 +282,21 @@ fn fast_path_fell_back(status: &mut [ProbeStatus]) {
     {
         fast.detail = format!("unavailable here, the syscall tracepoints count ERRNO verdicts ({})", fast.detail);
         fast.mode = "off";
+    }
+}
+
+/// The LOG hook is an extra, not a fallback chain: where neither fexit nor kprobes work on
+/// `audit_seccomp` (and the user did not ask for one of them with `--seccomp-mode`), it is
+/// reported `off`, and `cgwatch_seccomp_action_observable{action="log"}` says LOG verdicts go
+/// uncounted here.
+fn log_hook_unavailable(status: &mut [ProbeStatus], mode: crate::config::SeccompMode) {
+    use crate::config::SeccompMode;
+    if matches!(mode, SeccompMode::Fexit | SeccompMode::Kprobe) {
+        return;
+    }
+    if let Some(log) = status.iter_mut().find(|s| s.probe == "seccomp_log" && !s.attached && s.mode != "off") {
+        log.detail = format!("unavailable here, LOG verdicts are not counted ({})", log.detail);
+        log.mode = "off";
     }
 }
 

@@ -207,6 +207,37 @@ const fn fexit_row(program: &'static str, fits: fn(&ProbeContext) -> bool) -> Pr
     }
 }
 
+/// LOG verdicts (complain mode): `audit_seccomp`, fexit else a kprobe. In `--seccomp-mode
+/// kprobe` the kprobe, as for the fast path.
+const SECCOMP_LOG: [ProbeSpec; 2] = [
+    ProbeSpec {
+        probe: "seccomp_log",
+        hook: "audit_seccomp",
+        mode: Mode::Fexit,
+        program: "audit_seccomp_fexit",
+        min_kernel: FEXIT_MIN_KERNEL,
+        disable_if: unless_seccomp,
+        needs: &[],
+        fits: unless_kprobe_mode,
+        unless_attached: &[],
+    },
+    ProbeSpec {
+        probe: "seccomp_log",
+        hook: "audit_seccomp",
+        mode: Mode::Kprobe,
+        program: "audit_seccomp_kprobe",
+        min_kernel: (4, 18),
+        disable_if: unless_seccomp,
+        needs: &[],
+        fits: always,
+        unless_attached: &[],
+    },
+];
+
+fn unless_kprobe_mode(c: &ProbeContext) -> bool {
+    c.seccomp_mode != SeccompMode::Kprobe
+}
+
 fn unless_oom_kill_process_needed(c: &ProbeContext) -> Option<&'static str> {
     if c.kernel.flags & config_flags::MARK_VICTIM_HAS_TASK != 0 {
         Some("not needed: mark_victim carries the victim and tells the limit that fired")
@@ -250,7 +281,7 @@ const EXIT_NO_GD: [ProbeSpec; 2] = probe_rows!(
 );
 
 /// Every probe, in attach order, each with its rows in order of preference.
-pub static PROBES: [&[ProbeSpec]; 9] = [
+pub static PROBES: [&[ProbeSpec]; 10] = [
     &probe_rows!("cgroup_mkdir", "cgroup_mkdir", "cgroup_mkdir_btf", "cgroup_mkdir_raw", never),
     &probe_rows!("cgroup_rmdir", "cgroup_rmdir", "cgroup_rmdir_btf", "cgroup_rmdir_raw", never),
     // With group_dead (>= 6.16) or without it, tp_btf before raw_tp.
@@ -259,6 +290,7 @@ pub static PROBES: [&[ProbeSpec]; 9] = [
     &OOM_KILL_PROCESS,
     &probe_rows!("seccomp_signal", "signal_generate", "signal_generate_btf", "signal_generate_raw", unless_seccomp),
     &SECCOMP_FAST_PATH,
+    &SECCOMP_LOG,
     &unless_attached(
         probe_rows!("seccomp_sys_enter", "sys_enter", "sys_enter_btf", "sys_enter_raw", unless_syscall_tracking),
         &["seccomp_filter"],
@@ -323,7 +355,7 @@ mod tests {
         ctx.kernel.flags = config_flags::MARK_VICTIM_HAS_TASK | config_flags::HAS_OOM_CONTROL;
         assert_eq!(
             disabled(&ctx),
-            ["oom_kill_process", "seccomp_signal", "seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]
+            ["oom_kill_process", "seccomp_signal", "seccomp_filter", "seccomp_log", "seccomp_sys_enter", "seccomp_sys_exit"]
         );
         // fexit: the fast path only, the tracepoints stay off (no fallback).
         ctx.seccomp_mode = SeccompMode::Fexit;
@@ -345,6 +377,12 @@ mod tests {
         ctx.seccomp_mode = SeccompMode::Kprobe;
         assert_eq!(fitting(&ctx), ["seccomp_filter_kprobe"]);
         assert_eq!(disabled(&ctx), ["oom_kill_process", "seccomp_sys_enter", "seccomp_sys_exit"]);
+        // LOG verdicts: the kprobe only in kprobe mode, fexit first otherwise.
+        let log = PROBES.iter().find(|r| r[0].probe == "seccomp_log").unwrap();
+        let fitting = |ctx: &ProbeContext| log.iter().filter(|r| (r.fits)(ctx)).map(|r| r.program).collect::<Vec<_>>();
+        assert_eq!(fitting(&ctx), ["audit_seccomp_kprobe"]);
+        ctx.seccomp_mode = SeccompMode::Tracepoint;
+        assert_eq!(fitting(&ctx), ["audit_seccomp_fexit", "audit_seccomp_kprobe"]);
         let enter = PROBES.iter().find(|r| r[0].probe == "seccomp_sys_enter").unwrap();
         assert_eq!(enter[0].unless_attached, ["seccomp_filter"]);
     }

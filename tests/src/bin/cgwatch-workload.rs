@@ -31,6 +31,8 @@ enum Action {
     Trap,
     KillProcess,
     KillThread,
+    /// SECCOMP_RET_LOG: the call runs, logged (complain mode).
+    Log,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +119,7 @@ fn install_filter(action: Action) -> Result<()> {
         Action::Trap => SeccompAction::Trap,
         Action::KillProcess => SeccompAction::KillProcess,
         Action::KillThread => SeccompAction::KillThread,
+        Action::Log => SeccompAction::Log,
     };
     let filter = SeccompFilter::new(
         [(libc::SYS_getppid, vec![])].into_iter().collect(),
