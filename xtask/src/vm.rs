@@ -198,7 +198,9 @@ fn boot(
     let accel = std::env::var("CGWATCH_VM_ACCEL").unwrap_or_else(|_| DEFAULT_ACCEL.into());
     let mut child = Command::new(&qemu.bin)
         .args(qemu.data.iter().flat_map(|d| [Path::new("-L"), d.as_path()]))
-        .args(["-accel", &accel, "-cpu", &cpu, "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"])
+        // No sound card: without `-audio none` qemu probes audio drivers and loads the system
+        // qemu's modules, which abort a newer qemu unpacked beside it.
+        .args(["-accel", &accel, "-cpu", &cpu, "-smp", "2", "-m", "2048", "-nographic", "-no-reboot", "-audio", "none"])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
