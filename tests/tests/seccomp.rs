@@ -226,3 +226,45 @@ fn log_verdicts_are_counted_as_log_where_observable_and_never_as_errno() {
     }
     assert_eq!(m.get("cgwatch_seccomp_action_observable", &[("action", "errno")]), Some(1.0));
 }
+
+/// TRACE without a tracer and USER_NOTIF replies: counted once each, under their own action
+/// where `cgwatch_seccomp_action_observable` says this path tells them apart, else as `errno`
+/// (the skipped syscall is all the tracepoints and the `__seccomp_filter` return show). A
+/// USER_NOTIF the supervisor lets run is not a denial. ERRNO beside them stays exact.
+#[test]
+fn trace_and_user_notif_verdicts_are_labelled_or_declared_unobservable() {
+    let agent = Agent::start(&[]);
+    let trace = TestCgroup::new("trace");
+    let notif_error = TestCgroup::new("notif-error");
+    let notif_continue = TestCgroup::new("notif-continue");
+    let notif_gone = TestCgroup::new("notif-gone");
+    let control = TestCgroup::new("notif-control");
+    // The workload checks each call's result: ENOSYS, EPERM, the real parent, ENOSYS.
+    assert!(trace.run(&["seccomp", "--action", "trace", "--count", "7"]).success());
+    assert!(notif_error.run(&["user-notif", "--notify", "error", "--count", "9"]).success());
+    assert!(notif_continue.run(&["user-notif", "--notify", "continue", "--count", "5"]).success());
+    assert!(notif_gone.run(&["user-notif", "--notify", "gone", "--count", "4"]).success());
+    assert!(control.run(&["seccomp", "--action", "errno", "--count", "6"]).success());
+    let m = agent.scrape_until(Duration::from_secs(5), |m| {
+        m.sum(V, &[("cgroup", &control.rel)]) >= 6.0 && m.sum(V, &[("cgroup", &notif_gone.rel)]) >= 4.0
+    });
+    let observable = |action: &str| {
+        let s = m.find("cgwatch_seccomp_action_observable", &[("action", action)]);
+        assert_eq!(s.len(), 1, "{action}: {s:?}");
+        s[0].value == 1.0
+    };
+    let label = |action: &'static str| if observable(action) { action } else { "errno" };
+    assert_eq!(violations(&m, &control), vec![("getppid".into(), "errno".into(), 6.0)]);
+    assert_eq!(violations(&m, &trace), vec![("getppid".into(), label("trace").into(), 7.0)]);
+    assert_eq!(violations(&m, &notif_error), vec![("getppid".into(), label("user_notif").into(), 9.0)]);
+    assert_eq!(violations(&m, &notif_gone), vec![("getppid".into(), label("user_notif").into(), 4.0)]);
+    assert_eq!(violations(&m, &notif_continue), vec![]);
+    // Where they fall into errno, the gauge names the path that counts them so.
+    for action in ["trace", "user_notif"] {
+        if !observable(action) {
+            let errno = m.find("cgwatch_seccomp_action_observable", &[("action", "errno")]);
+            let this = m.find("cgwatch_seccomp_action_observable", &[("action", action)]);
+            assert_eq!(this[0].labels["mode"], errno[0].labels["mode"], "{action}");
+        }
+    }
+}

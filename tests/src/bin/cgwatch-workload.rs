@@ -33,6 +33,19 @@ enum Action {
     KillThread,
     /// SECCOMP_RET_LOG: the call runs, logged (complain mode).
     Log,
+    /// SECCOMP_RET_TRACE without a tracer: the call fails with ENOSYS.
+    Trace,
+}
+
+/// What the supervisor of a USER_NOTIF filter does with each notification.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Notify {
+    /// Replies with EPERM: the call is skipped.
+    Error,
+    /// Replies SECCOMP_USER_NOTIF_FLAG_CONTINUE: the call runs.
+    Continue,
+    /// No supervisor: the listener is closed before the calls, which fail with ENOSYS.
+    Gone,
 }
 
 #[derive(Subcommand)]
@@ -94,6 +107,14 @@ enum What {
         #[arg(long, default_value_t = 1)]
         count: u64,
     },
+    /// Install a filter that answers getppid with SECCOMP_RET_USER_NOTIF (with a listener), have
+    /// a supervisor thread answer as NOTIFY says, call getppid COUNT times and check each result.
+    UserNotif {
+        #[arg(long, value_enum)]
+        notify: Notify,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
     /// Replace this process with COMMAND (after joining the cgroups).
     Exec {
         #[arg(trailing_var_arg = true, required = true)]
@@ -120,6 +141,7 @@ fn install_filter(action: Action) -> Result<()> {
         Action::KillProcess => SeccompAction::KillProcess,
         Action::KillThread => SeccompAction::KillThread,
         Action::Log => SeccompAction::Log,
+        Action::Trace => SeccompAction::Trace(0),
     };
     let filter = SeccompFilter::new(
         [(libc::SYS_getppid, vec![])].into_iter().collect(),
@@ -130,6 +152,110 @@ fn install_filter(action: Action) -> Result<()> {
     .context("building the filter")?;
     let program: BpfProgram = filter.try_into().context("compiling the filter")?;
     seccompiler::apply_filter(&program).context("installing the filter")?;
+    Ok(())
+}
+
+/// `struct seccomp_notif` and `struct seccomp_notif_resp`, include/uapi/linux/seccomp.h.
+#[repr(C)]
+#[derive(Default)]
+struct SeccompNotif {
+    id: u64,
+    pid: u32,
+    flags: u32,
+    nr: i32,
+    arch: u32,
+    instruction_pointer: u64,
+    args: [u64; 6],
+}
+const _: () = assert!(size_of::<SeccompNotif>() == 80);
+
+#[repr(C)]
+struct SeccompNotifResp {
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+}
+const _: () = assert!(size_of::<SeccompNotifResp>() == 24);
+
+/// `_IOWR('!', 0, struct seccomp_notif)` and `_IOWR('!', 1, struct seccomp_notif_resp)`.
+const SECCOMP_IOCTL_NOTIF_RECV: libc::c_ulong = 0xc050_2100;
+const SECCOMP_IOCTL_NOTIF_SEND: libc::c_ulong = 0xc018_2101;
+const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const SECCOMP_USER_NOTIF_FLAG_CONTINUE: u32 = 1;
+
+/// A filter answering getppid with USER_NOTIF, installed on this thread only; returns the
+/// listener.
+fn install_user_notif_filter() -> Result<libc::c_int> {
+    let stmt = |code: u16, k: u32| libc::sock_filter { code, jt: 0, jf: 0, k };
+    let mut prog = [
+        // A = seccomp_data.nr
+        stmt((libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, 0),
+        libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt: 0, jf: 1, k: libc::SYS_getppid as u32 },
+        stmt((libc::BPF_RET | libc::BPF_K) as u16, SECCOMP_RET_USER_NOTIF),
+        stmt((libc::BPF_RET | libc::BPF_K) as u16, libc::SECCOMP_RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        bail!("PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error());
+    }
+    let fd = unsafe {
+        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &fprog)
+    };
+    if fd < 0 {
+        bail!("seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER): {}", std::io::Error::last_os_error());
+    }
+    Ok(fd as libc::c_int)
+}
+
+/// Answers `count` notifications on `fd`: with EPERM or CONTINUE.
+fn supervise(fd: libc::c_int, count: u64, notify: Notify) -> Result<()> {
+    for _ in 0..count {
+        let mut req = SeccompNotif::default();
+        if unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV, &mut req) } != 0 {
+            bail!("SECCOMP_IOCTL_NOTIF_RECV: {}", std::io::Error::last_os_error());
+        }
+        let resp = match notify {
+            Notify::Continue => SeccompNotifResp { id: req.id, val: 0, error: 0, flags: SECCOMP_USER_NOTIF_FLAG_CONTINUE },
+            _ => SeccompNotifResp { id: req.id, val: 0, error: -libc::EPERM, flags: 0 },
+        };
+        if unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) } != 0 {
+            bail!("SECCOMP_IOCTL_NOTIF_SEND: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn user_notif(notify: Notify, count: u64) -> Result<()> {
+    // The supervisor is another thread, started before the filter (which only this thread gets).
+    let (tx, rx) = std::sync::mpsc::channel::<libc::c_int>();
+    let supervisor = std::thread::spawn(move || -> Result<()> {
+        let Ok(fd) = rx.recv() else { return Ok(()) };
+        supervise(fd, count, notify)
+    });
+    // Before the filter, which catches getppid.
+    let ppid = unsafe { libc::getppid() };
+    let fd = install_user_notif_filter()?;
+    if notify == Notify::Gone {
+        unsafe { libc::close(fd) };
+        drop(tx);
+    } else {
+        tx.send(fd).context("handing the listener over")?;
+    }
+    for i in 0..count {
+        let r = getppid_raw();
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        let ok = match notify {
+            Notify::Error => r == -1 && errno == Some(libc::EPERM),
+            Notify::Continue => r == i64::from(ppid),
+            Notify::Gone => r == -1 && errno == Some(libc::ENOSYS),
+        };
+        if !ok {
+            bail!("call {i}: getppid returned {r} (errno {errno:?})");
+        }
+    }
+    supervisor.join().map_err(|_| anyhow::anyhow!("the supervisor panicked"))??;
     Ok(())
 }
 
@@ -295,6 +421,7 @@ fn main() -> Result<()> {
             println!("{eperm}");
             Ok(())
         }
+        What::UserNotif { notify, count } => user_notif(notify, count),
         What::Exec { command } => {
             let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
             bail!("exec {}: {err}", command[0])
