@@ -2,8 +2,9 @@
 //! `cgwatch_container_start_failures_total` (per container cgroup) and
 //! `cgwatch_container_start_duration_seconds{runtime}` (docs/lifecycle.md).
 //!
-//! The kernel counts for every cgroup; only container cgroups that are not Kubernetes sandboxes
-//! (the pause container) or podman pod infra containers have series.
+//! The kernel counts for every cgroup; only a container's own cgroup (not one nested inside it,
+//! where the container's processes make cgroups of their own) that is not a Kubernetes sandbox
+//! (the pause container) or a podman pod infra container has series.
 
 use std::{
     collections::BTreeMap,
@@ -31,9 +32,11 @@ pub fn is_sandbox(identity: &Identity) -> bool {
     &*identity.container == "POD" || (identity.container.ends_with("-infra") && identity.runtime.as_str() == "podman")
 }
 
-/// Whether a cgroup's lifecycle has series: a container that is not a sandbox.
-fn counted(identity: &Identity) -> bool {
-    identity.is_container() && !is_sandbox(identity)
+/// Whether a cgroup's lifecycle has series: a container's own cgroup (its path's last component
+/// names the container), not a sandbox.
+fn counted(path: &str, identity: &Identity) -> bool {
+    let own = path.rsplit('/').next().is_some_and(|last| last.contains(&*identity.container_id));
+    identity.is_container() && own && !is_sandbox(identity)
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -84,8 +87,8 @@ impl StartLatency {
         pending.retain(|(rec, arrived)| {
             let waited = now.saturating_duration_since(*arrived) >= NAMES_WAIT;
             match registry.describe(rec.cgroup_id) {
-                Some((_, id)) if !id.needs_names() || waited => {
-                    if counted(&id) {
+                Some((path, id)) if !id.needs_names() || waited => {
+                    if counted(&path, &id) {
                         histograms.entry(id.runtime.as_str()).or_default().observe(rec.duration_ns as f64 / 1e9);
                     }
                     false
@@ -113,7 +116,7 @@ impl Collector for LifecycleCollector {
             .maps
             .lifecycle()
             .into_iter()
-            .filter(|(k, _)| self.registry.describe(k.cgroup_id).is_some_and(|(_, id)| counted(&id)))
+            .filter(|(k, _)| self.registry.describe(k.cgroup_id).is_some_and(|(path, id)| counted(&path, &id)))
             .collect();
         let labels = self.registry.event_labels_many(counts.iter().map(|(k, _)| k.cgroup_id));
         let mut by_kind: [Vec<(EventSeries<0>, u64)>; 3] = Default::default();
@@ -163,9 +166,12 @@ mod tests {
             ..Identity::default()
         };
         use crate::containers::Runtime;
-        assert!(counted(&id("web", Runtime::Containerd)));
-        assert!(!counted(&id("POD", Runtime::Containerd)));
-        assert!(!counted(&id("0123456789ab-infra", Runtime::Podman)));
-        assert!(counted(&id("db-infra", Runtime::Docker)));
+        let own = format!("/kubepods/pod1/{}", "a".repeat(64));
+        assert!(counted(&own, &id("web", Runtime::Containerd)));
+        assert!(!counted(&own, &id("POD", Runtime::Containerd)));
+        assert!(!counted(&own, &id("0123456789ab-infra", Runtime::Podman)));
+        assert!(counted(&own, &id("db-infra", Runtime::Docker)));
+        // A cgroup the container's own systemd made inside it: its units are not container starts.
+        assert!(!counted(&format!("{own}/system.slice/nginx.service"), &id("web", Runtime::Containerd)));
     }
 }
