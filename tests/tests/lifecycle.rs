@@ -4,7 +4,7 @@
 use std::{process::Stdio, time::Duration};
 
 use cgwatch_tests::{
-    Agent, Metrics,
+    Agent, Metrics, PinDir,
     podman::{self, Container},
 };
 
@@ -112,4 +112,28 @@ fn an_entrypoint_that_does_not_exist_is_a_start_failure_and_no_start() {
     let m = agent.scrape_until(WAIT, |m| m.get(FAILURES, &l) == Some(1.0));
     assert_eq!(m.get(FAILURES, &l), Some(1.0), "{:?}\n{}", m.find(FAILURES, &[]), agent.log());
     assert_eq!(m.sum(STARTS, &l), 0.0, "{:?}", m.find(STARTS, &l));
+}
+
+/// With pinned maps, a start while the agent is down is counted, and its latency observed from
+/// the pinned ring, by the next agent; the starts before are kept.
+#[test]
+fn starts_while_the_agent_is_down_are_counted_after_its_restart() {
+    let pins = PinDir::new("lifecycle");
+    let pin = pins.arg();
+    let agent = Agent::start(&["--pin-path", &pin]);
+    // Running across the restart: the new agent learns the first instance's path from its rmdir
+    // record in the pinned ring.
+    let c = Container::start("cgwatch-restart", &[], &["sleep", "120"]);
+    let l = ctr_labels(&c);
+    let m = agent.scrape_until(WAIT, |m| m.get(STARTS, &l) == Some(1.0));
+    assert_eq!(m.get(STARTS, &l), Some(1.0), "{:?}", m.find(STARTS, &l));
+    agent.stop(libc::SIGTERM);
+    podman_ok(&["stop", "-t", "0", &c.name]);
+    podman_ok(&["start", &c.name]);
+    let agent = Agent::start(&["--pin-path", &pin]);
+    let podman = [("runtime", "podman")];
+    let count = format!("{DURATION}_count");
+    let m = agent.scrape_until(WAIT, |m| m.get(STARTS, &l) == Some(2.0) && m.get(&count, &podman).is_some_and(|n| n >= 1.0));
+    assert_eq!(m.get(STARTS, &l), Some(2.0), "{:?}\n{}", m.find(STARTS, &l), agent.log());
+    assert!(m.get(&count, &podman).is_some_and(|n| n >= 1.0), "the start while down was not observed: {:?}", m.find(&count, &[]));
 }
