@@ -61,6 +61,10 @@ pub mod kabi {
     pub const MM_ANONPAGES: u32 = 1;
     pub const MM_SHMEMPAGES: u32 = 3;
     pub const SIGSYS: u32 = 31;
+    /// `SIG_DFL` and `SIG_IGN`, the two dispositions that are not handlers (`sa_handler` values),
+    /// include/uapi/asm-generic/signal-defs.h.
+    pub const SIG_DFL: u64 = 0;
+    pub const SIG_IGN: u64 = 1;
 }
 
 /// Flags in `KernelConfig::flags`, chosen by the loader from BTF.
@@ -187,10 +191,20 @@ pub struct KernelConfig {
     pub mm_rss_stat: u32,
     pub mm_rss_stride: u32,
     pub mm_rss_count: u32,
+    /// `task_struct.sighand`.
+    pub task_sighand: u32,
+    /// `task_struct.blocked` (a `sigset_t`: bit `n - 1` of its first word is signal `n`).
+    pub task_blocked: u32,
+    /// `sighand_struct.action`, an array of `struct k_sigaction` indexed by signal number - 1.
+    pub sighand_action: u32,
+    /// `sizeof(struct k_sigaction)`, the stride of `sighand_struct.action`.
+    pub k_sigaction_size: u32,
+    /// `k_sigaction.sa.sa_handler`.
+    pub k_sigaction_handler: u32,
     /// `config_flags::*`.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 168);
+const _: () = assert!(size_of::<KernelConfig>() == 188);
 
 /// Key of the per-CPU OOM kill counters.
 #[repr(C)]
