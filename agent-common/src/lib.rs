@@ -11,7 +11,8 @@ use core::mem::size_of;
 pub mod action {
     /// The syscall was skipped and returned an error (SECCOMP_RET_ERRNO, or a USER_NOTIF reply).
     pub const ERRNO: u32 = 1;
-    /// SECCOMP_RET_TRAP: SIGSYS delivered to a handler.
+    /// SECCOMP_RET_TRAP: a SIGSYS forced on the caller (a process that does not handle it dies
+    /// of it, and its exit is a `reason::SECCOMP_KILL`).
     pub const TRAP: u32 = 2;
     /// SECCOMP_RET_KILL_PROCESS (or KILL_THREAD of the last thread, which the kernel turns into
     /// the same forced SIGSYS).
