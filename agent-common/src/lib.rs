@@ -11,7 +11,8 @@ use core::mem::size_of;
 pub mod action {
     /// The syscall was skipped and returned an error (SECCOMP_RET_ERRNO, or a USER_NOTIF reply).
     pub const ERRNO: u32 = 1;
-    /// SECCOMP_RET_TRAP: SIGSYS delivered to a handler.
+    /// SECCOMP_RET_TRAP: a SIGSYS forced on the caller (a process that does not handle it dies
+    /// of it, and its exit is a `reason::SECCOMP_KILL`).
     pub const TRAP: u32 = 2;
     /// SECCOMP_RET_KILL_PROCESS (or KILL_THREAD of the last thread, which the kernel turns into
     /// the same forced SIGSYS).
@@ -70,6 +71,10 @@ pub mod kabi {
     pub const SIGSYS: u32 = 31;
     /// `SECCOMP_RET_LOG`, include/uapi/linux/seccomp.h: the `code` `audit_seccomp` gets for it.
     pub const SECCOMP_RET_LOG: u32 = 0x7ffc_0000;
+    /// `SIG_DFL` and `SIG_IGN`, the two dispositions that are not handlers (`sa_handler` values),
+    /// include/uapi/asm-generic/signal-defs.h.
+    pub const SIG_DFL: u64 = 0;
+    pub const SIG_IGN: u64 = 1;
 }
 
 /// Flags in `KernelConfig::flags`, chosen by the loader from BTF.
@@ -200,10 +205,20 @@ pub struct KernelConfig {
     pub task_nsproxy: u32,
     /// `nsproxy.mnt_ns`.
     pub nsproxy_mnt_ns: u32,
+    /// `task_struct.sighand`.
+    pub task_sighand: u32,
+    /// `task_struct.blocked` (a `sigset_t`: bit `n - 1` of its first word is signal `n`).
+    pub task_blocked: u32,
+    /// `sighand_struct.action`, an array of `struct k_sigaction` indexed by signal number - 1.
+    pub sighand_action: u32,
+    /// `sizeof(struct k_sigaction)`, the stride of `sighand_struct.action`.
+    pub k_sigaction_size: u32,
+    /// `k_sigaction.sa.sa_handler`.
+    pub k_sigaction_handler: u32,
     /// `config_flags::*`.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 176);
+const _: () = assert!(size_of::<KernelConfig>() == 196);
 
 /// Key of the per-CPU OOM kill counters.
 #[repr(C)]

@@ -52,6 +52,11 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     mm_rss_count: 0,
     task_nsproxy: 0,
     nsproxy_mnt_ns: 0,
+    task_sighand: 0,
+    task_blocked: 0,
+    sighand_action: 0,
+    k_sigaction_size: 0,
+    k_sigaction_handler: 0,
     flags: 0,
 };
 
@@ -92,6 +97,23 @@ pub fn current_seccomp_mode_btf() -> i32 {
         let task = bpf_get_current_task_btf() as *const u8;
         core::ptr::read_volatile(task.add(offset).cast::<i32>())
     }
+}
+
+/// True when the SIGSYS that a seccomp TRAP forces on `task` kills it instead of reaching a
+/// handler: SIGSYS is blocked, ignored or has its default action (a core dump).
+/// `force_sig_info_to_task` resets a blocked or ignored SIGSYS to SIG_DFL (and unblocks it)
+/// before the signal is generated, so a probe on `signal_generate` normally sees SIG_DFL; the
+/// other two are tested as well, so that the answer does not rest on that order.
+#[inline(always)]
+pub fn sigsys_is_fatal(task: u64) -> Result<bool, i64> {
+    let blocked = read::<u64>(task, kconfig!(task_blocked))?;
+    if blocked & (1 << (kabi::SIGSYS - 1)) != 0 {
+        return Ok(true);
+    }
+    let sighand = read::<u64>(task, kconfig!(task_sighand))?;
+    let action = kconfig!(sighand_action) + (kabi::SIGSYS - 1) * kconfig!(k_sigaction_size);
+    let handler = read::<u64>(sighand, action + kconfig!(k_sigaction_handler))?;
+    Ok(handler == kabi::SIG_DFL || handler == kabi::SIG_IGN)
 }
 
 #[inline(always)]

@@ -306,6 +306,11 @@ impl KernelBtf {
             pt_regs_orig_ax: self.offset("pt_regs", &["orig_ax"])?,
             siginfo_code: self.offset("kernel_siginfo", &["si_code"])?,
             siginfo_syscall: self.offset("kernel_siginfo", &["_sifields", "_sigsys", "_syscall"])?,
+            task_sighand: self.offset("task_struct", &["sighand"])?,
+            task_blocked: self.offset("task_struct", &["blocked"])?,
+            sighand_action: self.offset("sighand_struct", &["action"])?,
+            k_sigaction_size: self.size_of("k_sigaction")?,
+            k_sigaction_handler: self.offset("k_sigaction", &["sa", "sa_handler"])?,
             flags,
         })
     }
@@ -329,6 +334,11 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         assert_eq!(cfg.pt_regs_orig_ax, 120);
         assert_eq!(cfg.upid_size, 16);
+        // struct k_sigaction { struct sigaction sa { sa_handler, sa_flags, sa_restorer, sa_mask } }
+        // on x86_64, sigset_t one word: the handler first, four words per signal.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!((cfg.k_sigaction_handler, cfg.k_sigaction_size), (0, 32));
+        assert!(cfg.task_sighand > 0 && cfg.task_blocked > 0 && cfg.sighand_action > 0);
         assert!(cfg.task_seccomp_mode > 0 && cfg.task_exit_code > 0);
         assert!(cfg.flags & config_flags::HAS_MEMCG != 0, "memory cgroup offsets");
         // __seccomp_filter(int this_syscall, const struct seccomp_data *sd[, const bool

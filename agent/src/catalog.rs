@@ -90,7 +90,7 @@ pub const PROCESS_EXITS: Metric = counter(
     "cgwatch_process_exits",
     true,
     &["reason", "signal"],
-    "Process (thread group) exits, by cgroup and reason (success, error, signal, oom_kill, seccomp_kill); signal names the signal for reason signal and is empty otherwise. An OOM kill is oom_kill, never signal SIGKILL.",
+    "Process (thread group) exits, by cgroup and reason (success, error, signal, oom_kill, seccomp_kill); signal names the signal for reason signal and is empty otherwise. An OOM kill is oom_kill, never signal SIGKILL; seccomp_kill is a seccomp kill verdict or the SIGSYS of a trap verdict that the process did not handle; signal SIGSYS is one sent by a process (kill(2)).",
 );
 pub const CONTAINER_EXITS: Metric = counter(
     "cgwatch_container_exits",

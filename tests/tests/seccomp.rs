@@ -1,8 +1,8 @@
 //! Seccomp violations, counted exactly, per cgroup, syscall and action, from real filters.
 
-use std::time::Duration;
+use std::{os::unix::process::ExitStatusExt as _, time::Duration};
 
-use cgwatch_tests::{Agent, Metrics, TestCgroup, killed_syscall, kills_raise_signals};
+use cgwatch_tests::{Agent, Metrics, TestCgroup, killed_syscall, kills_raise_signals, workload_bin};
 
 const V: &str = "cgwatch_seccomp_violations_total";
 
@@ -11,6 +11,22 @@ fn violations(m: &Metrics, cg: &TestCgroup) -> Vec<(String, String, f64)> {
         .into_iter()
         .map(|s| (s.labels["syscall"].clone(), s.labels["action"].clone(), s.value))
         .collect()
+}
+
+/// (reason, signal, count) of the exits counted in `cg` by `metric` (process or container
+/// exits), sorted.
+fn exits(m: &Metrics, metric: &str, cg: &TestCgroup) -> Vec<(String, String, f64)> {
+    let mut v: Vec<_> = m
+        .find(metric, &[("cgroup", &cg.rel)])
+        .into_iter()
+        .map(|s| (s.labels["reason"].clone(), s.labels["signal"].clone(), s.value))
+        .collect();
+    v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    v
+}
+
+fn exit(reason: &str, signal: &str, count: f64) -> (String, String, f64) {
+    (reason.into(), signal.into(), count)
 }
 
 #[test]
@@ -36,12 +52,69 @@ fn trap_is_counted_once_and_never_as_errno() {
     assert_eq!(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 50.0)]);
 }
 
+/// A TRAP whose SIGSYS the process does not handle (default action, ignored, or blocked: the
+/// kernel resets the last two to the default action) kills it: its exit is a seccomp_kill, the
+/// verdict stays a trap. A handled TRAP kills nothing, and a SIGSYS sent with kill(2), after
+/// handled traps or without any filter, is a plain signal.
+#[test]
+fn an_unhandled_trap_is_a_seccomp_kill_and_a_sent_sigsys_is_not() {
+    const P: &str = "cgwatch_process_exits_total";
+    const C: &str = "cgwatch_container_exits_total";
+    let agent = Agent::start(&[]);
+    let sigsys = libc::SIGSYS.to_string();
+    let unhandled: Vec<_> = ["default", "ignore", "block"]
+        .into_iter()
+        .map(|how| {
+            let cg = TestCgroup::new(&format!("trap-{how}"));
+            let status = cg.run(&["seccomp", "--action", "trap", "--count", "5", "--sigsys", how]);
+            assert_eq!(status.signal(), Some(libc::SIGSYS), "{how}: {status}");
+            (how, cg)
+        })
+        .collect();
+    // Three traps handled, then a clean exit; three traps handled, then kill(getpid(), SIGSYS).
+    let handled = TestCgroup::new("trap-handled");
+    let status = handled.run(&["seccomp", "--action", "trap", "--count", "3"]);
+    assert!(status.success(), "{status}");
+    let status = handled.run(&["seccomp", "--action", "trap", "--count", "3", "--then-raise", &sigsys]);
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status}");
+    // No filter: kill(getpid(), SIGSYS).
+    let sent = TestCgroup::new("sigsys-sent");
+    let status = sent.run(&["raise", &sigsys]);
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status}");
+    // A PID-namespace init with the default action: a container killed by seccomp. unshare
+    // passes on its child's death by sending itself the same signal (util-linux and busybox).
+    let container = TestCgroup::new("trap-pidns");
+    let workload = workload_bin();
+    let workload = workload.to_str().unwrap();
+    let status = container.run(&[
+        "exec", "--", "unshare", "--pid", "--fork", workload, "seccomp", "--action", "trap", "--sigsys", "default",
+    ]);
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "unshare: {status}");
+
+    let m = agent.scrape();
+    let trap = |count: f64| vec![("getppid".to_string(), "trap".to_string(), count)];
+    for (how, cg) in &unhandled {
+        // Killed at its first trap.
+        assert_eq!(violations(&m, cg), trap(1.0), "{how}");
+        assert_eq!(exits(&m, P, cg), vec![exit("seccomp_kill", "", 1.0)], "{how}");
+        assert!(exits(&m, C, cg).is_empty(), "{how}");
+    }
+    assert_eq!(violations(&m, &handled), trap(6.0));
+    assert_eq!(exits(&m, P, &handled), vec![exit("signal", "SIGSYS", 1.0), exit("success", "", 1.0)]);
+    assert!(violations(&m, &sent).is_empty());
+    assert_eq!(exits(&m, P, &sent), vec![exit("signal", "SIGSYS", 1.0)]);
+    assert_eq!(violations(&m, &container), trap(1.0));
+    assert_eq!(exits(&m, C, &container), vec![exit("seccomp_kill", "", 1.0)]);
+    // The init killed by seccomp, unshare by its own kill(2).
+    assert_eq!(exits(&m, P, &container), vec![exit("seccomp_kill", "", 1.0), exit("signal", "SIGSYS", 1.0)]);
+}
+
 #[test]
 fn kill_process_is_counted_and_the_exit_is_seccomp_kill() {
     let agent = Agent::start(&[]);
     let cg = TestCgroup::new("killproc");
     let status = cg.run(&["seccomp", "--action", "kill-process"]);
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGSYS));
+    assert_eq!(status.signal(), Some(libc::SIGSYS));
     let m = agent.scrape();
     let syscall = killed_syscall(&m, !kills_raise_signals());
     assert_eq!(violations(&m, &cg), vec![(syscall.into(), "kill_process".into(), 1.0)]);
@@ -61,7 +134,7 @@ fn repeated_kill_process_is_counted_once_each() {
     let runs = 20;
     for _ in 0..runs {
         let status = cg.run(&["seccomp", "--action", "kill-process"]);
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGSYS));
+        assert_eq!(status.signal(), Some(libc::SIGSYS));
     }
     let m = agent.scrape();
     let syscall = killed_syscall(&m, !kills_raise_signals());

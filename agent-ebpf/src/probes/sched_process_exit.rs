@@ -124,10 +124,14 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     }
 
     let sig = group_sig;
+    // Taken whatever the exit: a mark of a process that died of something else first (another
+    // thread's exit_group, or a SIGKILL, before its TRAP's SIGSYS was delivered) must not label
+    // the next process with its pid.
+    let seccomp_killed = maps::SECCOMP_KILLED.remove(tgid).is_ok();
     let (why, signal) = if sig == 0 {
         let code = (status >> 8) & 0xff;
         (if code == 0 { reason::SUCCESS } else { reason::ERROR }, 0)
-    } else if sig == kabi::SIGSYS && maps::SECCOMP_KILLED.remove(tgid).is_ok() {
+    } else if sig == kabi::SIGSYS && seccomp_killed {
         (reason::SECCOMP_KILL, sig)
     } else if sig == kabi::SIGKILL && flags & config_flags::MARK_VICTIM_HAS_TASK != 0 && is_oom_victim(task)? {
         // Counted as an OOM kill by mark_victim.

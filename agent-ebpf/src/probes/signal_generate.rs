@@ -1,6 +1,7 @@
 //! `signal:signal_generate`: seccomp's SIGSYS (si_code SYS_SECCOMP) for a TRAP or a KILL action.
 //! The kernel sets `seccomp.mode` to SECCOMP_MODE_DEAD before a kill action's signal, which tells
-//! a kill from a trap.
+//! a kill from a trap. A kill, or a TRAP whose SIGSYS the process does not handle, marks the
+//! process in `SECCOMP_KILLED` so that its exit is reported as `seccomp_kill`.
 
 use agent_common::{SeccompKey, TaskState, action, kabi};
 use aya_ebpf::{
@@ -81,5 +82,10 @@ fn try_signal_generate(sig: i32, info: u64, target: u64) -> Result<(), i64> {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     maps::count_seccomp(&SeccompKey { cgroup_id, syscall_nr: nr, action: act }, PROBE);
     crate::events::seccomp(cgroup_id, nr, act, -1, PROBE);
+    // A TRAP whose SIGSYS the process does not handle kills it: seccomp killed it, and its exit
+    // is a `seccomp_kill` (the verdict stays counted as a TRAP).
+    if act == action::TRAP && kernel::sigsys_is_fatal(task)? {
+        let _ = maps::SECCOMP_KILLED.insert((pid_tgid >> 32) as u32, 1u32, 0);
+    }
     Ok(())
 }

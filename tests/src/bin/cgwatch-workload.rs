@@ -48,6 +48,19 @@ enum Notify {
     Gone,
 }
 
+/// What a TRAP's SIGSYS meets.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Sigsys {
+    /// A handler that counts the traps.
+    Handler,
+    /// The default action: the process dies of it (a core dump).
+    Default,
+    /// Ignored: the kernel resets it to the default action, and the process dies of it.
+    Ignore,
+    /// The handler, but SIGSYS blocked: the kernel unblocks it and resets it to the default.
+    Block,
+}
+
 #[derive(Subcommand)]
 enum What {
     /// exit(CODE).
@@ -56,6 +69,8 @@ enum What {
     Segv,
     /// Kill itself with SIGKILL.
     Sigkill,
+    /// Send itself SIGNAL (a number) with kill(2), its default action restored first.
+    Raise { signal: i32 },
     /// Install a filter that answers getppid with ACTION, then call getppid COUNT times.
     Seccomp {
         #[arg(long, value_enum)]
@@ -71,6 +86,12 @@ enum What {
         /// Threads calling getppid in parallel (each COUNT times).
         #[arg(long, default_value_t = 1)]
         threads: u32,
+        /// With `--action trap`: the disposition of SIGSYS before the filter is installed.
+        #[arg(long, value_enum, default_value_t = Sigsys::Handler)]
+        sigsys: Sigsys,
+        /// At the end, send itself SIGNAL (a number) with kill(2), as `raise` does.
+        #[arg(long)]
+        then_raise: Option<i32>,
     },
     /// Allocate and touch MB mebibytes, print "ready", then sleep HOLD seconds.
     Alloc {
@@ -227,6 +248,28 @@ fn supervise(fd: libc::c_int, count: u64, notify: Notify) -> Result<()> {
     Ok(())
 }
 
+/// Sets what the SIGSYS of the TRAP verdicts to come meets.
+fn set_sigsys(sigsys: Sigsys) -> Result<()> {
+    let handler = match sigsys {
+        Sigsys::Handler | Sigsys::Block => on_sigsys as *const () as libc::sighandler_t,
+        Sigsys::Default => libc::SIG_DFL,
+        Sigsys::Ignore => libc::SIG_IGN,
+    };
+    if unsafe { libc::signal(libc::SIGSYS, handler) } == libc::SIG_ERR {
+        bail!("signal(SIGSYS): {}", std::io::Error::last_os_error());
+    }
+    if sigsys == Sigsys::Block {
+        // Before the threads start: they inherit the mask.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGSYS);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+    }
+    Ok(())
+}
+
 fn user_notif(notify: Notify, count: u64) -> Result<()> {
     // The supervisor is another thread, started before the filter (which only this thread gets).
     let (tx, rx) = std::sync::mpsc::channel::<libc::c_int>();
@@ -257,6 +300,20 @@ fn user_notif(notify: Notify, count: u64) -> Result<()> {
     }
     supervisor.join().map_err(|_| anyhow::anyhow!("the supervisor panicked"))??;
     Ok(())
+}
+
+/// Sends itself `sig` with kill(2), with its default action and unblocked, and returns only if
+/// that did not kill it.
+fn raise(sig: i32) -> Result<()> {
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::kill(libc::getpid(), sig);
+    }
+    bail!("still alive after signal {sig}")
 }
 
 fn process_cpu_seconds() -> f64 {
@@ -329,7 +386,8 @@ fn main() -> Result<()> {
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
             unreachable!()
         }
-        What::Seccomp { action, count, also_failing, as_nobody, threads } => {
+        What::Raise { signal } => raise(signal),
+        What::Seccomp { action, count, also_failing, as_nobody, threads, sigsys, then_raise } => {
             if as_nobody {
                 unsafe {
                     if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
@@ -338,10 +396,13 @@ fn main() -> Result<()> {
                 }
             }
             if action == Action::Trap {
-                unsafe { libc::signal(libc::SIGSYS, on_sigsys as *const () as libc::sighandler_t) };
+                set_sigsys(sigsys)?;
             }
             install_filter(action)?;
             run_threads(threads, count)?;
+            if action == Action::Trap && sigsys != Sigsys::Handler {
+                bail!("survived a TRAP with SIGSYS not handled");
+            }
             if also_failing {
                 failing_syscalls();
             }
@@ -351,7 +412,10 @@ fn main() -> Result<()> {
                     bail!("handler saw {traps} traps");
                 }
             }
-            Ok(())
+            match then_raise {
+                Some(sig) => raise(sig),
+                None => Ok(()),
+            }
         }
         What::Alloc { mb, hold } => {
             let mut v: Vec<u8> = Vec::with_capacity(mb << 20);
