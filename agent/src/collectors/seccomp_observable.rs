@@ -9,9 +9,6 @@ use std::{collections::BTreeMap, path::PathBuf};
 use super::{Collector, Labels, gauge_family};
 use crate::{catalog, encoding::Encoder, probes::ProbeStatus};
 
-/// Every `action` label, in the order of `cgwatch_seccomp_violations_total`'s documentation.
-pub const ACTIONS: [&str; 7] = ["errno", "trap", "kill_process", "kill_thread", "log", "trace", "user_notif"];
-
 #[derive(Debug)]
 pub struct SeccompObservableCollector {
     pub probes: Vec<ProbeStatus>,
@@ -23,8 +20,7 @@ impl SeccompObservableCollector {
     /// Says once at start-up when the LOG hook is attached but the sysctl hides LOG verdicts.
     pub fn new(probes: Vec<ProbeStatus>, procfs: &std::path::Path) -> Self {
         let actions_logged = procfs.join("sys/kernel/seccomp/actions_logged");
-        let hooked = probes.iter().any(|p| p.probe == "seccomp_log" && p.attached);
-        if hooked && let Ok(s) = std::fs::read_to_string(&actions_logged) && !logs_log_verdicts(&s) {
+        if attached_mode(&probes, "seccomp_log").is_some() && let Ok(s) = std::fs::read_to_string(&actions_logged) && !logs_log_verdicts(&s) {
             log::warn!(
                 "seccomp LOG verdicts are not counted: {} ({}) leaves out log",
                 actions_logged.display(),
@@ -41,9 +37,14 @@ pub fn logs_log_verdicts(sysctl: &str) -> bool {
     sysctl.split_whitespace().any(|a| a == "log")
 }
 
+/// The mode `probe` attached with, if it did.
+fn attached_mode(probes: &[ProbeStatus], probe: &str) -> Option<&'static str> {
+    probes.iter().find(|p| p.probe == probe && p.attached).map(|p| p.mode)
+}
+
 /// (action, mode, observable) for each action, from the probes' state.
 pub fn observable(probes: &[ProbeStatus], log_logged: bool) -> Vec<(&'static str, &'static str, bool)> {
-    let probe = |name: &str| probes.iter().find(|p| p.probe == name && p.attached).map(|p| p.mode);
+    let probe = |name: &str| attached_mode(probes, name);
     // ERRNO: the fast path where attached, else the syscall tracepoints.
     let errno = probe("seccomp_filter").or_else(|| probe("seccomp_sys_exit"));
     // TRAP and kills: from the SIGSYS seccomp raises; kills that raise none (KILL_THREAD of a
@@ -51,7 +52,7 @@ pub fn observable(probes: &[ProbeStatus], log_logged: bool) -> Vec<(&'static str
     let signal = probe("seccomp_signal");
     let exit = probe("process_exit");
     let kills = signal.and(exit);
-    let log = probes.iter().find(|p| p.probe == "seccomp_log" && p.attached).map(|p| p.mode);
+    let log = probe("seccomp_log");
     let off = "off";
     vec![
         ("errno", errno.unwrap_or(off), errno.is_some()),
@@ -79,6 +80,9 @@ impl Collector for SeccompObservableCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `action` label, in the order of `cgwatch_seccomp_violations_total`'s documentation.
+    const ACTIONS: [&str; 7] = ["errno", "trap", "kill_process", "kill_thread", "log", "trace", "user_notif"];
 
     fn status(probe: &'static str, mode: &'static str, attached: bool) -> ProbeStatus {
         ProbeStatus { probe, mode, attached, detail: String::new() }

@@ -276,12 +276,8 @@ fn bytemuck_bytes(k: &agent_common::KernelConfig) -> Vec<u8> {
 /// In `--seccomp-mode auto` a fast path that could not attach is not a blind spot when the
 /// syscall tracepoints took over: it is reported `off` (as not wanted here), with the reason.
 fn fast_path_fell_back(status: &mut [ProbeStatus]) {
-    let tracepoints = status.iter().any(|s| s.probe == "seccomp_sys_exit" && s.attached);
-    if let Some(fast) = status.iter_mut().find(|s| s.probe == "seccomp_filter" && !s.attached && s.mode != "off")
-        && tracepoints
-    {
-        fast.detail = format!("unavailable here, the syscall tracepoints count ERRNO verdicts ({})", fast.detail);
-        fast.mode = "off";
+    if status.iter().any(|s| s.probe == "seccomp_sys_exit" && s.attached) {
+        report_off(status, "seccomp_filter", "unavailable here, the syscall tracepoints count ERRNO verdicts");
     }
 }
 
@@ -291,12 +287,17 @@ fn fast_path_fell_back(status: &mut [ProbeStatus]) {
 /// uncounted here.
 fn log_hook_unavailable(status: &mut [ProbeStatus], mode: crate::config::SeccompMode) {
     use crate::config::SeccompMode;
-    if matches!(mode, SeccompMode::Fexit | SeccompMode::Kprobe) {
-        return;
+    if !matches!(mode, SeccompMode::Fexit | SeccompMode::Kprobe) {
+        report_off(status, "seccomp_log", "unavailable here, LOG verdicts are not counted");
     }
-    if let Some(log) = status.iter_mut().find(|s| s.probe == "seccomp_log" && !s.attached && s.mode != "off") {
-        log.detail = format!("unavailable here, LOG verdicts are not counted ({})", log.detail);
-        log.mode = "off";
+}
+
+/// Reports a probe that failed to attach as `off` (not wanted here) with `why` before the
+/// failure, so that `cgwatch_probe_attached{mode!="off"} == 0` does not call it a blind spot.
+fn report_off(status: &mut [ProbeStatus], probe: &str, why: &str) {
+    if let Some(s) = status.iter_mut().find(|s| s.probe == probe && !s.attached && s.mode != "off") {
+        s.detail = format!("{why} ({})", s.detail);
+        s.mode = "off";
     }
 }
 

@@ -164,11 +164,16 @@ fn unless_fast_path(c: &ProbeContext) -> Option<&'static str> {
 }
 
 fn seccomp_filter_args_2(c: &ProbeContext) -> bool {
-    c.kernel.seccomp_filter_args == 2 && c.seccomp_mode != SeccompMode::Kprobe
+    c.kernel.seccomp_filter_args == 2 && unless_kprobe_mode(c)
 }
 
 fn seccomp_filter_args_3(c: &ProbeContext) -> bool {
-    c.kernel.seccomp_filter_args == 3 && c.seccomp_mode != SeccompMode::Kprobe
+    c.kernel.seccomp_filter_args == 3 && unless_kprobe_mode(c)
+}
+
+/// fexit rows of function probes: not in `--seccomp-mode kprobe`, which asks for the kprobes.
+fn unless_kprobe_mode(c: &ProbeContext) -> bool {
+    c.seccomp_mode != SeccompMode::Kprobe
 }
 
 /// Oldest kernel with fexit (BPF trampolines).
@@ -233,10 +238,6 @@ const SECCOMP_LOG: [ProbeSpec; 2] = [
         unless_attached: &[],
     },
 ];
-
-fn unless_kprobe_mode(c: &ProbeContext) -> bool {
-    c.seccomp_mode != SeccompMode::Kprobe
-}
 
 fn unless_oom_kill_process_needed(c: &ProbeContext) -> Option<&'static str> {
     if c.kernel.flags & config_flags::MARK_VICTIM_HAS_TASK != 0 {
