@@ -47,7 +47,11 @@ pub mod lost {
     pub const TASK_MAP: u32 = 4;
     /// The event stream's ring buffer was full (`--events`).
     pub const EVENT_RING: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// The container lifecycle counter map was full.
+    pub const LIFECYCLE_MAP: u32 = 6;
+    /// The container start ring buffer was full: a start counted without its latency.
+    pub const START_RING: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Kernel ABI constants that BTF does not carry (they are `#define`s).
@@ -197,6 +201,10 @@ pub struct KernelConfig {
     pub mm_rss_stat: u32,
     pub mm_rss_stride: u32,
     pub mm_rss_count: u32,
+    /// `task_struct.nsproxy`.
+    pub task_nsproxy: u32,
+    /// `nsproxy.mnt_ns`.
+    pub nsproxy_mnt_ns: u32,
     /// `task_struct.sighand`.
     pub task_sighand: u32,
     /// `task_struct.blocked` (a `sigset_t`: bit `n - 1` of its first word is signal `n`).
@@ -210,7 +218,7 @@ pub struct KernelConfig {
     /// `config_flags::*`.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 188);
+const _: () = assert!(size_of::<KernelConfig>() == 196);
 
 /// Key of the per-CPU OOM kill counters.
 #[repr(C)]
@@ -284,6 +292,51 @@ pub struct ExitDedupKey {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<ExitDedupKey>() == 16);
+
+/// What a lifecycle counter counts (`LifecycleKey::kind`).
+pub mod lifecycle {
+    /// The first exec in a container cgroup instance by a task whose parent is outside it.
+    pub const START: u32 = 1;
+    /// A later first exec of a task whose parent is outside the cgroup (`docker exec`).
+    pub const EXEC_SESSION: u32 = 2;
+    /// The cgroup was removed before any start in it.
+    pub const START_FAILURE: u32 = 3;
+}
+
+/// Key of the per-CPU container lifecycle counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LifecycleKey {
+    pub cgroup_id: u64,
+    /// `lifecycle::*`.
+    pub kind: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<LifecycleKey>() == 16);
+
+/// Per cgroup instance (by cgroup id): when it was made and whether it started.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupState {
+    /// `bpf_ktime_get_ns` at its `cgroup_mkdir`.
+    pub mkdir_ns: u64,
+    /// `bpf_ktime_get_ns` at its start; 0 before.
+    pub start_ns: u64,
+    /// 1 once started.
+    pub started: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CgroupState>() == 24);
+
+/// A container start, for the agent's start latency histogram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartRecord {
+    pub cgroup_id: u64,
+    /// From the cgroup's mkdir to the entrypoint's exec.
+    pub duration_ns: u64,
+}
+const _: () = assert!(size_of::<StartRecord>() == 16);
 
 /// Kinds of records on the event stream (`Event::kind`, `EventKey::kind`).
 pub mod event_kind {
@@ -408,4 +461,7 @@ mod pod {
     unsafe impl aya::Pod for EventKey {}
     unsafe impl aya::Pod for EventBucket {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for LifecycleKey {}
+    unsafe impl aya::Pod for CgroupState {}
+    unsafe impl aya::Pod for StartRecord {}
 }

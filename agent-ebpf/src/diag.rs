@@ -46,6 +46,8 @@ fn lost_name(index: u32) -> &'static str {
         lost::SECCOMP_MAP => "the seccomp counter map",
         lost::EXIT_MAP => "the exit counter map",
         lost::OOM_MAP => "the OOM counter map",
+        lost::LIFECYCLE_MAP => "the container lifecycle counter map",
+        lost::START_RING => "the container start ring buffer",
         _ => "the per-thread state map",
     }
 }

@@ -50,6 +50,8 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     mm_rss_stat: 0,
     mm_rss_stride: 0,
     mm_rss_count: 0,
+    task_nsproxy: 0,
+    nsproxy_mnt_ns: 0,
     task_sighand: 0,
     task_blocked: 0,
     sighand_action: 0,

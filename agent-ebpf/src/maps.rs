@@ -1,7 +1,9 @@
 //! Maps shared by the probes. Counters are per-CPU hashes: no atomics on the hot path, and
 //! userspace sums the CPUs at scrape time. The loader may resize the counter maps (`--max-cgroups`).
 
-use agent_common::{ExitDedupKey, ExitKey, OomKey, SeccompKey, TaskState, config_flags, lost};
+use agent_common::{
+    CgroupState, ExitDedupKey, ExitKey, LifecycleKey, OomKey, SeccompKey, TaskState, config_flags, lost,
+};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_task_btf},
@@ -143,6 +145,23 @@ pub static OOM_PENDING: LruHashMap<ExitDedupKey, OomKey> = LruHashMap::with_max_
 #[map]
 pub static EXIT_DEDUP: LruHashMap<ExitDedupKey, u32> = LruHashMap::with_max_entries(4096, 0);
 
+/// Container lifecycle counts: starts, exec sessions, start failures (`LifecycleKey`).
+#[map]
+pub static LIFECYCLE_COUNTS: PerCpuHashMap<LifecycleKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// Every cgroup v2 instance made while the probes run, by cgroup id, until its rmdir: when it was
+/// made and whether it started. The loader sizes it from `--max-cgroups`.
+#[map]
+pub static CGROUP_STATE: LruHashMap<u64, CgroupState> = LruHashMap::with_max_entries(8192, 0);
+
+/// Thread groups whose exec was counted as a start or an exec session: their later execs are not.
+#[map]
+pub static EXEC_SEEN: LruHashMap<ExitDedupKey, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Container starts (`StartRecord`), for the agent's start latency histogram.
+#[map]
+pub static START_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
 /// cgroup creation / removal records (`CgroupEvent`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -201,6 +220,11 @@ pub fn count_exit(key: &ExitKey, probe: &'static str) {
 #[inline(always)]
 pub fn uncount_exit(key: &ExitKey, probe: &'static str) {
     add(&EXIT_COUNTS, key, u64::MAX, (lost::EXIT_MAP, key.cgroup_id, probe));
+}
+
+#[inline(always)]
+pub fn count_lifecycle(key: &LifecycleKey, probe: &'static str) {
+    add(&LIFECYCLE_COUNTS, key, 1, (lost::LIFECYCLE_MAP, key.cgroup_id, probe));
 }
 
 #[inline(always)]

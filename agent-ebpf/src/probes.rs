@@ -11,6 +11,7 @@ mod floor;
 mod cgroup_rmdir;
 mod mark_victim;
 mod oom_kill_process;
+mod sched_process_exec;
 mod sched_process_exit;
 mod seccomp_filter;
 mod signal_generate;

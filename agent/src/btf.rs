@@ -282,6 +282,8 @@ impl KernelBtf {
             mm_rss_stat,
             mm_rss_stride,
             mm_rss_count,
+            task_nsproxy: self.offset("task_struct", &["nsproxy"])?,
+            nsproxy_mnt_ns: self.offset("nsproxy", &["mnt_ns"])?,
             task_seccomp_mode: self.offset("task_struct", &["seccomp", "mode"])?,
             task_exit_code: self.offset("task_struct", &["exit_code"])?,
             task_signal: self.offset("task_struct", &["signal"])?,

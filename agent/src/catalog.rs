@@ -12,6 +12,8 @@ pub const CGROUP_LABELS: [&str; 6] = ["cgroup", "container_id", "container", "po
 pub enum Kind {
     Counter,
     Gauge,
+    /// Samples `<name>_bucket{le}` (cumulative), `<name>_sum` and `<name>_count`.
+    Histogram,
 }
 
 impl Kind {
@@ -19,6 +21,7 @@ impl Kind {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         }
     }
 }
@@ -38,11 +41,12 @@ pub struct Metric {
 }
 
 impl Metric {
-    /// The name of its samples: `<name>_total` for a counter.
+    /// The name of its samples: `<name>_total` for a counter; a histogram's `<name>_count`.
     pub fn sample_name(&self) -> String {
         match self.kind {
             Kind::Counter => format!("{}_total", self.name),
             Kind::Gauge => self.name.to_string(),
+            Kind::Histogram => format!("{}_count", self.name),
         }
     }
 
@@ -50,12 +54,19 @@ impl Metric {
     pub fn all_labels(&self) -> Vec<&'static str> {
         let mut v: Vec<&'static str> = if self.per_cgroup { CGROUP_LABELS.to_vec() } else { Vec::new() };
         v.extend_from_slice(self.labels);
+        if self.kind == Kind::Histogram {
+            v.push("le");
+        }
         v
     }
 }
 
 const fn counter(name: &'static str, per_cgroup: bool, labels: &'static [&'static str], help: &'static str) -> Metric {
     Metric { name, kind: Kind::Counter, per_cgroup, labels, help }
+}
+
+const fn histogram(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Metric {
+    Metric { name, kind: Kind::Histogram, per_cgroup: false, labels, help }
 }
 
 const fn gauge(name: &'static str, per_cgroup: bool, labels: &'static [&'static str], help: &'static str) -> Metric {
@@ -86,6 +97,29 @@ pub const CONTAINER_EXITS: Metric = counter(
     true,
     &["reason", "signal"],
     "Exits of a PID-namespace init (a container's PID 1), by cgroup and reason, as for cgwatch_process_exits_total.",
+);
+pub const CONTAINER_STARTS: Metric = counter(
+    "cgwatch_container_starts",
+    true,
+    &[],
+    "Container starts seen by the kernel: the first exec in a new instance of a container cgroup by a task whose parent is outside it (the runtime's init exec'ing the entrypoint); a restart is a new start. Not counted for containers started before the agent, nor for Kubernetes sandboxes. See docs/lifecycle.md.",
+);
+pub const CONTAINER_EXEC_SESSIONS: Metric = counter(
+    "cgwatch_container_exec_sessions",
+    true,
+    &[],
+    "Processes entering a running container from outside after its start (docker exec, podman exec, kubectl exec, exec probes): a later first exec in the container cgroup by a task whose parent is outside it.",
+);
+pub const CONTAINER_START_FAILURES: Metric = counter(
+    "cgwatch_container_start_failures",
+    true,
+    &[],
+    "Container cgroups removed before any start in them (an entrypoint that does not exist, a failed hook).",
+);
+pub const CONTAINER_START_DURATION: Metric = histogram(
+    "cgwatch_container_start_duration_seconds",
+    &["runtime"],
+    "Time from a container cgroup's creation to its entrypoint's exec, for every start counted in cgwatch_container_starts_total, by runtime.",
 );
 
 // Cgroup resources, sampled every --sample-interval.
@@ -192,7 +226,7 @@ pub const EVENTS_LOST: Metric = counter(
     "cgwatch_events_lost",
     false,
     &["reason"],
-    "Kernel events that could not be recorded, by reason: ring_buffer (the cgroup event ring was full), seccomp_map, exit_map, oom_map (a counter map was full: raise --max-cgroups), task_map (per-thread state refused), event_ring (the event stream's ring was full).",
+    "Kernel events that could not be recorded, by reason: ring_buffer (the cgroup event ring was full), seccomp_map, exit_map, oom_map, lifecycle_map (a counter map was full: raise --max-cgroups), task_map (per-thread state refused), event_ring (the event stream's ring was full), start_ring (a container start's latency was not observed: its ring was full).",
 );
 pub const EVENTS_SUPPRESSED: Metric = counter(
     "cgwatch_events_suppressed",
@@ -245,6 +279,10 @@ pub const ALL: &[Metric] = &[
     OOM_KILLS,
     PROCESS_EXITS,
     CONTAINER_EXITS,
+    CONTAINER_STARTS,
+    CONTAINER_EXEC_SESSIONS,
+    CONTAINER_START_FAILURES,
+    CONTAINER_START_DURATION,
     CGROUP_CPU_USAGE,
     CGROUP_CPU_THROTTLED,
     CGROUP_MEMORY_USAGE,
@@ -278,6 +316,7 @@ pub fn by_sample_name(sample: &str) -> Option<&'static Metric> {
     ALL.iter().find(|m| match m.kind {
         Kind::Counter => sample.strip_suffix("_total") == Some(m.name),
         Kind::Gauge => sample == m.name,
+        Kind::Histogram => ["_bucket", "_sum", "_count"].iter().any(|s| sample.strip_suffix(s) == Some(m.name)),
     })
 }
 

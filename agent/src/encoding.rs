@@ -86,7 +86,8 @@ impl<'s> Encoder<'s> {
     }
 
     /// Starts the family of a catalog metric: its HELP and TYPE lines. A counter's samples are
-    /// named `<name>_total`, which the text format's HELP and TYPE lines name too.
+    /// named `<name>_total`, which the text format's HELP and TYPE lines name too. A histogram's
+    /// samples are written with [`Family::histogram`].
     pub fn family<'e>(&'e mut self, m: &Metric) -> Family<'e, 's> {
         let counter = m.kind == Kind::Counter;
         let suffix = if counter && self.format == Format::Text { "_total" } else { "" };
@@ -174,6 +175,52 @@ impl Family<'_, '_> {
     }
 }
 
+impl Family<'_, '_> {
+    /// One histogram series: `<name>_bucket` for each upper bound in `bounds` with the count of
+    /// observations at or below it (`counts` per bucket, not cumulative; one more for +Inf), then
+    /// `<name>_sum` and `<name>_count`. The same in both formats.
+    pub fn histogram(&mut self, labels: &[(&str, &str)], bounds: &[f64], counts: &[u64], sum: f64) {
+        debug_assert_eq!(counts.len(), bounds.len() + 1);
+        let name = self.name;
+        let mut cumulative = 0u64;
+        let mut le = Vec::new();
+        for (i, n) in counts.iter().enumerate() {
+            cumulative += n;
+            le.clear();
+            match bounds.get(i) {
+                Some(b) => b.write_to(&mut le),
+                None => le.extend_from_slice(b"+Inf"),
+            }
+            let le = std::str::from_utf8(&le).unwrap_or("+Inf");
+            let mut all: Vec<(&str, &str)> = labels.to_vec();
+            all.push(("le", le));
+            self.raw_sample(name, "_bucket", &all, cumulative);
+        }
+        self.raw_sample(name, "_sum", labels, sum);
+        self.raw_sample(name, "_count", labels, cumulative);
+    }
+
+    fn raw_sample(&mut self, name: &str, suffix: &str, labels: &[(&str, &str)], value: impl Value) {
+        let buf = &mut self.enc.buf;
+        buf.extend_from_slice(name.as_bytes());
+        buf.extend_from_slice(suffix.as_bytes());
+        if !labels.is_empty() {
+            buf.push(b'{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                push_label(buf, key, value);
+            }
+            buf.push(b'}');
+        }
+        buf.push(b' ');
+        value.write_to(buf);
+        buf.push(b'\n');
+        self.enc.flush_if_full();
+    }
+}
+
 /// `key="value"`, the value escaped as both formats want (backslash, double quote, newline).
 fn push_label(buf: &mut Vec<u8>, key: &str, value: &str) {
     buf.extend_from_slice(key.as_bytes());
@@ -250,6 +297,23 @@ mod tests {
             encode(Format::Text),
             format!("# HELP cgwatch_process_exits_total {help}\n# TYPE cgwatch_process_exits_total counter\n{samples}{gauges}")
         );
+    }
+
+    #[test]
+    fn histograms_in_both_formats() {
+        for format in [Format::OpenMetrics, Format::Text] {
+            let mut enc = Encoder::new(format, 0);
+            enc.family(&catalog::CONTAINER_START_DURATION).histogram(&[("runtime", "podman")], &[0.5, 1.0], &[1, 0, 2], 7.25);
+            let text = String::from_utf8(enc.finish().unwrap()).unwrap();
+            let name = "cgwatch_container_start_duration_seconds";
+            let samples = format!(
+                "{name}_bucket{{runtime=\"podman\",le=\"0.5\"}} 1\n{name}_bucket{{runtime=\"podman\",le=\"1.0\"}} 1\n\
+                 {name}_bucket{{runtime=\"podman\",le=\"+Inf\"}} 3\n{name}_sum{{runtime=\"podman\"}} 7.25\n{name}_count{{runtime=\"podman\"}} 3\n"
+            );
+            let eof = if format == Format::OpenMetrics { "# EOF\n" } else { "" };
+            let help = catalog::CONTAINER_START_DURATION.help;
+            assert_eq!(text, format!("# HELP {name} {help}\n# TYPE {name} histogram\n{samples}{eof}"));
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use cgwatch::{
         events::EventsCollector,
         exits::ExitCollector,
         host::{HostCollector, HostSampler},
+        lifecycle::{LifecycleCollector, StartLatency},
         oom::OomCollector, seccomp::SeccompCollector, seccomp_observable::SeccompObservableCollector,
     },
     config::Config,
@@ -122,17 +123,17 @@ async fn run(config: Config) -> Result<()> {
         Ok(kept) => info!("start-up done: capabilities dropped, kept {kept:?}"),
         Err(e) => warn!("cannot drop capabilities after attaching ({e}): the agent keeps them"),
     }
-    let (status, maps, cgroup_events, event_ring, _kept) = match loaded {
-        Ok(probes::LoadedProbes { ebpf, status, maps, events, event_ring, kernel_log, pinned_links, reused }) => {
+    let (status, maps, cgroup_events, event_ring, starts, _kept) = match loaded {
+        Ok(probes::LoadedProbes { ebpf, status, maps, events, event_ring, starts, kernel_log, pinned_links, reused }) => {
             if reused > 0 {
                 info!("{reused} probes kept running from before this start: no event was missed");
             }
             if let Some(log) = kernel_log {
                 tokio::spawn(tasks::kernel_log(log));
             }
-            (status, Some(Arc::new(maps)), Some(events), Some(event_ring), Some((ebpf, pinned_links)))
+            (status, Some(Arc::new(maps)), Some(events), Some(event_ring), Some(starts), Some((ebpf, pinned_links)))
         }
-        Err(failed) => (failed, None, None, None, None),
+        Err(failed) => (failed, None, None, None, None, None),
     };
 
     let registry = Arc::new(Registry::with_selection(config.max_cgroups as usize, config.retain, config.cgroups));
@@ -151,6 +152,7 @@ async fn run(config: Config) -> Result<()> {
     let resources = Arc::new(ResourceSnapshot::default());
     resources.refresh(&layout, &registry);
 
+    let latency = Arc::new(StartLatency::default());
     let probe_summary = status.iter().map(|s| format!("{} {} {}\n", s.probe, s.mode, u8::from(s.attached))).collect();
     let mut metrics = Collectors::default();
     if let Some(maps) = &maps {
@@ -161,6 +163,7 @@ async fn run(config: Config) -> Result<()> {
             memory_v1: layout.memory_v1.clone(),
         });
         metrics.register(ExitCollector { maps: maps.clone(), registry: registry.clone() });
+        metrics.register(LifecycleCollector { maps: maps.clone(), registry: registry.clone(), latency: latency.clone() });
         if sink.is_some() {
             metrics.register(EventsCollector {
                 maps: maps.clone(),
@@ -184,6 +187,9 @@ async fn run(config: Config) -> Result<()> {
     let wake_resolver = Arc::new(Notify::new());
     if let Some(ring) = cgroup_events {
         tokio::spawn(tasks::cgroup_events(ring, registry.clone(), wake_resolver.clone()));
+    }
+    if let Some(ring) = starts {
+        tokio::spawn(tasks::start_events(ring, registry.clone(), latency.clone()));
     }
     let stop_events = Arc::new(Notify::new());
     let mut event_reader = None;

@@ -31,7 +31,7 @@ pub const LAYOUT: u32 = 1;
 /// Every map of the object but `.rodata` (the kernel layout and log level, set per load):
 /// counters, lost events, the cgroup event ring, the per-task state the programs share between
 /// hooks, and the diagnostics.
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 21] = [
     "SECCOMP_COUNTS",
     "EXIT_COUNTS",
     "OOM_COUNTS",
@@ -44,6 +44,12 @@ pub const PINNED_MAPS: [&str; 17] = [
     "LAST_OOM",
     "OOM_PENDING",
     "EXIT_DEDUP",
+    // The container lifecycle: its counts, the state of every cgroup instance made while the
+    // probes ran, the tasks already counted, and the start records waiting for the agent.
+    "LIFECYCLE_COUNTS",
+    "CGROUP_STATE",
+    "EXEC_SEEN",
+    "START_EVENTS",
     // The kernel-side diagnostics (aya-log's ring, the rate limiter), so that the programs of
     // pinned links keep logging to whichever agent runs.
     "AYA_LOGS",
@@ -56,7 +62,7 @@ pub const PINNED_MAPS: [&str; 17] = [
 ];
 
 /// Counter maps whose counts are carried into a resized map.
-pub const MIGRATED_MAPS: [&str; 3] = ["SECCOMP_COUNTS", "EXIT_COUNTS", "OOM_COUNTS"];
+pub const MIGRATED_MAPS: [&str; 4] = ["SECCOMP_COUNTS", "EXIT_COUNTS", "OOM_COUNTS", "LIFECYCLE_COUNTS"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {

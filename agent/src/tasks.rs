@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{CgroupEvent, cgroup_event};
+use agent_common::{CgroupEvent, StartRecord, cgroup_event};
 use aya::maps::{MapData, RingBuf};
 use aya_log::EbpfLogger;
 use log::{debug, warn};
@@ -17,7 +17,7 @@ use tokio::{io::unix::AsyncFd, sync::Notify};
 use crate::{
     cgroups::{Layout, Registry},
     containers::metadata::Resolver,
-    collectors::{cgroup_resources::ResourceSnapshot, host::HostSampler},
+    collectors::{cgroup_resources::ResourceSnapshot, host::HostSampler, lifecycle::StartLatency},
     maps::KernelMaps,
 };
 
@@ -112,6 +112,39 @@ pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>, reso
             resolve.notify_one();
         }
         guard.clear_ready();
+    }
+}
+
+/// Reads container start records as they arrive into the start latency histogram.
+pub async fn start_events(ring: RingBuf<MapData>, registry: Arc<Registry>, latency: Arc<StartLatency>) {
+    // SAFETY: as for `cgroup_events`.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("cannot poll the container start ring buffer ({}); start latencies are not observed", e.into_parts().1);
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!("container start ring buffer: {e}; start latencies are no longer observed");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        let now = Instant::now();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<StartRecord>() {
+                warn!("short container start record ({} bytes)", item.len());
+                continue;
+            }
+            // SAFETY: a `StartRecord` written by the probe; read unaligned from the ring.
+            latency.record(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) }, now);
+        }
+        guard.clear_ready();
+        latency.settle(&registry, now);
     }
 }
 

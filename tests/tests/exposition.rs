@@ -115,6 +115,10 @@ fn every_exposed_metric_is_in_the_catalog_with_its_type_and_labels() {
     let conditional = [
         &catalog::OOM_KILLS,
         &catalog::CONTAINER_EXITS,
+        &catalog::CONTAINER_STARTS,
+        &catalog::CONTAINER_EXEC_SESSIONS,
+        &catalog::CONTAINER_START_FAILURES,
+        &catalog::CONTAINER_START_DURATION,
         &catalog::CONTAINER_INFO,
         &catalog::CONTAINERS,
         &catalog::CGROUP_MEMORY_LIMIT,

@@ -9,6 +9,7 @@ pub mod containers;
 pub mod events;
 pub mod exits;
 pub mod host;
+pub mod lifecycle;
 pub mod oom;
 pub mod seccomp;
 pub mod seccomp_observable;

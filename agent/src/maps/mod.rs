@@ -18,7 +18,7 @@ mod batch;
 
 use std::os::fd::AsFd as _;
 
-use agent_common::{EventKey, ExitKey, OomKey, SeccompKey, lost};
+use agent_common::{EventKey, ExitKey, LifecycleKey, OomKey, SeccompKey, lost};
 use aya::maps::{IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use log::debug;
 
@@ -40,7 +40,7 @@ macro_rules! cgroup_key {
         }
     )*};
 }
-cgroup_key!(SeccompKey, ExitKey, OomKey, EventKey);
+cgroup_key!(SeccompKey, ExitKey, OomKey, EventKey, LifecycleKey);
 
 /// One per-CPU counter map and the counts carried over from removed cgroups.
 struct Counter<K: CgroupKey> {
@@ -137,7 +137,7 @@ impl<K: CgroupKey> Counter<K> {
 
 /// Names of the `agent_common::lost` indexes, as `cgwatch_events_lost_total{reason}` says them.
 pub const LOST_REASONS: [&str; lost::COUNT as usize] =
-    ["ring_buffer", "seccomp_map", "exit_map", "oom_map", "task_map", "event_ring"];
+    ["ring_buffer", "seccomp_map", "exit_map", "oom_map", "task_map", "event_ring", "lifecycle_map", "start_ring"];
 
 /// The counter maps' names, as `cgwatch_map_entries{map}` says them.
 pub const COUNTER_MAPS: [&str; 3] = ["seccomp", "exits", "oom"];
@@ -148,6 +148,8 @@ pub struct KernelMaps {
     exits: Mutex<Counter<ExitKey>>,
     oom: Mutex<Counter<OomKey>>,
     suppressed: Mutex<Counter<EventKey>>,
+    /// Container starts, exec sessions and start failures.
+    lifecycle: Mutex<Counter<LifecycleKey>>,
     lost: Mutex<PerCpuArray<MapData, u64>>,
     /// Capacity of each counter map (`COUNTER_MAPS` order).
     capacity: [u32; 3],
@@ -171,6 +173,7 @@ impl KernelMaps {
         exits: PerCpuHashMap<MapData, ExitKey, u64>,
         oom: PerCpuHashMap<MapData, OomKey, u64>,
         suppressed: PerCpuHashMap<MapData, EventKey, u64>,
+        lifecycle: PerCpuHashMap<MapData, LifecycleKey, u64>,
         lost: PerCpuArray<MapData, u64>,
         capacity: [u32; 3],
     ) -> Self {
@@ -179,6 +182,7 @@ impl KernelMaps {
             exits: Mutex::new(Counter::new(exits)),
             oom: Mutex::new(Counter::new(oom)),
             suppressed: Mutex::new(Counter::new(suppressed)),
+            lifecycle: Mutex::new(Counter::new(lifecycle)),
             lost: Mutex::new(lost),
             capacity,
             entries: Mutex::new([0; 3]),
@@ -213,6 +217,11 @@ impl KernelMaps {
         lock(&self.oom).totals()
     }
 
+    /// Container starts, exec sessions and start failures, by cgroup.
+    pub fn lifecycle(&self) -> Vec<(LifecycleKey, u64)> {
+        lock(&self.lifecycle).totals()
+    }
+
     /// Events the stream's rate limit suppressed, by cgroup and kind.
     pub fn suppressed(&self) -> Vec<(EventKey, u64)> {
         lock(&self.suppressed).totals()
@@ -242,6 +251,7 @@ impl KernelMaps {
             "SECCOMP_COUNTS" => lock(&self.seccomp).absorb(data),
             "EXIT_COUNTS" => lock(&self.exits).absorb(data),
             "OOM_COUNTS" => lock(&self.oom).absorb(data),
+            "LIFECYCLE_COUNTS" => lock(&self.lifecycle).absorb(data),
             _ => Ok(0),
         }
     }
@@ -253,5 +263,6 @@ impl KernelMaps {
             + lock(&self.exits).forget(expired)
             + lock(&self.oom).forget(expired)
             + lock(&self.suppressed).forget(expired)
+            + lock(&self.lifecycle).forget(expired)
     }
 }

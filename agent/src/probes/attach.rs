@@ -65,6 +65,10 @@ pub struct MapSizes {
     pub seccomp: u32,
     pub exits: u32,
     pub oom: u32,
+    /// The container lifecycle counters (`LIFECYCLE_COUNTS`).
+    pub lifecycle: u32,
+    /// Cgroup instances whose start is awaited or known (`CGROUP_STATE`): every live cgroup.
+    pub cgroup_state: u32,
 }
 
 impl MapSizes {
@@ -72,7 +76,7 @@ impl MapSizes {
         // A cgroup usually has a handful of (syscall, action) and (reason, signal) pairs; leave
         // room for cgroups kept in the retain window too.
         let base = max_cgroups.clamp(256, 100_000);
-        Self { seccomp: base * 4, exits: base * 4, oom: base }
+        Self { seccomp: base * 4, exits: base * 4, oom: base, lifecycle: base * 2, cgroup_state: base * 2 }
     }
 }
 
@@ -85,6 +89,8 @@ pub struct LoadedProbes {
     pub events: RingBuf<MapData>,
     /// The event stream's records (`--events`; empty while it is off).
     pub event_ring: RingBuf<MapData>,
+    /// Container start records (`StartRecord`), for the start latency histogram.
+    pub starts: RingBuf<MapData>,
     /// The programs' debug log (aya-log), forwarded to the agent's log.
     pub kernel_log: Option<EbpfLogger<&'static dyn log::Log>>,
     /// Links pinned below `--pin-path` (they stay attached when the agent stops).
@@ -118,7 +124,13 @@ const TASKS_UNUSED: u32 = 1;
 /// `--max-cgroups` asks for, and `TASKS` shrunk where task storage replaces it. The loader and
 /// the pin check both use this list.
 fn resized_maps(sizes: MapSizes, flags: u32) -> Vec<(&'static str, u32)> {
-    let mut resized = vec![("SECCOMP_COUNTS", sizes.seccomp), ("EXIT_COUNTS", sizes.exits), ("OOM_COUNTS", sizes.oom)];
+    let mut resized = vec![
+        ("SECCOMP_COUNTS", sizes.seccomp),
+        ("EXIT_COUNTS", sizes.exits),
+        ("OOM_COUNTS", sizes.oom),
+        ("LIFECYCLE_COUNTS", sizes.lifecycle),
+        ("CGROUP_STATE", sizes.cgroup_state),
+    ];
     if flags & agent_common::config_flags::HAS_TASK_STORAGE != 0 {
         resized.push(("TASKS", TASKS_UNUSED));
     }
@@ -216,7 +228,7 @@ pub fn load(
     let mut attacher = Attacher {
         btf: &btf,
         pins,
-        context: pins::fingerprint(&(kernel_bytes, log_level, events.rate, events.burst, sizes.seccomp, sizes.exits, sizes.oom)),
+        context: pins::fingerprint(&(kernel_bytes, log_level, events.rate, events.burst, sizes.seccomp, sizes.exits, sizes.oom, sizes.lifecycle, sizes.cgroup_state)),
         pinned_links: Vec::new(),
         reused: 0,
     };
@@ -245,6 +257,7 @@ pub fn load(
         take(&mut ebpf, "EXIT_COUNTS")?,
         take(&mut ebpf, "OOM_COUNTS")?,
         take(&mut ebpf, "EVENTS_SUPPRESSED")?,
+        take(&mut ebpf, "LIFECYCLE_COUNTS")?,
         take(&mut ebpf, "LOST")?,
         [sizes.seccomp, sizes.exits, sizes.oom],
     );
@@ -257,6 +270,7 @@ pub fn load(
     }
     let cgroup_events = take(&mut ebpf, "EVENTS")?;
     let event_ring = take(&mut ebpf, "EVENT_RING")?;
+    let starts = take(&mut ebpf, "START_EVENTS")?;
     let kernel_log = match EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -264,7 +278,7 @@ pub fn load(
             None
         }
     };
-    Ok(LoadedProbes { ebpf, status, maps, events: cgroup_events, event_ring, kernel_log, pinned_links, reused })
+    Ok(LoadedProbes { ebpf, status, maps, events: cgroup_events, event_ring, starts, kernel_log, pinned_links, reused })
 }
 
 /// The bytes of the kernel layout handed to the programs (part of their links' fingerprint).

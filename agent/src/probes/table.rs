@@ -282,11 +282,13 @@ const EXIT_NO_GD: [ProbeSpec; 2] = probe_rows!(
 );
 
 /// Every probe, in attach order, each with its rows in order of preference.
-pub static PROBES: [&[ProbeSpec]; 10] = [
+pub static PROBES: [&[ProbeSpec]; 11] = [
     &probe_rows!("cgroup_mkdir", "cgroup_mkdir", "cgroup_mkdir_btf", "cgroup_mkdir_raw", never),
     &probe_rows!("cgroup_rmdir", "cgroup_rmdir", "cgroup_rmdir_btf", "cgroup_rmdir_raw", never),
     // With group_dead (>= 6.16) or without it, tp_btf before raw_tp.
     &[EXIT_GD[0], EXIT_NO_GD[0], EXIT_GD[1], EXIT_NO_GD[1]],
+    // Container starts and exec sessions (docs/lifecycle.md).
+    &probe_rows!("process_exec", "sched_process_exec", "sched_process_exec_btf", "sched_process_exec_raw", never),
     &probe_rows!("oom_mark_victim", "mark_victim", "mark_victim_btf", "mark_victim_raw", unless_mark_victim_has_task),
     &OOM_KILL_PROCESS,
     &probe_rows!("seccomp_signal", "signal_generate", "signal_generate_btf", "signal_generate_raw", unless_seccomp),

@@ -1,0 +1,116 @@
+//! `sched:sched_process_exec`: container starts and exec sessions (docs/lifecycle.md). A start is
+//! the first exec in a cgroup instance whose creation `cgroup_mkdir` recorded (`CGROUP_STATE`),
+//! by a task whose real parent is in another cgroup and another mount namespace; later first
+//! execs of such tasks are exec sessions. Every other exec costs one hash lookup.
+//!
+//! The mount namespace leaves out the runtime's own execs once its init is in the cgroup: runc
+//! 1.1's `runc init` re-execs itself from a sealed copy (`/proc/self/exe`, then `/dev/fd/N`)
+//! racing with its move into the cgroup, before it unshares anything.
+
+use agent_common::{CgroupState, LifecycleKey, StartRecord, lifecycle, lost};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+
+use crate::{
+    kernel::{self, kconfig},
+    maps,
+};
+
+/// The `probe` label of this hook, in diagnostics.
+const PROBE: &str = "process_exec";
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec_btf(ctx: BtfTracePointContext) -> i32 {
+    crate::diag::report(PROBE, try_sched_process_exec(ctx.arg(0)));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec_raw(ctx: RawTracePointContext) -> i32 {
+    crate::diag::report(PROBE, try_sched_process_exec(ctx.arg(0)));
+    0
+}
+
+#[inline(always)]
+fn try_sched_process_exec(task: u64) -> Result<(), i64> {
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(state) = maps::CGROUP_STATE.get_ptr_mut(&cgroup_id) else {
+        return Ok(());
+    };
+    let parent = kernel::read::<u64>(task, kconfig!(task_real_parent))?;
+    if kernel::task_cgroup_id(parent)? == cgroup_id || same_mount_ns(task, parent)? {
+        return Ok(());
+    }
+    // Only a task's first exec here counts (an entrypoint `sh -c '...; exec server'` is one start).
+    let seen = maps::EXEC_SEEN.insert(&kernel::group_key(task)?, &1u32, BPF_NOEXIST as u64).is_err();
+    if seen {
+        return Ok(());
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (kind, mkdir_ns) = unsafe {
+        if (*state).started == 0 {
+            (*state).started = 1;
+            (*state).start_ns = now;
+            (lifecycle::START, (*state).mkdir_ns)
+        } else {
+            (lifecycle::EXEC_SESSION, 0)
+        }
+    };
+    maps::count_lifecycle(&LifecycleKey { cgroup_id, kind, _pad: 0 }, PROBE);
+    if kind == lifecycle::START {
+        let record = StartRecord { cgroup_id, duration_ns: now.saturating_sub(mkdir_ns) };
+        if maps::START_EVENTS.output::<StartRecord>(&record, 0).is_err() {
+            maps::count_lost(lost::START_RING, cgroup_id, PROBE);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `task` and `parent` share their mount namespace (also when the parent's is gone: an
+/// exiting parent has dropped its namespaces, and nothing tells then).
+#[inline(always)]
+fn same_mount_ns(task: u64, parent: u64) -> Result<bool, i64> {
+    let mnt_ns = |t: u64| -> Result<u64, i64> {
+        let nsproxy = kernel::read::<u64>(t, kconfig!(task_nsproxy))?;
+        if nsproxy == 0 {
+            return Ok(0);
+        }
+        kernel::read::<u64>(nsproxy, kconfig!(nsproxy_mnt_ns))
+    };
+    let parent_ns = mnt_ns(parent)?;
+    Ok(parent_ns == 0 || mnt_ns(task)? == parent_ns)
+}
+
+/// `cgroup_mkdir`: a new cgroup instance, not started yet.
+#[inline(always)]
+pub fn cgroup_made(cgrp: u64) -> Result<(), i64> {
+    if !kernel::is_v2_cgroup(cgrp)? {
+        return Ok(());
+    }
+    let id = kernel::cgroup_id(cgrp)?;
+    let state = CgroupState { mkdir_ns: unsafe { bpf_ktime_get_ns() }, start_ns: 0, started: 0, _pad: 0 };
+    // A full LRU map drops its oldest instance: that cgroup gets no start (docs/lifecycle.md).
+    let _ = maps::CGROUP_STATE.insert(&id, &state, 0);
+    Ok(())
+}
+
+/// `cgroup_rmdir`: the instance is gone; one that never started is a start failure.
+#[inline(always)]
+pub fn cgroup_removed(cgrp: u64) -> Result<(), i64> {
+    if !kernel::is_v2_cgroup(cgrp)? {
+        return Ok(());
+    }
+    let id = kernel::cgroup_id(cgrp)?;
+    let Some(state) = (unsafe { maps::CGROUP_STATE.get(&id) }).copied() else {
+        return Ok(());
+    };
+    let _ = maps::CGROUP_STATE.remove(&id);
+    if state.started == 0 {
+        maps::count_lifecycle(&LifecycleKey { cgroup_id: id, kind: lifecycle::START_FAILURE, _pad: 0 }, "cgroup_rmdir");
+    }
+    Ok(())
+}
