@@ -49,8 +49,9 @@ pub mod lost {
     pub const EVENT_RING: u32 = 5;
     /// The container lifecycle counter map was full.
     pub const LIFECYCLE_MAP: u32 = 6;
-    /// The container start ring buffer was full: a start counted without its latency.
-    pub const START_RING: u32 = 7;
+    /// The container lifecycle ring buffer was full: a start or container exit counted without
+    /// its latency or lifetime.
+    pub const LIFECYCLE_RING: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 
@@ -328,15 +329,42 @@ pub struct CgroupState {
 }
 const _: () = assert!(size_of::<CgroupState>() == 24);
 
-/// A container start, for the agent's start latency histogram.
+/// Kinds of `LifecycleRecord`.
+pub mod lifecycle_record {
+    /// A container start: `duration_ns` from the cgroup's mkdir to the entrypoint's exec.
+    pub const START: u32 = 1;
+    /// The exit of the task that started a container: `duration_ns` from its start (the
+    /// container's lifetime), `reason` its exit reason.
+    pub const EXIT: u32 = 2;
+    /// The last container exit of `cgroup_id` was reclassified (a kill learnt after the exit was
+    /// counted) to `reason`.
+    pub const RECLASSIFY: u32 = 3;
+}
+
+/// A container start or exit, for the agent's start latency and lifetime histograms.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StartRecord {
+pub struct LifecycleRecord {
+    /// The container's cgroup (where it started).
     pub cgroup_id: u64,
-    /// From the cgroup's mkdir to the entrypoint's exec.
     pub duration_ns: u64,
+    /// `lifecycle_record::*`.
+    pub kind: u32,
+    /// `reason::*` for EXIT and RECLASSIFY; 0 for START.
+    pub reason: u32,
 }
-const _: () = assert!(size_of::<StartRecord>() == 16);
+const _: () = assert!(size_of::<LifecycleRecord>() == 24);
+
+/// The task that started a container (by `ExitDedupKey`), until it exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Starter {
+    /// The container's cgroup.
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns` at the start.
+    pub start_ns: u64,
+}
+const _: () = assert!(size_of::<Starter>() == 16);
 
 /// Kinds of records on the event stream (`Event::kind`, `EventKey::kind`).
 pub mod event_kind {
@@ -430,6 +458,9 @@ pub const CGROUP_PATH_MAX: usize = 512;
 pub mod cgroup_event {
     pub const MKDIR: u32 = 1;
     pub const RMDIR: u32 = 2;
+    /// The removal of a cgroup made while the probes ran in which nothing started (no exec by a
+    /// task from outside it): a start failure if it is a container's cgroup.
+    pub const RMDIR_NOT_STARTED: u32 = 3;
 }
 
 /// Ring-buffer record for cgroup v2 creation and removal, so that the agent can name a cgroup
@@ -463,5 +494,6 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for LifecycleKey {}
     unsafe impl aya::Pod for CgroupState {}
-    unsafe impl aya::Pod for StartRecord {}
+    unsafe impl aya::Pod for LifecycleRecord {}
+    unsafe impl aya::Pod for Starter {}
 }

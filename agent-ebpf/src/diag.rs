@@ -47,7 +47,7 @@ fn lost_name(index: u32) -> &'static str {
         lost::EXIT_MAP => "the exit counter map",
         lost::OOM_MAP => "the OOM counter map",
         lost::LIFECYCLE_MAP => "the container lifecycle counter map",
-        lost::START_RING => "the container start ring buffer",
+        lost::LIFECYCLE_RING => "the container lifecycle ring buffer",
         _ => "the per-thread state map",
     }
 }

@@ -2,7 +2,8 @@
 //! userspace sums the CPUs at scrape time. The loader may resize the counter maps (`--max-cgroups`).
 
 use agent_common::{
-    CgroupState, ExitDedupKey, ExitKey, LifecycleKey, OomKey, SeccompKey, TaskState, config_flags, lost,
+    CgroupState, ExitDedupKey, ExitKey, LifecycleKey, LifecycleRecord, OomKey, SeccompKey, Starter, TaskState,
+    config_flags, lifecycle_record, lost,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -94,9 +95,9 @@ pub static OOM_COUNTS: PerCpuHashMap<OomKey, u64> = PerCpuHashMap::with_max_entr
 #[derive(Clone, Copy)]
 pub struct RecentKill {
     pub key: ExitKey,
-    /// The exit was also counted as a container exit.
-    pub container: u32,
-    pub _pad: u32,
+    /// The cgroup the exit was also counted in as a container exit (the container's, where it
+    /// started); 0 when it was not a container exit.
+    pub container_cgroup: u64,
 }
 
 #[map]
@@ -114,9 +115,14 @@ pub fn reclassify_exit(group: &ExitDedupKey, signal: u32, reason: u32, probe: &'
     let moved = ExitKey { reason, ..rec.key };
     uncount_exit(&rec.key, probe);
     count_exit(&moved, probe);
-    if rec.container != 0 {
-        uncount_exit(&ExitKey { container: 1, ..rec.key }, probe);
-        count_exit(&ExitKey { container: 1, ..moved }, probe);
+    if rec.container_cgroup != 0 {
+        let ctr = ExitKey { cgroup_id: rec.container_cgroup, container: 1, ..rec.key };
+        uncount_exit(&ctr, probe);
+        count_exit(&ExitKey { reason, ..ctr }, probe);
+        lifecycle_record(
+            &LifecycleRecord { cgroup_id: rec.container_cgroup, duration_ns: 0, kind: lifecycle_record::RECLASSIFY, reason },
+            probe,
+        );
     }
     true
 }
@@ -158,9 +164,23 @@ pub static CGROUP_STATE: LruHashMap<u64, CgroupState> = LruHashMap::with_max_ent
 #[map]
 pub static EXEC_SEEN: LruHashMap<ExitDedupKey, u32> = LruHashMap::with_max_entries(4096, 0);
 
-/// Container starts (`StartRecord`), for the agent's start latency histogram.
+/// Tasks that started a container (`Starter`), until their exit: the container's exit and
+/// lifetime. The loader sizes it as `CGROUP_STATE`.
 #[map]
-pub static START_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+pub static STARTERS: LruHashMap<ExitDedupKey, Starter> = LruHashMap::with_max_entries(8192, 0);
+
+/// Container starts and exits (`LifecycleRecord`), for the agent's start latency and lifetime
+/// histograms.
+#[map]
+pub static LIFECYCLE_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+/// Sends a lifecycle record to the agent (counted as lost when the ring is full).
+#[inline(always)]
+pub fn lifecycle_record(record: &LifecycleRecord, probe: &'static str) {
+    if LIFECYCLE_EVENTS.output::<LifecycleRecord>(record, 0).is_err() {
+        count_lost(lost::LIFECYCLE_RING, record.cgroup_id, probe);
+    }
+}
 
 /// cgroup creation / removal records (`CgroupEvent`).
 #[map]

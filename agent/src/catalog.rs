@@ -96,7 +96,7 @@ pub const CONTAINER_EXITS: Metric = counter(
     "cgwatch_container_exits",
     true,
     &["reason", "signal"],
-    "Exits of a PID-namespace init (a container's PID 1), by cgroup and reason, as for cgwatch_process_exits_total.",
+    "Container exits, by cgroup and reason, as for cgwatch_process_exits_total: the exit of the task that started the container (its entrypoint; also with --pid=host), so that starts and exits pair; for a container started before the agent, the exit of its PID namespace's init.",
 );
 pub const CONTAINER_STARTS: Metric = counter(
     "cgwatch_container_starts",
@@ -120,6 +120,11 @@ pub const CONTAINER_START_DURATION: Metric = histogram(
     "cgwatch_container_start_duration_seconds",
     &["runtime"],
     "Time from a container cgroup's creation to its entrypoint's exec, for every start counted in cgwatch_container_starts_total, by runtime.",
+);
+pub const CONTAINER_LIFETIME: Metric = histogram(
+    "cgwatch_container_lifetime_seconds",
+    &["runtime", "reason"],
+    "Time from a container's start to its exit (of the task that started it), for every container whose start was counted, by runtime and exit reason.",
 );
 
 // Cgroup resources, sampled every --sample-interval.
@@ -226,7 +231,7 @@ pub const EVENTS_LOST: Metric = counter(
     "cgwatch_events_lost",
     false,
     &["reason"],
-    "Kernel events that could not be recorded, by reason: ring_buffer (the cgroup event ring was full), seccomp_map, exit_map, oom_map, lifecycle_map (a counter map was full: raise --max-cgroups), task_map (per-thread state refused), event_ring (the event stream's ring was full), start_ring (a container start's latency was not observed: its ring was full).",
+    "Kernel events that could not be recorded, by reason: ring_buffer (the cgroup event ring was full), seccomp_map, exit_map, oom_map, lifecycle_map (a counter map was full: raise --max-cgroups), task_map (per-thread state refused), event_ring (the event stream's ring was full), lifecycle_ring (a container start's latency or a container's lifetime was not observed: its ring was full).",
 );
 pub const EVENTS_SUPPRESSED: Metric = counter(
     "cgwatch_events_suppressed",
@@ -283,6 +288,7 @@ pub const ALL: &[Metric] = &[
     CONTAINER_EXEC_SESSIONS,
     CONTAINER_START_FAILURES,
     CONTAINER_START_DURATION,
+    CONTAINER_LIFETIME,
     CGROUP_CPU_USAGE,
     CGROUP_CPU_THROTTLED,
     CGROUP_MEMORY_USAGE,

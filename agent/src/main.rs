@@ -186,7 +186,7 @@ async fn run(config: Config) -> Result<()> {
 
     let wake_resolver = Arc::new(Notify::new());
     if let Some(ring) = cgroup_events {
-        tokio::spawn(tasks::cgroup_events(ring, registry.clone(), wake_resolver.clone()));
+        tokio::spawn(tasks::cgroup_events(ring, registry.clone(), wake_resolver.clone(), maps.clone()));
     }
     if let Some(ring) = starts {
         tokio::spawn(tasks::start_events(ring, registry.clone(), latency.clone()));

@@ -31,7 +31,7 @@ pub const LAYOUT: u32 = 1;
 /// Every map of the object but `.rodata` (the kernel layout and log level, set per load):
 /// counters, lost events, the cgroup event ring, the per-task state the programs share between
 /// hooks, and the diagnostics.
-pub const PINNED_MAPS: [&str; 21] = [
+pub const PINNED_MAPS: [&str; 22] = [
     "SECCOMP_COUNTS",
     "EXIT_COUNTS",
     "OOM_COUNTS",
@@ -45,11 +45,13 @@ pub const PINNED_MAPS: [&str; 21] = [
     "OOM_PENDING",
     "EXIT_DEDUP",
     // The container lifecycle: its counts, the state of every cgroup instance made while the
-    // probes ran, the tasks already counted, and the start records waiting for the agent.
+    // probes ran, the tasks already counted, the tasks that started containers, and the start and
+    // exit records waiting for the agent.
     "LIFECYCLE_COUNTS",
     "CGROUP_STATE",
     "EXEC_SEEN",
-    "START_EVENTS",
+    "STARTERS",
+    "LIFECYCLE_EVENTS",
     // The kernel-side diagnostics (aya-log's ring, the rate limiter), so that the programs of
     // pinned links keep logging to whichever agent runs.
     "AYA_LOGS",

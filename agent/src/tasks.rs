@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{CgroupEvent, StartRecord, cgroup_event};
+use agent_common::{CgroupEvent, LifecycleRecord, cgroup_event};
 use aya::maps::{MapData, RingBuf};
 use aya_log::EbpfLogger;
 use log::{debug, warn};
@@ -17,7 +17,11 @@ use tokio::{io::unix::AsyncFd, sync::Notify};
 use crate::{
     cgroups::{Layout, Registry},
     containers::metadata::Resolver,
-    collectors::{cgroup_resources::ResourceSnapshot, host::HostSampler, lifecycle::StartLatency},
+    collectors::{
+        cgroup_resources::ResourceSnapshot,
+        host::HostSampler,
+        lifecycle::{self, StartLatency},
+    },
     maps::KernelMaps,
 };
 
@@ -38,7 +42,7 @@ pub fn apply_cgroup_event(registry: &Registry, bytes: &[u8], now: Instant) -> bo
             false
         }
         cgroup_event::MKDIR => registry.cgroup_created(ev.id, path, now),
-        cgroup_event::RMDIR => {
+        cgroup_event::RMDIR | cgroup_event::RMDIR_NOT_STARTED => {
             registry.cgroup_removed(ev.id, path, now);
             false
         }
@@ -47,6 +51,17 @@ pub fn apply_cgroup_event(registry: &Registry, bytes: &[u8], now: Instant) -> bo
             false
         }
     }
+}
+
+/// The cgroup of a `RMDIR_NOT_STARTED` record: made while the probes ran, removed before anything
+/// started in it.
+pub fn removed_unstarted(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() < size_of::<CgroupEvent>() {
+        return None;
+    }
+    // SAFETY: as in `apply_cgroup_event`.
+    let ev: CgroupEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    (ev.kind == cgroup_event::RMDIR_NOT_STARTED).then_some(ev.id)
 }
 
 /// Forwards the programs' debug log (aya-log records: a full map, a failed kernel read) to the
@@ -83,8 +98,9 @@ fn ticker(every: Duration) -> tokio::time::Interval {
 }
 
 /// Reads cgroup mkdir / rmdir records as they arrive; a new container cgroup wakes the name
-/// resolver, so that a short-lived container is named while its runtime state still exists.
-pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>, resolve: Arc<Notify>) {
+/// resolver, so that a short-lived container is named while its runtime state still exists; a
+/// container cgroup removed before anything started in it is a start failure.
+pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>, resolve: Arc<Notify>, maps: Option<Arc<KernelMaps>>) {
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as it lives,
     // and the AsyncFd owns the RingBuf.
     let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
@@ -107,6 +123,9 @@ pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>, reso
         let mut new_container = false;
         while let Some(item) = ring.next() {
             new_container |= apply_cgroup_event(&registry, &item, now);
+            if let (Some(maps), Some(id)) = (&maps, removed_unstarted(&item)) {
+                lifecycle::start_failed(maps, &registry, id);
+            }
         }
         if new_container {
             resolve.notify_one();
@@ -136,11 +155,11 @@ pub async fn start_events(ring: RingBuf<MapData>, registry: Arc<Registry>, laten
         let ring = guard.get_inner_mut();
         let now = Instant::now();
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<StartRecord>() {
-                warn!("short container start record ({} bytes)", item.len());
+            if item.len() < size_of::<LifecycleRecord>() {
+                warn!("short container lifecycle record ({} bytes)", item.len());
                 continue;
             }
-            // SAFETY: a `StartRecord` written by the probe; read unaligned from the ring.
+            // SAFETY: a `LifecycleRecord` written by the probes; read unaligned from the ring.
             latency.record(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) }, now);
         }
         guard.clear_ready();

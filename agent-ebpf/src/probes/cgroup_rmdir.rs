@@ -1,6 +1,6 @@
 //! `cgroup:cgroup_rmdir`: tells userspace when a cgroup v2 directory goes away, which starts its
-//! retain window; forgets the instance's lifecycle state, counting a start failure when it never
-//! started.
+//! retain window; forgets the instance's lifecycle state, telling the agent when nothing started
+//! in it (a container's start failure).
 
 use agent_common::{CgroupEvent, cgroup_event, lost};
 use aya_ebpf::{
@@ -16,16 +16,20 @@ const PROBE: &str = "cgroup_rmdir";
 
 #[btf_tracepoint(function = "cgroup_rmdir")]
 pub fn cgroup_rmdir_btf(ctx: BtfTracePointContext) -> i32 {
-    crate::diag::report(PROBE, send_cgroup_event(cgroup_event::RMDIR, ctx.arg(0), ctx.arg(1), PROBE));
-    crate::diag::report(PROBE, crate::probes::sched_process_exec::cgroup_removed(ctx.arg(0)));
+    crate::diag::report(PROBE, removed(ctx.arg(0), ctx.arg(1)));
     0
 }
 
 #[raw_tracepoint(tracepoint = "cgroup_rmdir")]
 pub fn cgroup_rmdir_raw(ctx: RawTracePointContext) -> i32 {
-    crate::diag::report(PROBE, send_cgroup_event(cgroup_event::RMDIR, ctx.arg(0), ctx.arg(1), PROBE));
-    crate::diag::report(PROBE, crate::probes::sched_process_exec::cgroup_removed(ctx.arg(0)));
+    crate::diag::report(PROBE, removed(ctx.arg(0), ctx.arg(1)));
     0
+}
+
+#[inline(always)]
+fn removed(cgrp: u64, path: u64) -> Result<(), i64> {
+    let kind = crate::probes::sched_process_exec::cgroup_removed(cgrp)?;
+    send_cgroup_event(kind, cgrp, path, PROBE)
 }
 
 #[inline(always)]

@@ -1,13 +1,14 @@
 //! `sched:sched_process_exec`: container starts and exec sessions (docs/lifecycle.md). A start is
 //! the first exec in a cgroup instance whose creation `cgroup_mkdir` recorded (`CGROUP_STATE`),
 //! by a task whose real parent is in another cgroup and another mount namespace; later first
-//! execs of such tasks are exec sessions. Every other exec costs one hash lookup.
+//! execs of such tasks are exec sessions. The starting task is remembered (`STARTERS`): its exit
+//! is the container's exit. Every other exec costs one hash lookup.
 //!
 //! The mount namespace leaves out the runtime's own execs once its init is in the cgroup: runc
 //! 1.1's `runc init` re-execs itself from a sealed copy (`/proc/self/exe`, then `/dev/fd/N`)
 //! racing with its move into the cgroup, before it unshares anything.
 
-use agent_common::{CgroupState, LifecycleKey, StartRecord, lifecycle, lost};
+use agent_common::{CgroupState, LifecycleKey, LifecycleRecord, Starter, cgroup_event, lifecycle, lifecycle_record};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
@@ -38,19 +39,24 @@ pub fn sched_process_exec_raw(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_sched_process_exec(task: u64) -> Result<(), i64> {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(state) = maps::CGROUP_STATE.get_ptr_mut(&cgroup_id) else {
+    // The hash lookup every exec pays; the rest only in a cgroup made while the probes ran.
+    if unsafe { maps::CGROUP_STATE.get(&cgroup_id) }.is_none() {
         return Ok(());
-    };
+    }
     let parent = kernel::read::<u64>(task, kconfig!(task_real_parent))?;
     if kernel::task_cgroup_id(parent)? == cgroup_id || same_mount_ns(task, parent)? {
         return Ok(());
     }
     // Only a task's first exec here counts (an entrypoint `sh -c '...; exec server'` is one start).
-    let seen = maps::EXEC_SEEN.insert(&kernel::group_key(task)?, &1u32, BPF_NOEXIST as u64).is_err();
-    if seen {
+    let group = kernel::group_key(task)?;
+    if maps::EXEC_SEEN.insert(&group, &1u32, BPF_NOEXIST as u64).is_err() {
         return Ok(());
     }
     let now = unsafe { bpf_ktime_get_ns() };
+    // Looked up again after the helper calls above: an LRU map may have recycled the entry since.
+    let Some(state) = maps::CGROUP_STATE.get_ptr_mut(&cgroup_id) else {
+        return Ok(());
+    };
     let (kind, mkdir_ns) = unsafe {
         if (*state).started == 0 {
             (*state).started = 1;
@@ -62,16 +68,19 @@ fn try_sched_process_exec(task: u64) -> Result<(), i64> {
     };
     maps::count_lifecycle(&LifecycleKey { cgroup_id, kind, _pad: 0 }, PROBE);
     if kind == lifecycle::START {
-        let record = StartRecord { cgroup_id, duration_ns: now.saturating_sub(mkdir_ns) };
-        if maps::START_EVENTS.output::<StartRecord>(&record, 0).is_err() {
-            maps::count_lost(lost::START_RING, cgroup_id, PROBE);
-        }
+        // Its exit is the container's exit (`sched_process_exit`), however deep its PID namespace.
+        let _ = maps::STARTERS.insert(&group, &Starter { cgroup_id, start_ns: now }, 0);
+        maps::lifecycle_record(
+            &LifecycleRecord { cgroup_id, duration_ns: now.saturating_sub(mkdir_ns), kind: lifecycle_record::START, reason: 0 },
+            PROBE,
+        );
     }
     Ok(())
 }
 
-/// Whether `task` and `parent` share their mount namespace (also when the parent's is gone: an
-/// exiting parent has dropped its namespaces, and nothing tells then).
+/// Whether `task` shares its mount namespace with `parent`. A parent past `exit_task_namespaces`
+/// (its nsproxy is gone, its children not yet handed to a reaper) shares nothing: the task is a
+/// runtime's init whose runtime is exiting.
 #[inline(always)]
 fn same_mount_ns(task: u64, parent: u64) -> Result<bool, i64> {
     let mnt_ns = |t: u64| -> Result<u64, i64> {
@@ -82,7 +91,7 @@ fn same_mount_ns(task: u64, parent: u64) -> Result<bool, i64> {
         kernel::read::<u64>(nsproxy, kconfig!(nsproxy_mnt_ns))
     };
     let parent_ns = mnt_ns(parent)?;
-    Ok(parent_ns == 0 || mnt_ns(task)? == parent_ns)
+    Ok(parent_ns != 0 && mnt_ns(task)? == parent_ns)
 }
 
 /// `cgroup_mkdir`: a new cgroup instance, not started yet.
@@ -98,19 +107,18 @@ pub fn cgroup_made(cgrp: u64) -> Result<(), i64> {
     Ok(())
 }
 
-/// `cgroup_rmdir`: the instance is gone; one that never started is a start failure.
+/// `cgroup_rmdir`: the instance is gone. Its `cgroup_event` kind: `RMDIR_NOT_STARTED` when it was
+/// made while the probes ran and nothing started in it (the agent counts a start failure if it is
+/// a container's cgroup: the kernel cannot tell), else `RMDIR`.
 #[inline(always)]
-pub fn cgroup_removed(cgrp: u64) -> Result<(), i64> {
+pub fn cgroup_removed(cgrp: u64) -> Result<u32, i64> {
     if !kernel::is_v2_cgroup(cgrp)? {
-        return Ok(());
+        return Ok(cgroup_event::RMDIR);
     }
     let id = kernel::cgroup_id(cgrp)?;
     let Some(state) = (unsafe { maps::CGROUP_STATE.get(&id) }).copied() else {
-        return Ok(());
+        return Ok(cgroup_event::RMDIR);
     };
     let _ = maps::CGROUP_STATE.remove(&id);
-    if state.started == 0 {
-        maps::count_lifecycle(&LifecycleKey { cgroup_id: id, kind: lifecycle::START_FAILURE, _pad: 0 }, "cgroup_rmdir");
-    }
-    Ok(())
+    Ok(if state.started == 0 { cgroup_event::RMDIR_NOT_STARTED } else { cgroup_event::RMDIR })
 }

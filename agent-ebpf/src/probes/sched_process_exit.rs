@@ -1,14 +1,14 @@
 //! `sched:sched_process_exit`: fires for every exiting thread. Cleans up per-thread state, counts
 //! a seccomp KILL_THREAD of a non-last thread (it exits with SIGSYS without any signal), and for
-//! the thread-group exit counts the process exit and, for a PID-namespace init, the container
-//! exit, classified by reason.
+//! the thread-group exit counts the process exit and, for the task that started a container (or a
+//! PID-namespace init), the container exit, classified by reason.
 
 use agent_common::{
-    ExitKey, OomKey, SeccompKey, TaskState, action, config_flags, kabi, reason,
+    ExitKey, LifecycleRecord, OomKey, SeccompKey, TaskState, action, config_flags, kabi, lifecycle_record, reason,
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{btf_tracepoint, raw_tracepoint},
@@ -149,9 +149,10 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     };
     let key = ExitKey { cgroup_id, reason: why, signal, container: 0, _pad: 0 };
     maps::count_exit(&key, PROBE);
-    let container = kernel::is_pidns_init(task)?;
+    let container_cgroup = container_exit(task, cgroup_id, why)?;
+    let container = container_cgroup != 0;
     if container {
-        maps::count_exit(&ExitKey { container: 1, ..key }, PROBE);
+        maps::count_exit(&ExitKey { cgroup_id: container_cgroup, container: 1, ..key }, PROBE);
     }
     // Exits worth a look, and every container exit.
     if crate::events::enabled() && (why != reason::SUCCESS || container) {
@@ -166,7 +167,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     if why == reason::SIGNAL && (oom_later || seccomp_later)
         && let Ok(k) = kernel::group_key(task)
     {
-        let rec = maps::RecentKill { key, container: u32::from(container), _pad: 0 };
+        let rec = maps::RecentKill { key, container_cgroup };
         let _ = maps::RECENT_KILLS.insert(k, rec, 0);
         // The killed thread may have published its kill after the check above and looked for
         // this record before it was written: then the move is this thread's to make.
@@ -175,6 +176,38 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         }
     }
     Ok(())
+}
+
+/// The cgroup in which the exit of `task`'s thread group is a container exit, or 0. A container's
+/// exit is the exit of the task that started it (`sched_process_exec` recorded it, and the
+/// container's cgroup, which may not be the one it exits in), whatever its PID namespace
+/// (`--pid=host`); for containers whose start the probes did not see (started before them), the
+/// exit of a PID namespace's init. Not a PID-namespace init in a container that started while the
+/// probes ran with another task (a pod's shared PID namespace): that one's exit is the starter's.
+/// Also sends the container's lifetime to the agent.
+#[inline(always)]
+fn container_exit(task: u64, cgroup_id: u64, reason: u32) -> Result<u64, i64> {
+    let group = kernel::group_key(task)?;
+    let _ = maps::EXEC_SEEN.remove(&group);
+    if let Some(starter) = unsafe { maps::STARTERS.get(&group) }.copied() {
+        let _ = maps::STARTERS.remove(&group);
+        let now = unsafe { bpf_ktime_get_ns() };
+        maps::lifecycle_record(
+            &LifecycleRecord {
+                cgroup_id: starter.cgroup_id,
+                duration_ns: now.saturating_sub(starter.start_ns),
+                kind: lifecycle_record::EXIT,
+                reason,
+            },
+            PROBE,
+        );
+        return Ok(starter.cgroup_id);
+    }
+    if !kernel::is_pidns_init(task)? {
+        return Ok(0);
+    }
+    let started_here = unsafe { maps::CGROUP_STATE.get(&cgroup_id) }.is_some_and(|s| s.started != 0);
+    Ok(if started_here { 0 } else { cgroup_id })
 }
 
 /// The thread group's exit status: `signal->group_exit_code` after a group exit (`exit_group`,

@@ -18,7 +18,7 @@ mod batch;
 
 use std::os::fd::AsFd as _;
 
-use agent_common::{EventKey, ExitKey, LifecycleKey, OomKey, SeccompKey, lost};
+use agent_common::{EventKey, ExitKey, LifecycleKey, OomKey, SeccompKey, lifecycle, lost};
 use aya::maps::{IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use log::debug;
 
@@ -116,6 +116,18 @@ impl<K: CgroupKey> Counter<K> {
 }
 
 impl<K: CgroupKey> Counter<K> {
+    /// Adds `n` to `key`'s count (on the first CPU's slot), for counts the agent makes itself.
+    fn add(&mut self, key: K, n: u64) -> Result<(), MapError> {
+        let mut values = vec![0u64; self.cpus];
+        if let Ok(now) = self.map.get(&key, 0) {
+            for (s, v) in values.iter_mut().zip(now.iter()) {
+                *s = *v;
+            }
+        }
+        values[0] = values[0].wrapping_add(n);
+        self.map.insert(key, PerCpuValues::try_from(values)?, 0)
+    }
+
     /// Adds every count of `old` (a map of the same key type) to this map, per CPU.
     fn absorb(&mut self, old: MapData) -> Result<usize, MapError> {
         let old: PerCpuHashMap<MapData, K, u64> = PerCpuHashMap::try_from(Map::PerCpuHashMap(old))?;
@@ -137,7 +149,7 @@ impl<K: CgroupKey> Counter<K> {
 
 /// Names of the `agent_common::lost` indexes, as `cgwatch_events_lost_total{reason}` says them.
 pub const LOST_REASONS: [&str; lost::COUNT as usize] =
-    ["ring_buffer", "seccomp_map", "exit_map", "oom_map", "task_map", "event_ring", "lifecycle_map", "start_ring"];
+    ["ring_buffer", "seccomp_map", "exit_map", "oom_map", "task_map", "event_ring", "lifecycle_map", "lifecycle_ring"];
 
 /// The counter maps' names, as `cgwatch_map_entries{map}` says them.
 pub const COUNTER_MAPS: [&str; 3] = ["seccomp", "exits", "oom"];
@@ -220,6 +232,13 @@ impl KernelMaps {
     /// Container starts, exec sessions and start failures, by cgroup.
     pub fn lifecycle(&self) -> Vec<(LifecycleKey, u64)> {
         lock(&self.lifecycle).totals()
+    }
+
+    /// Counts a container start failure (the kernel cannot tell a container's cgroup: the agent
+    /// decides from the cgroup's removal record), in the kernel map, so that it is kept across
+    /// restarts like the others.
+    pub fn count_start_failure(&self, cgroup_id: u64) -> Result<(), MapError> {
+        lock(&self.lifecycle).add(LifecycleKey { cgroup_id, kind: lifecycle::START_FAILURE, _pad: 0 }, 1)
     }
 
     /// Events the stream's rate limit suppressed, by cgroup and kind.

@@ -67,7 +67,8 @@ pub struct MapSizes {
     pub oom: u32,
     /// The container lifecycle counters (`LIFECYCLE_COUNTS`).
     pub lifecycle: u32,
-    /// Cgroup instances whose start is awaited or known (`CGROUP_STATE`): every live cgroup.
+    /// Cgroup instances whose start is awaited or known (`CGROUP_STATE`): every live cgroup; and
+    /// as many tasks that started a container (`STARTERS`).
     pub cgroup_state: u32,
 }
 
@@ -89,7 +90,8 @@ pub struct LoadedProbes {
     pub events: RingBuf<MapData>,
     /// The event stream's records (`--events`; empty while it is off).
     pub event_ring: RingBuf<MapData>,
-    /// Container start records (`StartRecord`), for the start latency histogram.
+    /// Container start and exit records (`LifecycleRecord`), for the start latency and lifetime
+    /// histograms.
     pub starts: RingBuf<MapData>,
     /// The programs' debug log (aya-log), forwarded to the agent's log.
     pub kernel_log: Option<EbpfLogger<&'static dyn log::Log>>,
@@ -130,6 +132,7 @@ fn resized_maps(sizes: MapSizes, flags: u32) -> Vec<(&'static str, u32)> {
         ("OOM_COUNTS", sizes.oom),
         ("LIFECYCLE_COUNTS", sizes.lifecycle),
         ("CGROUP_STATE", sizes.cgroup_state),
+        ("STARTERS", sizes.cgroup_state),
     ];
     if flags & agent_common::config_flags::HAS_TASK_STORAGE != 0 {
         resized.push(("TASKS", TASKS_UNUSED));
@@ -270,7 +273,7 @@ pub fn load(
     }
     let cgroup_events = take(&mut ebpf, "EVENTS")?;
     let event_ring = take(&mut ebpf, "EVENT_RING")?;
-    let starts = take(&mut ebpf, "START_EVENTS")?;
+    let starts = take(&mut ebpf, "LIFECYCLE_EVENTS")?;
     let kernel_log = match EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
