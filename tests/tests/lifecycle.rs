@@ -1,7 +1,14 @@
-//! Container starts, exec sessions, start failures and the start latency histogram, with real
-//! podman containers (runc, cgroupfs): docs/lifecycle.md.
+//! Container starts, exits, exec sessions, start failures and the start latency and lifetime
+//! histograms, with real podman containers (runc, cgroupfs): docs/lifecycle.md.
+//!
+//! The tests run one at a time (`serial`): the histograms are by runtime only, so a container of
+//! another test would land in them.
 
-use std::{process::Stdio, time::Duration};
+use std::{
+    process::Stdio,
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
 
 use cgwatch_tests::{
     Agent, Metrics, PinDir,
@@ -14,6 +21,12 @@ const EXECS: &str = "cgwatch_container_exec_sessions_total";
 const FAILURES: &str = "cgwatch_container_start_failures_total";
 const EXITS: &str = "cgwatch_container_exits_total";
 const DURATION: &str = "cgwatch_container_start_duration_seconds";
+const LIFETIME: &str = "cgwatch_container_lifetime_seconds";
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn ctr_labels(c: &Container) -> [(&'static str, &str); 3] {
     [("container_id", c.id.as_str()), ("container", c.name.as_str()), ("runtime", "podman")]
@@ -30,6 +43,7 @@ fn podman_ok(args: &[&str]) -> String {
 /// start.
 #[test]
 fn a_container_run_three_times_is_three_starts_and_three_exits() {
+    let _serial = serial();
     let agent = Agent::start(&[]);
     let c = Container::start("cgwatch-starts", &[], &["sh", "-c", "exec /cgwatch-workload exit 3"]);
     assert_eq!(c.wait(), 3);
@@ -46,21 +60,22 @@ fn a_container_run_three_times_is_three_starts_and_three_exits() {
     assert_eq!(m.sum(FAILURES, &l), 0.0, "{:?}", m.find(FAILURES, &l));
 }
 
-/// `podman exec` twice into a running container: two exec sessions, still one start.
+/// `podman exec` three times into a running container: three exec sessions, still one start.
 #[test]
 fn exec_sessions_are_counted_and_are_not_starts() {
+    let _serial = serial();
     let agent = Agent::start(&[]);
     let c = Container::start("cgwatch-exec", &[], &["sleep", "120"]);
     let l = ctr_labels(&c);
     let m = agent.scrape_until(WAIT, |m| m.get(STARTS, &l) == Some(1.0));
     assert_eq!(m.get(STARTS, &l), Some(1.0), "{:?}", m.find(STARTS, &l));
     assert_eq!(m.sum(EXECS, &l), 0.0);
-    for _ in 0..2 {
+    for _ in 0..3 {
         // A command that execs again: one session all the same.
         podman_ok(&["exec", &c.name, "sh", "-c", "exec true"]);
     }
-    let m = agent.scrape_until(WAIT, |m| m.get(EXECS, &l) == Some(2.0));
-    assert_eq!(m.get(EXECS, &l), Some(2.0), "{:?}", m.find(EXECS, &l));
+    let m = agent.scrape_until(WAIT, |m| m.get(EXECS, &l) == Some(3.0));
+    assert_eq!(m.get(EXECS, &l), Some(3.0), "{:?}", m.find(EXECS, &l));
     assert_eq!(m.get(STARTS, &l), Some(1.0), "{:?}", m.find(STARTS, &l));
 }
 
@@ -68,6 +83,7 @@ fn exec_sessions_are_counted_and_are_not_starts() {
 /// interval: positive and under the bound of a quick local start.
 #[test]
 fn the_start_latency_histogram_observes_every_start() {
+    let _serial = serial();
     let agent = Agent::start(&[]);
     let cs: Vec<Container> = (0..3).map(|_| Container::start("cgwatch-latency", &[], &["true"])).collect();
     for c in &cs {
@@ -94,6 +110,7 @@ fn the_start_latency_histogram_observes_every_start() {
 /// a start failure and no start.
 #[test]
 fn an_entrypoint_that_does_not_exist_is_a_start_failure_and_no_start() {
+    let _serial = serial();
     let agent = Agent::start(&[]);
     let name = format!("cgwatch-noentry-{}", std::process::id());
     let out = podman::command()
@@ -118,6 +135,7 @@ fn an_entrypoint_that_does_not_exist_is_a_start_failure_and_no_start() {
 /// the pinned ring, by the next agent; the starts before are kept.
 #[test]
 fn starts_while_the_agent_is_down_are_counted_after_its_restart() {
+    let _serial = serial();
     let pins = PinDir::new("lifecycle");
     let pin = pins.arg();
     let agent = Agent::start(&["--pin-path", &pin]);
@@ -136,4 +154,147 @@ fn starts_while_the_agent_is_down_are_counted_after_its_restart() {
     let m = agent.scrape_until(WAIT, |m| m.get(STARTS, &l) == Some(2.0) && m.get(&count, &podman).is_some_and(|n| n >= 1.0));
     assert_eq!(m.get(STARTS, &l), Some(2.0), "{:?}\n{}", m.find(STARTS, &l), agent.log());
     assert!(m.get(&count, &podman).is_some_and(|n| n >= 1.0), "the start while down was not observed: {:?}", m.find(&count, &[]));
+}
+
+/// N short containers: N starts and N exits, each on its own container id.
+#[test]
+fn short_containers_pair_one_start_with_one_exit_each() {
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let cs: Vec<Container> = (0..4).map(|i| Container::start("cgwatch-pair", &[], &["/cgwatch-workload", "exit", &format!("{}", i + 1)])).collect();
+    for (i, c) in cs.iter().enumerate() {
+        assert_eq!(c.wait(), i as i32 + 1);
+    }
+    let paired = |m: &Metrics| cs.iter().all(|c| m.get(STARTS, &ctr_labels(c)) == Some(1.0) && m.sum(EXITS, &ctr_labels(c)) == 1.0);
+    let m = agent.scrape_until(WAIT, paired);
+    for c in &cs {
+        let l = ctr_labels(c);
+        assert_eq!(m.get(STARTS, &l), Some(1.0), "{}: {:?}", c.name, m.find(STARTS, &l));
+        let errors = [l[0], l[1], l[2], ("reason", "error")];
+        assert_eq!(m.get(EXITS, &errors), Some(1.0), "{}: {:?}", c.name, m.find(EXITS, &l));
+    }
+}
+
+/// `--restart on-failure:3` of a container that exits 1: four starts and four error exits on one
+/// container id (a crash ratio of 1), and four lifetime observations with reason error.
+#[test]
+fn a_crash_loop_is_four_starts_and_four_exits_on_one_container() {
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let c = Container::start("cgwatch-loop", &["--restart", "on-failure:3"], &["sh", "-c", "sleep 0.3; exit 1"]);
+    let l = ctr_labels(&c);
+    let errors = [l[0], l[1], l[2], ("reason", "error")];
+    let lifetimes = format!("{LIFETIME}_count");
+    let done = |m: &Metrics| {
+        m.get(STARTS, &l) == Some(4.0) && m.get(EXITS, &errors) == Some(4.0)
+            && m.get(&lifetimes, &[("runtime", "podman"), ("reason", "error")]) == Some(4.0)
+    };
+    let m = agent.scrape_until(Duration::from_secs(90), done);
+    assert_eq!(m.get(STARTS, &l), Some(4.0), "{:?}", m.find(STARTS, &l));
+    assert_eq!(m.get(EXITS, &errors), Some(4.0), "{:?}", m.find(EXITS, &l));
+    assert_eq!(m.sum(EXITS, &l), 4.0, "{:?}", m.find(EXITS, &l));
+    assert_eq!(m.get(&lifetimes, &[("runtime", "podman"), ("reason", "error")]), Some(4.0), "{:?}", m.find(&lifetimes, &[]));
+    assert_eq!(m.sum(FAILURES, &l), 0.0);
+}
+
+/// A container without its own PID namespace (`--pid=host`): its entrypoint is no PID 1, and its
+/// start and exit (with its code) are counted all the same.
+#[test]
+fn a_pid_host_container_has_its_start_and_its_exit() {
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let c = Container::start("cgwatch-pidhost", &["--pid=host"], &["sh", "-c", "sleep 0.5; exec /cgwatch-workload exit 4"]);
+    assert_eq!(c.wait(), 4);
+    let l = ctr_labels(&c);
+    let errors = [l[0], l[1], l[2], ("reason", "error")];
+    let m = agent.scrape_until(WAIT, |m| m.get(STARTS, &l) == Some(1.0) && m.get(EXITS, &errors) == Some(1.0));
+    assert_eq!(m.get(STARTS, &l), Some(1.0), "{:?}", m.find(STARTS, &l));
+    assert_eq!(m.get(EXITS, &errors), Some(1.0), "{:?}", m.find(EXITS, &l));
+    assert_eq!(m.sum(EXITS, &l), 1.0, "{:?}", m.find(EXITS, &l));
+}
+
+/// A container running before the agent started: no start counted (its cgroup's creation was not
+/// seen), its exit counted as before (its PID 1).
+#[test]
+fn a_container_running_before_the_agent_has_no_start_but_its_exit() {
+    let _serial = serial();
+    let c = Container::start("cgwatch-before", &[], &["sleep", "120"]);
+    // Running (the runtime's exec is done) before the agent loads its probes.
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = Agent::start(&[]);
+    let l = ctr_labels(&c);
+    let known = agent.scrape_until(WAIT, |m| m.get("cgwatch_container_info", &[("container_id", c.id.as_str())]).is_some());
+    assert!(known.get("cgwatch_container_info", &[("container_id", c.id.as_str())]).is_some(), "container not seen");
+    podman_ok(&["stop", "-t", "0", &c.name]);
+    let m = agent.scrape_until(WAIT, |m| m.sum(EXITS, &l) == 1.0);
+    assert_eq!(m.sum(EXITS, &l), 1.0, "{:?}", m.find(EXITS, &l));
+    assert_eq!(m.sum(STARTS, &l), 0.0, "{:?}", m.find(STARTS, &l));
+    assert_eq!(m.get(&format!("{LIFETIME}_count"), &[("runtime", "podman")]), None, "no lifetime without a start");
+}
+
+/// The start latency is a real interval: a runtime wrapper that holds `runc start` for 1.5 s (the
+/// cgroup exists, the entrypoint has not run) gives an observation of 1.5 to 3 s; a quick start
+/// before it lands under 2.5 s.
+#[test]
+fn a_start_held_for_one_and_a_half_seconds_is_observed_as_such() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("slow-runc");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = start ] && sleep 1.5 && break; done\nexec runc \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let agent = Agent::start(&[]);
+    let podman = [("runtime", "podman")];
+    let count = format!("{DURATION}_count");
+    let sum = format!("{DURATION}_sum");
+    let bucket = |m: &Metrics, le: &str| m.get(&format!("{DURATION}_bucket"), &[("runtime", "podman"), ("le", le)]).unwrap_or(0.0);
+
+    let quick = Container::start("cgwatch-quick", &[], &["true"]);
+    assert_eq!(quick.wait(), 0);
+    let m = agent.scrape_until(WAIT, |m| m.get(&count, &podman) == Some(1.0));
+    assert_eq!(m.get(&count, &podman), Some(1.0), "{:?}", m.find(&count, &[]));
+    assert_eq!(bucket(&m, "2.5"), 1.0, "a quick start over 2.5 s: {:?}", m.get(&sum, &podman));
+    let before = m.get(&sum, &podman).unwrap();
+
+    let name = format!("cgwatch-slow-{}", std::process::id());
+    let out = std::process::Command::new("podman")
+        .arg("--runtime")
+        .arg(&wrapper)
+        .args(["--cgroup-manager", "cgroupfs", "run", "-d", "--network", "none"])
+        .args(podman::ULIMITS)
+        .args(["--name", &name])
+        .arg(podman::image())
+        .arg("true")
+        .stdin(Stdio::null())
+        .output()
+        .expect("podman run");
+    let slow = Container { name, id: String::from_utf8_lossy(&out.stdout).trim().to_string() };
+    assert!(out.status.success(), "podman run (slow runtime): {}", String::from_utf8_lossy(&out.stderr));
+    let m = agent.scrape_until(WAIT, |m| m.get(&count, &podman) == Some(2.0));
+    assert_eq!(m.get(&count, &podman), Some(2.0), "{:?}", m.find(&count, &[]));
+    let observed = m.get(&sum, &podman).unwrap() - before;
+    assert!((1.5..3.0).contains(&observed), "held 1.5 s, observed {observed} s");
+    assert_eq!(bucket(&m, "1.0"), 1.0, "only the quick start is under 1 s");
+    assert_eq!(m.get(STARTS, &ctr_labels(&slow)), Some(1.0));
+}
+
+/// A container that lives 3 s: one lifetime observation of 3 to 4.5 s, with its exit's reason.
+#[test]
+fn a_container_living_three_seconds_has_a_lifetime_of_three_seconds() {
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let c = Container::start("cgwatch-lifetime", &[], &["sleep", "3"]);
+    assert_eq!(c.wait(), 0);
+    let success = [("runtime", "podman"), ("reason", "success")];
+    let count = format!("{LIFETIME}_count");
+    let m = agent.scrape_until(WAIT, |m| m.get(&count, &success) == Some(1.0));
+    assert_eq!(m.get(&count, &success), Some(1.0), "{:?}", m.find(&count, &[]));
+    let lived = m.get(&format!("{LIFETIME}_sum"), &success).unwrap();
+    assert!((3.0..4.5).contains(&lived), "lived 3 s, observed {lived} s");
+    let le = |b: &str| m.get(&format!("{LIFETIME}_bucket"), &[("runtime", "podman"), ("reason", "success"), ("le", b)]);
+    assert_eq!(le("2.5"), Some(0.0));
+    assert_eq!(le("5.0"), Some(1.0));
 }

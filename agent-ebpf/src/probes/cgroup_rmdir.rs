@@ -2,7 +2,7 @@
 //! retain window; forgets the instance's lifecycle state, telling the agent when nothing started
 //! in it (a container's start failure).
 
-use agent_common::{CgroupEvent, cgroup_event, lost};
+use agent_common::{CgroupEvent, lost};
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel_str_bytes,
     macros::{btf_tracepoint, raw_tracepoint},
