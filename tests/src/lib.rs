@@ -17,6 +17,7 @@ use std::{
 use cgwatch::cgroups::Layout;
 
 pub mod deploy;
+pub mod docker;
 pub mod events;
 pub mod pki;
 pub mod prom;
