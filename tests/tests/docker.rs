@@ -126,7 +126,7 @@ fn live_docker_containers_are_what_docker_ps_lists() {
     // Alone on the daemon: no other test starts or removes containers meanwhile.
     let _alone = DAEMON_USE.write().unwrap_or_else(|e| e.into_inner());
     let agent = Agent::start(&[]);
-    let running: Vec<Container> = (0..3).map(|_| Container::start("ps", &[], &["sleep", "300"])).collect();
+    let mut running: Vec<Container> = (0..3).map(|_| Container::start("ps", &[], &["sleep", "300"])).collect();
     let exited = Container::start("ps-exited", &[], &["true"]);
     assert_eq!(exited.wait(), 0);
     let count = |m: &cgwatch_tests::Metrics| m.get("cgwatch_containers", &[("runtime", "docker")]).unwrap_or(0.0);
@@ -139,10 +139,16 @@ fn live_docker_containers_are_what_docker_ps_lists() {
     }
     assert!(m.find("cgwatch_container_info", &[("container_id", &exited.id)]).is_empty(), "an exited container is not live");
     // One fewer when one is removed.
-    drop(running.into_iter().next());
-    let ps = docker::running_containers();
-    let m = agent.scrape_until(WAIT, |m| count(m) == ps as f64);
-    assert_eq!(count(&m), ps as f64, "docker ps lists {ps}: {:?}", m.find("cgwatch_container_info", &[("runtime", "docker")]));
+    let removed = running.remove(0);
+    let removed_id = removed.id.clone();
+    drop(removed);
+    assert_eq!(docker::running_containers(), ps - 1);
+    let m = agent.scrape_until(WAIT, |m| count(m) == (ps - 1) as f64);
+    assert_eq!(count(&m), (ps - 1) as f64, "docker ps lists {}: {:?}", ps - 1, m.find("cgwatch_container_info", &[("runtime", "docker")]));
+    assert!(m.find("cgwatch_container_info", &[("container_id", &removed_id)]).is_empty(), "a removed container is not live");
+    for c in &running {
+        assert_eq!(m.get("cgwatch_container_info", &ctr_labels(c)), Some(1.0), "{}", c.name);
+    }
 }
 
 #[test]
