@@ -17,6 +17,7 @@ use std::{
 use cgwatch::cgroups::Layout;
 
 pub mod deploy;
+pub mod docker;
 pub mod events;
 pub mod pki;
 pub mod prom;
@@ -744,6 +745,38 @@ pub fn assert_promtool_parses(text: &str) {
     assert!(!said.contains("error while linting") && !said.contains("text format parsing error"), "{said}");
 }
 
+/// The root filesystem of the container tests' image, as a tarball written in `dir`:
+/// busybox-static (sh, sleep, cat, true), `/cgwatch-workload` and the shared libraries it links
+/// (as `ldd` lists them), and an empty `/tmp`.
+pub fn image_tar(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    let put = |src: &Path, dest: &str| {
+        let d = root.join(dest.trim_start_matches('/'));
+        fs::create_dir_all(d.parent().unwrap()).unwrap();
+        fs::copy(src, &d).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+    };
+    let busybox = which("busybox").expect("busybox-static is not installed");
+    put(&busybox, "/bin/busybox");
+    for applet in ["sh", "sleep", "cat", "true"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    let workload = workload_bin();
+    put(&workload, "/cgwatch-workload");
+    let ldd = Command::new("ldd").arg(&workload).output().expect("ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line.split("=>").last().unwrap_or_default().split_whitespace().next().unwrap_or_default();
+        if path.starts_with('/') {
+            put(Path::new(path), path);
+        }
+    }
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    let tar = dir.join("image.tar");
+    let ok = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
+    assert!(ok.success(), "tar failed");
+    tar
+}
+
 /// podman with the flags that work on this host (runc; cgroupfs, as crun fails on hybrid
 /// cgroups; no network), and an image of busybox-static plus the test workload.
 pub mod podman {
@@ -762,37 +795,12 @@ pub mod podman {
         c
     }
 
-    /// Imports the test image once per test binary: busybox-static, `/cgwatch-workload` and the
-    /// shared libraries it links (as `ldd` lists them).
+    /// Imports the test image once per test binary ([`image_tar`](super::image_tar)).
     pub fn image() -> &'static str {
         static BUILT: OnceLock<()> = OnceLock::new();
         BUILT.get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
-            let root = dir.path().join("root");
-            let put = |src: &Path, dest: &str| {
-                let d = root.join(dest.trim_start_matches('/'));
-                fs::create_dir_all(d.parent().unwrap()).unwrap();
-                fs::copy(src, &d).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
-            };
-            let busybox = which("busybox").expect("busybox-static is not installed");
-            put(&busybox, "/bin/busybox");
-            for applet in ["sh", "sleep", "cat", "true"] {
-                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-            }
-            let workload = workload_bin();
-            put(&workload, "/cgwatch-workload");
-            let ldd = Command::new("ldd").arg(&workload).output().expect("ldd");
-            for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-                // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-                let path = line.split("=>").last().unwrap_or_default().split_whitespace().next().unwrap_or_default();
-                if path.starts_with('/') {
-                    put(Path::new(path), path);
-                }
-            }
-            fs::create_dir_all(root.join("tmp")).unwrap();
-            let tar = dir.path().join("image.tar");
-            let ok = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
-            assert!(ok.success(), "tar failed");
+            let tar = super::image_tar(dir.path());
             let out = command().arg("import").arg(&tar).arg(IMAGE).output().expect("podman import");
             assert!(out.status.success(), "podman import: {}", String::from_utf8_lossy(&out.stderr));
         });

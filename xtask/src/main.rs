@@ -250,8 +250,9 @@ fn main() -> Result<()> {
         Task::Test { no_vm, no_fuzz, fuzz_seconds, args } => {
             build(&root)?;
             // unshare/setpriv run workloads; promtool checks the exposition and prometheus
-            // scrapes the agent; podman + runc run the real-container tests from an image of
-            // busybox-static and the test workload.
+            // scrapes the agent; podman + runc, and dockerd (the docker tests start their own),
+            // run the real-container tests from an image of busybox-static and the test
+            // workload.
             ensure_apt_tools(&[
                 ("unshare", "util-linux"),
                 ("setpriv", "util-linux"),
@@ -259,6 +260,8 @@ fn main() -> Result<()> {
                 ("prometheus-alertmanager", "prometheus-alertmanager"),
                 ("podman", "podman"),
                 ("runc", "runc"),
+                // dockerd, its containerd and the docker CLI.
+                ("dockerd", "docker.io"),
                 // podman kube play builds its pod's pause image from catatonit.
                 ("catatonit", "catatonit"),
                 ("busybox", "busybox-static"),
