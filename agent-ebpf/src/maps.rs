@@ -75,9 +75,9 @@ pub static SECCOMP_COUNTS: PerCpuHashMap<SeccompKey, u64> =
     PerCpuHashMap::with_max_entries(8192, 0);
 
 /// Thread groups killed by a seccomp KILL action, or by the SIGSYS of a TRAP they do not handle,
-/// by tgid, until their exit is counted.
+/// by thread group (`ExitDedupKey`: a reused pid is another key), until their exit is counted.
 #[map]
-pub static SECCOMP_KILLED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+pub static SECCOMP_KILLED: LruHashMap<ExitDedupKey, u32> = LruHashMap::with_max_entries(4096, 0);
 
 /// Process and container exits.
 #[map]

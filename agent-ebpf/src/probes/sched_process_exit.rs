@@ -4,7 +4,7 @@
 //! PID-namespace init), the container exit, classified by reason.
 
 use agent_common::{
-    ExitKey, LifecycleRecord, OomKey, SeccompKey, TaskState, action, config_flags, kabi, lifecycle_record, reason,
+    ExitDedupKey, ExitKey, LifecycleRecord, OomKey, SeccompKey, TaskState, action, config_flags, kabi, lifecycle_record, reason,
 };
 use aya_ebpf::{
     helpers::{
@@ -58,7 +58,8 @@ pub fn sched_process_exit_raw(ctx: RawTracePointContext) -> i32 {
 fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let tgid = (pid_tgid >> 32) as u32;
+    // The thread group (its tgid and leader's start time: a reused pid is another group).
+    let group = kernel::group_key(task)?;
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let flags = kconfig!(flags);
     let mode = kernel::seccomp_mode(task)?;
@@ -75,7 +76,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         let _ = maps::SECCOMP_SYSCALL.remove(tid);
     }
     let group_dead_arg = group_dead;
-    let group_dead = is_group_exit(task, group_dead)?;
+    let group_dead = is_group_exit(task, &group, group_dead)?;
     // The exit status of the thread group, as wait() reports it. Without `group_dead` the thread
     // that counts the group exit is the first to reach here once `signal->live` is 0, not
     // necessarily the last to exit: a thread killed by KILL_THREAD that the main thread already
@@ -92,7 +93,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     if mode == kabi::SECCOMP_MODE_DEAD
         && sig == kabi::SIGSYS
         && !kill_counted
-        && maps::SECCOMP_KILLED.get_ptr(tgid).is_none()
+        && maps::SECCOMP_KILLED.get_ptr(&group).is_none()
     {
         let signal = kernel::read::<u64>(task, kconfig!(task_signal))?;
         let group_code = kernel::read::<i32>(signal, kconfig!(signal_group_exit_code))? as u32;
@@ -103,11 +104,9 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
             // SIGSYS: publish the kill first, then move a count already made. The thread counting
             // the exit does the same in the other order (see `seccomp_later` below), and
             // `reclassify_exit`'s delete lets only one of the two move it.
-            let _ = maps::SECCOMP_KILLED.insert(tgid, 1u32, 0);
-            if group_dead_arg.is_none()
-                && kernel::group_key(task).is_ok_and(|k| maps::reclassify_exit(&k, kabi::SIGSYS, reason::SECCOMP_KILL, PROBE))
-            {
-                let _ = maps::SECCOMP_KILLED.remove(tgid);
+            let _ = maps::SECCOMP_KILLED.insert(&group, 1u32, 0);
+            if group_dead_arg.is_none() && maps::reclassify_exit(&group, kabi::SIGSYS, reason::SECCOMP_KILL, PROBE) {
+                let _ = maps::SECCOMP_KILLED.remove(&group);
             }
         }
         let nr = if regs != 0 {
@@ -127,7 +126,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     // Taken whatever the exit: a mark of a process that died of something else first (another
     // thread's exit_group, or a SIGKILL, before its TRAP's SIGSYS was delivered) must not label
     // the next process with its pid.
-    let seccomp_killed = maps::SECCOMP_KILLED.remove(tgid).is_ok();
+    let seccomp_killed = maps::SECCOMP_KILLED.remove(&group).is_ok();
     let (why, signal) = if sig == 0 {
         let code = (status >> 8) & 0xff;
         (if code == 0 { reason::SUCCESS } else { reason::ERROR }, 0)
@@ -149,7 +148,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     };
     let key = ExitKey { cgroup_id, reason: why, signal, container: 0, _pad: 0 };
     maps::count_exit(&key, PROBE);
-    let container_cgroup = container_exit(task, cgroup_id, why)?;
+    let container_cgroup = container_exit(task, &group, cgroup_id, why)?;
     let container = container_cgroup != 0;
     if container {
         maps::count_exit(&ExitKey { cgroup_id: container_cgroup, container: 1, ..key }, PROBE);
@@ -164,15 +163,13 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     // probe that learns it later looks here (see maps::RECENT_KILLS).
     let oom_later = sig == kabi::SIGKILL && flags & config_flags::MARK_VICTIM_HAS_TASK != 0;
     let seccomp_later = sig == kabi::SIGSYS && group_dead_arg.is_none();
-    if why == reason::SIGNAL && (oom_later || seccomp_later)
-        && let Ok(k) = kernel::group_key(task)
-    {
+    if why == reason::SIGNAL && (oom_later || seccomp_later) {
         let rec = maps::RecentKill { key, container_cgroup };
-        let _ = maps::RECENT_KILLS.insert(k, rec, 0);
+        let _ = maps::RECENT_KILLS.insert(&group, rec, 0);
         // The killed thread may have published its kill after the check above and looked for
         // this record before it was written: then the move is this thread's to make.
-        if seccomp_later && maps::SECCOMP_KILLED.remove(tgid).is_ok() {
-            maps::reclassify_exit(&k, kabi::SIGSYS, reason::SECCOMP_KILL, PROBE);
+        if seccomp_later && maps::SECCOMP_KILLED.remove(&group).is_ok() {
+            maps::reclassify_exit(&group, kabi::SIGSYS, reason::SECCOMP_KILL, PROBE);
         }
     }
     Ok(())
@@ -186,11 +183,10 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
 /// probes ran with another task (a pod's shared PID namespace): that one's exit is the starter's.
 /// Also sends the container's lifetime to the agent.
 #[inline(always)]
-fn container_exit(task: u64, cgroup_id: u64, reason: u32) -> Result<u64, i64> {
-    let group = kernel::group_key(task)?;
-    let _ = maps::EXEC_SEEN.remove(&group);
-    if let Some(starter) = unsafe { maps::STARTERS.get(&group) }.copied() {
-        let _ = maps::STARTERS.remove(&group);
+fn container_exit(task: u64, group: &ExitDedupKey, cgroup_id: u64, reason: u32) -> Result<u64, i64> {
+    let _ = maps::EXEC_SEEN.remove(group);
+    if let Some(starter) = unsafe { maps::STARTERS.get(group) }.copied() {
+        let _ = maps::STARTERS.remove(group);
         let now = unsafe { bpf_ktime_get_ns() };
         maps::lifecycle_record(
             &LifecycleRecord {
@@ -225,7 +221,7 @@ fn group_status(task: u64) -> Result<u32, i64> {
 
 /// True for the last thread of the thread group.
 #[inline(always)]
-fn is_group_exit(task: u64, group_dead: Option<u64>) -> Result<bool, i64> {
+fn is_group_exit(task: u64, group: &ExitDedupKey, group_dead: Option<u64>) -> Result<bool, i64> {
     if let Some(group_dead) = group_dead {
         return Ok(group_dead & 0xff != 0);
     }
@@ -235,9 +231,7 @@ fn is_group_exit(task: u64, group_dead: Option<u64>) -> Result<bool, i64> {
     if kernel::read::<i32>(signal, kconfig!(signal_live))? != 0 {
         return Ok(false);
     }
-    Ok(maps::EXIT_DEDUP
-        .insert(kernel::group_key(task)?, 1u32, aya_ebpf::bindings::BPF_NOEXIST as u64)
-        .is_ok())
+    Ok(maps::EXIT_DEDUP.insert(group, 1u32, aya_ebpf::bindings::BPF_NOEXIST as u64).is_ok())
 }
 
 /// The OOM counter key of an exiting OOM victim, on kernels whose `mark_victim` carries only a

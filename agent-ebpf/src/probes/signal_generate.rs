@@ -5,7 +5,7 @@
 
 use agent_common::{SeccompKey, TaskState, action, kabi};
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
+    helpers::bpf_get_current_cgroup_id,
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
@@ -45,11 +45,11 @@ fn try_signal_generate(sig: i32, info: u64, target: u64) -> Result<(), i64> {
         return Ok(());
     }
     let mode = kernel::seccomp_mode(task)?;
-    let pid_tgid = bpf_get_current_pid_tgid();
     let act = if mode == kabi::SECCOMP_MODE_DEAD {
-        let tgid = (pid_tgid >> 32) as u32;
         // Remembered so that the exit is reported as `seccomp_kill` and not as a KILL_THREAD.
-        let _ = maps::SECCOMP_KILLED.insert(tgid, 1u32, 0);
+        // By thread group, not pid: an entry left behind (a second killed thread marking after
+        // the group exit was counted) can then never label a later process that got the pid.
+        let _ = maps::SECCOMP_KILLED.insert(kernel::group_key(task)?, 1u32, 0);
         // And in the thread itself: the group exit takes the SECCOMP_KILLED entry, and another
         // thread may count it before this one reaches the exit tracepoint, whose test for a kill
         // that raised no signal must still see that this one did.
@@ -85,7 +85,7 @@ fn try_signal_generate(sig: i32, info: u64, target: u64) -> Result<(), i64> {
     // A TRAP whose SIGSYS the process does not handle kills it: seccomp killed it, and its exit
     // is a `seccomp_kill` (the verdict stays counted as a TRAP).
     if act == action::TRAP && kernel::sigsys_is_fatal(task)? {
-        let _ = maps::SECCOMP_KILLED.insert((pid_tgid >> 32) as u32, 1u32, 0);
+        let _ = maps::SECCOMP_KILLED.insert(kernel::group_key(task)?, 1u32, 0);
     }
     Ok(())
 }
