@@ -1,9 +1,13 @@
 //! The shipped rules and dashboard against a real Prometheus and Alertmanager (Debian's
 //! packages): real containers (podman + runc, the default seccomp profile) are denied a syscall,
-//! OOM-killed and crash-loop; Prometheus's `increase()` of each counter is exact, the alerts fire
-//! with the container's labels and reach Alertmanager, and every dashboard query evaluates.
+//! OOM-killed, crash-loop and fail to start; Prometheus's `increase()` of each counter is exact,
+//! the alerts fire with the container's labels and reach Alertmanager, and every dashboard query
+//! evaluates.
 
-use std::time::{Duration, Instant};
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use cgwatch_tests::{
     Agent, deploy,
@@ -42,6 +46,29 @@ fn check_increase(prom: &Prometheus, selector: &str, first: f64, more: f64, caus
     assert_eq!(prom.increase_between(selector, first, total), more, "increase({selector})");
 }
 
+/// A container whose entrypoint does not exist: `podman run` fails after runc made its cgroup
+/// (one start failure); `start` tries it again (one more).
+fn container_that_fails_to_start(name_prefix: &str) -> Container {
+    let name = format!("{name_prefix}-{}", std::process::id());
+    let out = podman::command()
+        .args(["run", "-d", "--network", "none"])
+        .args(podman::ULIMITS)
+        .args(["--name", &name])
+        .arg(podman::image())
+        .arg("/no-such-entrypoint")
+        .stdin(Stdio::null())
+        .output()
+        .expect("podman run");
+    assert!(!out.status.success(), "the container started: {}", String::from_utf8_lossy(&out.stdout));
+    let out = podman::command().args(["inspect", "--format", "{{.Id}}", &name]).output().expect("podman inspect");
+    assert!(out.status.success(), "podman inspect: {}", String::from_utf8_lossy(&out.stderr));
+    Container { name, id: String::from_utf8_lossy(&out.stdout).trim().to_string() }
+}
+
+fn start(c: &Container) -> bool {
+    podman::command().args(["start", &c.name]).stdin(Stdio::null()).output().expect("podman start").status.success()
+}
+
 fn alert_state(alerts: &[Value], want: &[(&str, &str)]) -> Option<String> {
     alerts.iter().find(|a| has_labels(a, want)).map(|a| a["state"].as_str().unwrap_or_default().to_string())
 }
@@ -72,15 +99,25 @@ fn containers_denied_oom_killed_and_crash_looping_fire_alerts_that_reach_alertma
     let looping = Container::start("cgwatch-alert-loop", &["--restart", "on-failure:3"], &["sh", "-c", "sleep 0.5; exit 1"]);
     let exits = format!("cgwatch_container_exits_total{{container=\"{}\",reason=\"error\"}}", looping.name);
     wait_for(90, "4 container exits", || (prom.value(&exits) == Some(4.0)).then_some(()));
+    // As many starts, in one series (podman restarts it in place: same cgroup path).
+    let starts = format!("cgwatch_container_starts_total{{container=\"{}\"}}", looping.name);
+    wait_for(30, "4 container starts", || (prom.value(&starts) == Some(4.0)).then_some(()));
+
+    // 4. A container whose entrypoint does not exist, tried twice: two start failures, no start.
+    let failing = container_that_fails_to_start("cgwatch-alert-nostart");
+    let failures = format!("cgwatch_container_start_failures_total{{container=\"{}\"}}", failing.name);
+    check_increase(&prom, &failures, 1.0, 1.0, || assert!(!start(&failing), "the container started"));
+    assert_eq!(prom.value(&format!("cgwatch_container_starts_total{{container=\"{}\"}}", failing.name)), None);
 
     // The alerts fire in Prometheus with the container's labels...
-    let want: [(&str, Vec<(&str, &str)>); 3] = [
+    let want: [(&str, Vec<(&str, &str)>); 4] = [
         (
             "seccomp",
             vec![("alertname", "CgwatchSeccompDenied"), ("container", &denied.name), ("syscall", "acct"), ("action", "errno")],
         ),
         ("oom", vec![("alertname", "CgwatchOOMKilled"), ("container", &oom.name), ("limit", "own")]),
         ("crash loop", vec![("alertname", "CgwatchContainerCrashLooping"), ("container", &looping.name)]),
+        ("start failure", vec![("alertname", "CgwatchContainerStartFailed"), ("container", &failing.name)]),
     ];
     for (what, labels) in &want {
         wait_for(60, &format!("{what} alert firing in Prometheus"), || {
@@ -92,11 +129,14 @@ fn containers_denied_oom_killed_and_crash_looping_fire_alerts_that_reach_alertma
     let seccomp_alert = alerts.iter().find(|a| has_labels(a, &want[0].1)).unwrap();
     let description = seccomp_alert["annotations"]["description"].as_str().unwrap();
     assert!(description.contains(&denied.name) && description.contains("acct"), "{description}");
-    // The crash ratio (4 crashes of 4 exits) is above 5 %: pending for its 5 minutes.
+    // The crash ratio (4 crashes of the 6 starts of these containers, and whatever else runs on
+    // this host) is above 5 %: pending for its 5 minutes. A share of the starts, never above 1.
     wait_for(30, "crash ratio alert pending", || {
         let ratio = alert_state(&prom.alerts(), &[("alertname", "CgwatchContainerCrashRatioHigh")]);
         matches!(ratio.as_deref(), Some("pending" | "firing")).then_some(())
     });
+    let ratio = prom.value("cgwatch:container_crash_ratio:rate5m").expect("the crash ratio recorded");
+    assert!(ratio > 0.0 && ratio <= 1.0, "crash ratio {ratio}");
     // Nothing in the agent's health is wrong.
     for quiet in ["CgwatchProbeNotAttached", "CgwatchEventsLost", "CgwatchAgentDown"] {
         assert_eq!(alert_state(&alerts, &[("alertname", quiet)]), None, "{quiet}");
@@ -124,6 +164,13 @@ fn containers_denied_oom_killed_and_crash_looping_fire_alerts_that_reach_alertma
     assert!(panel_value("Seccomp violations (range)") >= 42.0);
     assert!(panel_value("OOM kills (range)") >= 2.0);
     assert!(panel_value("Container crashes (range)") >= 4.0);
+    let rate = panel_value("Container crash rate (range)");
+    assert!(rate > 0.0 && rate <= 1.0, "crash rate {rate}");
+    // The lifecycle row: the looping container's 4 starts, the 4 podman exec sessions above, the
+    // start latency of these starts.
+    assert!(panel_value("Container starts by container (range)") >= 4.0);
+    assert!(panel_value("Exec sessions by container (range)") >= 4.0);
+    assert!(panel_value("Container start latency P50 / P95") > 0.0);
 
     // README's one-query answers evaluate, and the seccomp and OOM ones name these containers.
     let readme = std::fs::read_to_string(deploy::repo("README.md")).unwrap();

@@ -184,7 +184,10 @@ fn the_dashboard_has_its_variables_and_a_datasource_on_every_panel() {
         }
     }
     let rows: Vec<&str> = panels.iter().filter(|p| p["type"] == "row").map(|p| p["title"].as_str().unwrap()).collect();
-    assert_eq!(rows, ["Security", "Seccomp", "OOM kills", "Exits and crashes", "Container resources", "Host", "Agent health"]);
+    assert_eq!(
+        rows,
+        ["Security", "Seccomp", "OOM kills", "Container lifecycle", "Exits and crashes", "Container resources", "Host", "Agent health"]
+    );
     assert!(deploy::dashboard_queries(&d).len() >= 30);
 }
 
