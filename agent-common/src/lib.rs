@@ -216,10 +216,12 @@ pub struct KernelConfig {
     pub k_sigaction_size: u32,
     /// `k_sigaction.sa.sa_handler`.
     pub k_sigaction_handler: u32,
+    /// `linux_binprm.filename`, the exec'd path (`sched_process_exec`'s third argument).
+    pub binprm_filename: u32,
     /// `config_flags::*`.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 196);
+const _: () = assert!(size_of::<KernelConfig>() == 200);
 
 /// Key of the per-CPU OOM kill counters.
 #[repr(C)]
