@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 /// The values of the `type` field.
-pub const TYPES: [&str; 3] = ["seccomp", "oom_kill", "exit"];
+pub const TYPES: [&str; 5] = ["seccomp", "oom_kill", "exit", "container_start", "exec_session"];
 
 /// A field's JSON type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,8 @@ pub enum Json {
     Integer,
     /// A number, possibly fractional.
     Number,
+    /// true or false.
+    Boolean,
 }
 
 impl Json {
@@ -23,6 +25,7 @@ impl Json {
             Json::String => "string",
             Json::Integer => "integer",
             Json::Number => "number",
+            Json::Boolean => "boolean",
         }
     }
 }
@@ -43,6 +46,8 @@ const ALL: &[&str] = &TYPES;
 const SECCOMP: &[&str] = &["seccomp"];
 const OOM: &[&str] = &["oom_kill"];
 const EXIT: &[&str] = &["exit"];
+const START: &[&str] = &["container_start"];
+const EXEC: &[&str] = &["exec_session"];
 
 const fn field(name: &'static str, json: Json, types: &'static [&'static str], nullable: bool, meaning: &'static str) -> Field {
     Field { name, json, types, nullable, meaning }
@@ -51,7 +56,7 @@ const fn field(name: &'static str, json: Json, types: &'static [&'static str], n
 /// Every field, in the order records carry them.
 pub const FIELDS: &[Field] = &[
     field("time", Json::String, ALL, false, "When the kernel saw it: RFC 3339, UTC, nanoseconds."),
-    field("type", Json::String, ALL, false, "seccomp, oom_kill or exit."),
+    field("type", Json::String, ALL, false, "seccomp, oom_kill, exit, container_start or exec_session."),
     field("cgroup", Json::String, ALL, false, "The cgroup v2 path, as the `cgroup` label of the metrics says it."),
     field("container_id", Json::String, ALL, true, "Container identity, as the metrics' labels say it; null where the cgroup is not a container's or the name is not known."),
     field("container", Json::String, ALL, true, "Container name (for a systemd service: the unit)."),
@@ -76,8 +81,11 @@ pub const FIELDS: &[Field] = &[
     field("reason", Json::String, EXIT, false, "success, error (non-zero exit code), signal, oom_kill or seccomp_kill."),
     field("exit_code", Json::Integer, EXIT, true, "The exit code; null when a signal ended it."),
     field("signal", Json::String, EXIT, true, "The signal that ended it (SIGSEGV, SIGKILL...); null when it exited by itself."),
-    field("scope", Json::String, EXIT, false, "container for the exit of a container's first process (the init of a PID namespace), else process. Every container exit is written; a process exit only when its reason is not success."),
+    field("scope", Json::String, EXIT, false, "container for a container's exit (of the task that started it, or of its PID namespace's init when the start was not seen: docs/lifecycle.md), else process. Every container exit is written; a process exit only when its reason is not success."),
     field("lifetime_seconds", Json::Number, EXIT, true, "How long the process (its thread group leader) ran."),
+    field("start_latency_seconds", Json::Number, START, false, "From the container cgroup's creation to the entrypoint's exec, as cgwatch_container_start_duration_seconds observes it (docs/lifecycle.md)."),
+    field("path", Json::String, EXEC, true, "The file exec'd, as the exec asked for it (the kernel's linux_binprm.filename: not resolved, a script's own path, /dev/fd/N for fexecve), at most 255 bytes (invalid UTF-8 replaced); null when the probe could not read it."),
+    field("path_truncated", Json::Boolean, EXEC, false, "true when path is cut at 255 bytes, the exec'd path being longer."),
 ];
 
 /// The field named `name`.
@@ -114,6 +122,7 @@ pub fn check(record: &serde_json::Value) -> Result<(), String> {
             (serde_json::Value::String(_), Json::String) => true,
             (serde_json::Value::Number(n), Json::Integer) => n.is_u64() || n.is_i64(),
             (serde_json::Value::Number(_), Json::Number) => true,
+            (serde_json::Value::Bool(_), Json::Boolean) => true,
             _ => false,
         };
         if !ok {
