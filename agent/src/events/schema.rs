@@ -170,9 +170,37 @@ mod tests {
         let mut null = ok.clone();
         null["pid"] = serde_json::Value::Null;
         assert!(check(&null).is_err(), "pid is never null");
-        let mut wrong = ok;
+        let mut wrong = ok.clone();
         wrong["exit_code"] = "1".into();
         assert!(check(&wrong).is_err());
+        // An exec session: its path and a boolean, never null, saying whether it is cut.
+        let mut exec = ok;
+        for f in ["reason", "exit_code", "signal", "scope", "lifetime_seconds"] {
+            exec.as_object_mut().unwrap().remove(f);
+        }
+        exec["type"] = "exec_session".into();
+        exec["path"] = "/bin/sh".into();
+        exec["path_truncated"] = false.into();
+        assert_eq!(check(&exec), Ok(()));
+        for bad in [serde_json::Value::Null, "false".into(), 0.into()] {
+            let mut wrong = exec.clone();
+            wrong["path_truncated"] = bad;
+            assert!(check(&wrong).is_err(), "{wrong}");
+        }
+    }
+
+    /// The example lines of docs/events.md are lines the schema allows, one of each type at least.
+    #[test]
+    fn the_examples_in_docs_events_md_follow_the_schema() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut types = std::collections::BTreeSet::new();
+        for line in text.lines().filter(|l| l.starts_with("{\"time\"")) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(check(&v), Ok(()), "{line}");
+            types.insert(v["type"].as_str().unwrap().to_string());
+        }
+        assert!(types.len() >= 3 && types.contains("container_start") && types.contains("exec_session"), "{types:?}");
     }
 
     /// `CGWATCH_BLESS=1 cargo test -p cgwatch --lib events` rewrites docs/events.md's table.
