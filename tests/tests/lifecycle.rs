@@ -163,7 +163,8 @@ fn host_pid(cgroup: &str, ns_pid: u32) -> Option<u32> {
 
 /// With `--events`, a container's start is one `container_start` line (its entrypoint's process,
 /// the start latency) and each `podman exec` one `exec_session` line (the process that entered,
-/// the file it exec'd); every line of the stream follows the schema (`EventLog` checks each).
+/// the file it exec'd, cut at 255 bytes and marked); every line of the stream follows the schema
+/// (`EventLog` checks each).
 #[test]
 fn a_start_and_each_exec_session_are_one_event_each() {
     let log = EventLog::default();
@@ -212,9 +213,21 @@ fn a_start_and_each_exec_session_are_one_event_each() {
     let e = sessions[1];
     assert_eq!((&e["pid"], &e["tid"], &e["path"], &e["container_id"]), (&json!(pid), &json!(pid), &json!("/bin/sh"), &json!(c.id)), "{e}");
     assert_eq!(e["suppressed"], 0, "{e}");
+
+    // A path longer than an event holds: its first 255 bytes, marked as cut (a third session
+    // makes it: a shell under a long directory).
+    let dir = format!("/tmp/{}/{}/{}", "a".repeat(100), "b".repeat(100), "c".repeat(100));
+    let long = format!("{dir}/sh");
+    podman_ok(&["exec", &c.name, "sh", "-c", &format!("mkdir -p {dir} && ln -s /bin/busybox {long}")]);
+    podman_ok(&["exec", &c.name, &long, "-c", "exec true"]);
+    let events = log.wait_for(&cgroup, WAIT, |e| of_type(e, "exec_session").len() >= 4);
+    let sessions = of_type(&events, "exec_session");
+    assert_eq!(sessions.len(), 4, "{events:?}");
+    assert_eq!((&sessions[3]["path"], &sessions[3]["path_truncated"]), (&json!(long[..255]), &json!(true)), "{}", sessions[3]);
+
     assert_eq!(of_type(&events, "container_start").len(), 1, "an exec session is no start: {events:?}");
     let m = agent.scrape();
     let l = ctr_labels(&c);
-    assert_eq!((m.get(STARTS, &l), m.get(EXECS, &l)), (Some(1.0), Some(2.0)), "the counters say the same");
+    assert_eq!((m.get(STARTS, &l), m.get(EXECS, &l)), (Some(1.0), Some(4.0)), "the counters say the same");
     assert_eq!(m.get("cgwatch_events_lost_total", &[("reason", "event_ring")]), Some(0.0));
 }
