@@ -1,12 +1,12 @@
-//! The event stream (`--events`): one record per seccomp verdict, OOM kill and noteworthy exit,
-//! rate-limited in the kernel per cgroup and kind by a token bucket, so that a storm costs no
+//! The event stream (`--events`): one record per seccomp verdict, OOM kill, noteworthy exit,
+//! container start and exec session, rate-limited in the kernel per cgroup and kind by a token bucket, so that a storm costs no
 //! more than the counters do and cannot flood the log. Off unless the agent sets
 //! `EVENTS_CONFIG.rate` at load: the global lives in frozen `.rodata`, so the verifier knows the
 //! value and drops the code behind a 0.
 
-use agent_common::{Event, EventBucket, EventKey, EventsConfig, config_flags, kabi, lost};
+use agent_common::{EXEC_PATH_MAX, Event, EventBucket, EventKey, EventsConfig, ExecEvent, config_flags, event_kind, kabi, lost};
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
     macros::map,
     maps::{LruHashMap, PerCpuHashMap, RingBuf, ring_buf::RingBufEntry},
 };
@@ -85,11 +85,11 @@ fn admit(key: &EventKey, now: u64, suppressed_before: &mut u64) -> bool {
     true
 }
 
-/// A record to fill and submit for an event of `kind` in `cgroup_id`, with its time, suppression
-/// count and every field "unknown"; `None` when the stream is off, the rate limit suppressed it,
-/// or the ring is full (counted).
+/// A ring entry of `T` for an event of `kind` in `cgroup_id`, with the event's time and the
+/// suppression count before it; `None` when the stream is off, the rate limit suppressed it, or
+/// the ring is full (counted).
 #[inline(always)]
-pub fn reserve(kind: u32, cgroup_id: u64, probe: &'static str) -> Option<RingBufEntry<Event>> {
+fn reserve_entry<T: 'static>(kind: u32, cgroup_id: u64, probe: &'static str) -> Option<(RingBufEntry<T>, u64, u64)> {
     if !enabled() {
         return None;
     }
@@ -99,15 +99,21 @@ pub fn reserve(kind: u32, cgroup_id: u64, probe: &'static str) -> Option<RingBuf
     if !admit(&key, now, &mut suppressed) {
         return None;
     }
-    let Some(mut entry) = EVENT_RING.reserve::<Event>(0) else {
+    let Some(entry) = EVENT_RING.reserve::<T>(0) else {
         maps::count_lost(lost::EVENT_RING, cgroup_id, probe);
         return None;
     };
-    entry.write(Event {
-        time_ns: now,
+    Some((entry, now, suppressed))
+}
+
+/// An `Event` of `kind` with every field "unknown" but its time and suppression count.
+#[inline(always)]
+fn header(kind: u32, cgroup_id: u64, time_ns: u64, suppressed: u64) -> Event {
+    Event {
+        time_ns,
         cgroup_id,
         limit_cgroup_id: 0,
-        lifetime_ns: agent_common::EVENT_UNKNOWN,
+        duration_ns: agent_common::EVENT_UNKNOWN,
         rss_anon: agent_common::EVENT_UNKNOWN,
         rss_file: agent_common::EVENT_UNKNOWN,
         rss_shmem: agent_common::EVENT_UNKNOWN,
@@ -126,7 +132,16 @@ pub fn reserve(kind: u32, cgroup_id: u64, probe: &'static str) -> Option<RingBuf
         levels_up: 0,
         comm: [0; 16],
         parent_comm: [0; 16],
-    });
+    }
+}
+
+/// A record to fill and submit for an event of `kind` in `cgroup_id`, with its time, suppression
+/// count and every field "unknown"; `None` when the stream is off, the rate limit suppressed it,
+/// or the ring is full (counted).
+#[inline(always)]
+pub fn reserve(kind: u32, cgroup_id: u64, probe: &'static str) -> Option<RingBufEntry<Event>> {
+    let (mut entry, now, suppressed) = reserve_entry::<Event>(kind, cgroup_id, probe)?;
+    entry.write(header(kind, cgroup_id, now, suppressed));
     Some(entry)
 }
 
@@ -169,7 +184,7 @@ fn read_rss(e: &mut Event, task: u64) {
 /// A seccomp verdict of the current task.
 #[inline(always)]
 pub fn seccomp(cgroup_id: u64, syscall_nr: i32, action: u32, errno: i32, probe: &'static str) {
-    let Some(mut entry) = reserve(agent_common::event_kind::SECCOMP, cgroup_id, probe) else { return };
+    let Some(mut entry) = reserve(event_kind::SECCOMP, cgroup_id, probe) else { return };
     let e = unsafe { entry.assume_init_mut() };
     fill_task(e, kernel::current_task(), true);
     e.syscall_nr = syscall_nr;
@@ -181,7 +196,7 @@ pub fn seccomp(cgroup_id: u64, syscall_nr: i32, action: u32, errno: i32, probe: 
 /// An OOM kill of `victim` (the current task when the kill is seen at its exit).
 #[inline(always)]
 pub fn oom_kill(victim: u64, key: &agent_common::OomKey, current: bool, probe: &'static str) {
-    let Some(mut entry) = reserve(agent_common::event_kind::OOM_KILL, key.cgroup_id, probe) else { return };
+    let Some(mut entry) = reserve(event_kind::OOM_KILL, key.cgroup_id, probe) else { return };
     let e = unsafe { entry.assume_init_mut() };
     fill_task(e, victim, current);
     e.limit = key.limit;
@@ -197,7 +212,7 @@ pub fn oom_kill(victim: u64, key: &agent_common::OomKey, current: bool, probe: &
 /// The exit of the thread group of `task` (the current task), with how long its leader ran.
 #[inline(always)]
 pub fn exit(task: u64, cgroup_id: u64, reason: u32, exit_code: i32, signal: u32, container: bool, probe: &'static str) {
-    let Some(mut entry) = reserve(agent_common::event_kind::EXIT, cgroup_id, probe) else { return };
+    let Some(mut entry) = reserve(event_kind::EXIT, cgroup_id, probe) else { return };
     let e = unsafe { entry.assume_init_mut() };
     fill_task(e, task, true);
     e.reason = reason;
@@ -206,7 +221,55 @@ pub fn exit(task: u64, cgroup_id: u64, reason: u32, exit_code: i32, signal: u32,
     e.container = u32::from(container);
     let leader = kernel::read::<u64>(task, kconfig!(task_group_leader)).unwrap_or(0);
     if let Ok(start) = kernel::read::<u64>(leader, kconfig!(task_start_time)) {
-        e.lifetime_ns = e.time_ns.saturating_sub(start);
+        e.duration_ns = e.time_ns.saturating_sub(start);
     }
     entry.submit(0);
+}
+
+/// A container start by the current task (`task`): the entrypoint's exec, `latency_ns` after its
+/// cgroup's mkdir.
+#[inline(always)]
+pub fn container_start(task: u64, cgroup_id: u64, latency_ns: u64, probe: &'static str) {
+    let Some(mut entry) = reserve(event_kind::CONTAINER_START, cgroup_id, probe) else { return };
+    let e = unsafe { entry.assume_init_mut() };
+    fill_task(e, task, true);
+    e.duration_ns = latency_ns;
+    entry.submit(0);
+}
+
+/// An exec session: the current task (`task`) exec'd the file of `bprm` (a `linux_binprm *`).
+#[inline(always)]
+pub fn exec_session(task: u64, cgroup_id: u64, bprm: u64, probe: &'static str) {
+    let Some((mut entry, now, suppressed)) = reserve_entry::<ExecEvent>(event_kind::EXEC_SESSION, cgroup_id, probe) else {
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` points to the reserved record, written field by field (the path is not zeroed:
+    // `path_len` says how much of it is the path).
+    unsafe {
+        let e = &raw mut (*r).event;
+        e.write(header(event_kind::EXEC_SESSION, cgroup_id, now, suppressed));
+        fill_task(&mut *e, task, true);
+        let (len, truncated) = read_path(bprm, &mut (*r).path);
+        (*r).path_len = len;
+        (*r).path_truncated = truncated;
+    }
+    entry.submit(0);
+}
+
+/// `bprm->filename` into `buf`: its length without the NUL (0 when it cannot be read), and 1
+/// when the path did not fit (`buf` full, and the kernel's string goes on after it).
+#[inline(always)]
+fn read_path(bprm: u64, buf: &mut [u8; EXEC_PATH_MAX]) -> (u32, u32) {
+    let Ok(filename) = kernel::read::<u64>(bprm, kconfig!(binprm_filename)) else { return (0, 0) };
+    if filename == 0 {
+        return (0, 0);
+    }
+    // SAFETY: a kernel string, read with the fault-tolerant helper (cut to fit, NUL-terminated).
+    let Ok(len) = (unsafe { bpf_probe_read_kernel_str_bytes(filename as *const u8, buf) }).map(|b| b.len() as u32) else {
+        return (0, 0);
+    };
+    let last = EXEC_PATH_MAX as u32 - 1;
+    let truncated = len == last && kernel::read::<u8>(filename, last).is_ok_and(|next| next != 0);
+    (len, u32::from(truncated))
 }

@@ -57,6 +57,7 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     sighand_action: 0,
     k_sigaction_size: 0,
     k_sigaction_handler: 0,
+    binprm_filename: 0,
     flags: 0,
 };
 

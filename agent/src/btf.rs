@@ -311,6 +311,7 @@ impl KernelBtf {
             sighand_action: self.offset("sighand_struct", &["action"])?,
             k_sigaction_size: self.size_of("k_sigaction")?,
             k_sigaction_handler: self.offset("k_sigaction", &["sa", "sa_handler"])?,
+            binprm_filename: self.offset("linux_binprm", &["filename"])?,
             flags,
         })
     }
@@ -339,6 +340,8 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         assert_eq!((cfg.k_sigaction_handler, cfg.k_sigaction_size), (0, 32));
         assert!(cfg.task_sighand > 0 && cfg.task_blocked > 0 && cfg.sighand_action > 0);
+        // struct linux_binprm { ... struct file *file; ... const char *filename; ... }: never first.
+        assert!(cfg.binprm_filename > 0);
         assert!(cfg.task_seccomp_mode > 0 && cfg.task_exit_code > 0);
         assert!(cfg.flags & config_flags::HAS_MEMCG != 0, "memory cgroup offsets");
         // __seccomp_filter(int this_syscall, const struct seccomp_data *sd[, const bool

@@ -237,13 +237,13 @@ pub const EVENTS_SUPPRESSED: Metric = counter(
     "cgwatch_events_suppressed",
     true,
     &["type"],
-    "Events of the JSON stream (--events) that the per-cgroup rate limit held back, by cgroup and type (seccomp, oom_kill, exit); the counters above count them all.",
+    "Events of the JSON stream (--events) that the per-cgroup rate limit held back, by cgroup and type (seccomp, oom_kill, exit, container_start, exec_session); the counters above count them all.",
 );
 pub const EVENTS_WRITTEN: Metric = counter(
     "cgwatch_events_written",
     false,
     &["type"],
-    "Lines of the JSON event stream (--events) written, by type (seccomp, oom_kill, exit).",
+    "Lines of the JSON event stream (--events) written, by type (seccomp, oom_kill, exit, container_start, exec_session).",
 );
 pub const EVENTS_DROPPED: Metric = counter(
     "cgwatch_events_dropped",

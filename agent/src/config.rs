@@ -130,7 +130,8 @@ pub struct Config {
     pub web_max_connections: u32,
 
     /// The JSON event stream: off, stdout, or a file (appended to, reopened on SIGHUP). One
-    /// line per seccomp verdict, OOM kill, failed process and container exit (docs/events.md).
+    /// line per seccomp verdict, OOM kill, failed process, container exit, container start and
+    /// exec session (docs/events.md).
     #[arg(long, env = "CGWATCH_EVENTS", default_value = "off", value_parser = Destination::parse)]
     pub events: Destination,
 

@@ -118,7 +118,7 @@ fn each_verdict_kill_and_failure_is_one_event_with_its_process() {
     // Lines are counted once written: the count lies between the lines read before the scrape
     // and those read after it.
     let lines = |t: &str| of_type(&log.read(), t).len() as f64;
-    for t in ["seccomp", "oom_kill", "exit"] {
+    for t in cgwatch::events::schema::TYPES {
         let before = lines(t);
         let m = agent.scrape();
         let after = lines(t);

@@ -1,10 +1,12 @@
 //! Container starts, exits, exec sessions, start failures and the start latency and lifetime
-//! histograms, with real podman containers (runc, cgroupfs): docs/lifecycle.md.
+//! histograms, with real podman containers (runc, cgroupfs): docs/lifecycle.md; and their lines in
+//! the event stream (docs/events.md).
 //!
 //! The tests run one at a time (`serial`): the histograms are by runtime only, so a container of
 //! another test would land in them.
 
 use std::{
+    io::{BufRead, BufReader, Write},
     process::Stdio,
     sync::{Mutex, MutexGuard},
     time::Duration,
@@ -12,8 +14,10 @@ use std::{
 
 use cgwatch_tests::{
     Agent, Metrics, PinDir,
+    events::{EventLog, of_type},
     podman::{self, Container},
 };
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 const STARTS: &str = "cgwatch_container_starts_total";
@@ -297,4 +301,92 @@ fn a_container_living_three_seconds_has_a_lifetime_of_three_seconds() {
     let le = |b: &str| m.get(&format!("{LIFETIME}_bucket"), &[("runtime", "podman"), ("reason", "success"), ("le", b)]);
     assert_eq!(le("2.5"), Some(0.0));
     assert_eq!(le("5.0"), Some(1.0));
+}
+
+/// The host pid of the process of `cgroup` that is `ns_pid` in its own PID namespace (the last
+/// field of `NSpid`).
+fn host_pid(cgroup: &str, ns_pid: u32) -> Option<u32> {
+    let v2 = format!("0::{cgroup}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|d| {
+        let pid: u32 = d.file_name().to_str()?.parse().ok()?;
+        // (On a hybrid host the v1 hierarchies are listed too.)
+        if !std::fs::read_to_string(d.path().join("cgroup")).ok()?.lines().any(|l| l == v2) {
+            return None;
+        }
+        let status = std::fs::read_to_string(d.path().join("status")).ok()?;
+        let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+        (nspid.split_whitespace().last()? == ns_pid.to_string()).then_some(pid)
+    })
+}
+
+/// With `--events`, a container's start is one `container_start` line (its entrypoint's process,
+/// the start latency) and each `podman exec` one `exec_session` line (the process that entered,
+/// the file it exec'd, cut at 255 bytes and marked); every line of the stream follows the schema
+/// (`EventLog` checks each).
+#[test]
+fn a_start_and_each_exec_session_are_one_event_each() {
+    let log = EventLog::default();
+    let _serial = serial();
+    let agent = Agent::start(&log.flag());
+    let c = Container::start("cgwatch-evstart", &[], &["sleep", "120"]);
+    let cgroup = c.cgroup();
+    let entrypoint: u32 = podman_ok(&["inspect", "--format", "{{.State.Pid}}", &c.name]).trim().parse().unwrap();
+    let events = log.wait_for(&cgroup, WAIT, |e| !of_type(e, "container_start").is_empty());
+    let starts = of_type(&events, "container_start");
+    assert_eq!(starts.len(), 1, "{events:?}\n{}", agent.log());
+    let s = starts[0];
+    assert_eq!((&s["container_id"], &s["container"], &s["runtime"]), (&json!(c.id), &json!(c.name), &json!("podman")), "{s}");
+    assert_eq!((&s["pid"], &s["tid"], &s["comm"]), (&json!(entrypoint), &json!(entrypoint), &json!("sleep")), "{s}");
+    assert!(s["parent_comm"].is_string(), "{s}");
+    let latency = s["start_latency_seconds"].as_f64().expect("start latency");
+    assert!(latency > 0.0 && latency < 10.0, "{s}");
+    eprintln!("{s}");
+
+    // An exec session whose command execs again: one line, with the path podman's runc exec'd.
+    podman_ok(&["exec", &c.name, "sh", "-c", "exec true"]);
+    let events = log.wait_for(&cgroup, WAIT, |e| !of_type(e, "exec_session").is_empty());
+    let sessions = of_type(&events, "exec_session");
+    assert_eq!(sessions.len(), 1, "{events:?}");
+    let e = sessions[0];
+    assert_eq!((&e["container_id"], &e["container"]), (&json!(c.id), &json!(c.name)), "{e}");
+    assert_eq!((&e["path"], &e["path_truncated"], &e["comm"]), (&json!("/bin/sh"), &json!(false), &json!("sh")), "{e}");
+    assert!(e["parent_comm"].is_string() && e["pid"] != s["pid"], "{e}");
+    eprintln!("{e}");
+
+    // Another one, held until its host pid is known: the line names that process.
+    let mut session = podman::command()
+        .args(["exec", "-i", &c.name, "sh", "-c", "echo $$; read x; exec true"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("podman exec");
+    let mut ns_pid = String::new();
+    BufReader::new(session.stdout.take().unwrap()).read_line(&mut ns_pid).unwrap();
+    let ns_pid: u32 = ns_pid.trim().parse().unwrap_or_else(|_| panic!("the session's pid: {ns_pid:?}"));
+    let pid = host_pid(&cgroup, ns_pid).unwrap_or_else(|| panic!("no process {ns_pid} of {cgroup}"));
+    session.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(session.wait().unwrap().success());
+    let events = log.wait_for(&cgroup, WAIT, |e| of_type(e, "exec_session").len() >= 2);
+    let sessions = of_type(&events, "exec_session");
+    assert_eq!(sessions.len(), 2, "{events:?}");
+    let e = sessions[1];
+    assert_eq!((&e["pid"], &e["tid"], &e["path"], &e["container_id"]), (&json!(pid), &json!(pid), &json!("/bin/sh"), &json!(c.id)), "{e}");
+    assert_eq!(e["suppressed"], 0, "{e}");
+
+    // A path longer than an event holds: its first 255 bytes, marked as cut (a third session
+    // makes it: a shell under a long directory).
+    let dir = format!("/tmp/{}/{}/{}", "a".repeat(100), "b".repeat(100), "c".repeat(100));
+    let long = format!("{dir}/sh");
+    podman_ok(&["exec", &c.name, "sh", "-c", &format!("mkdir -p {dir} && ln -s /bin/busybox {long}")]);
+    podman_ok(&["exec", &c.name, &long, "-c", "exec true"]);
+    let events = log.wait_for(&cgroup, WAIT, |e| of_type(e, "exec_session").len() >= 4);
+    let sessions = of_type(&events, "exec_session");
+    assert_eq!(sessions.len(), 4, "{events:?}");
+    assert_eq!((&sessions[3]["path"], &sessions[3]["path_truncated"]), (&json!(long[..255]), &json!(true)), "{}", sessions[3]);
+
+    assert_eq!(of_type(&events, "container_start").len(), 1, "an exec session is no start: {events:?}");
+    let m = agent.scrape();
+    let l = ctr_labels(&c);
+    assert_eq!((m.get(STARTS, &l), m.get(EXECS, &l)), (Some(1.0), Some(4.0)), "the counters say the same");
+    assert_eq!(m.get("cgwatch_events_lost_total", &[("reason", "event_ring")]), Some(0.0));
 }

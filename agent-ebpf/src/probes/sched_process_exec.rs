@@ -2,7 +2,8 @@
 //! the first exec in a cgroup instance whose creation `cgroup_mkdir` recorded (`CGROUP_STATE`),
 //! by a task whose real parent is in another cgroup and another mount namespace; later first
 //! execs of such tasks are exec sessions. The starting task is remembered (`STARTERS`): its exit
-//! is the container's exit. Every other exec costs one hash lookup.
+//! is the container's exit. Every other exec costs one hash lookup. With `--events`, each start
+//! and exec session is an event too (`container_start`, `exec_session` with the exec'd path).
 //!
 //! The mount namespace leaves out the runtime's own execs once its init is in the cgroup: runc
 //! 1.1's `runc init` re-execs itself from a sealed copy (`/proc/self/exe`, then `/dev/fd/N`)
@@ -24,20 +25,21 @@ use crate::{
 /// The `probe` label of this hook, in diagnostics.
 const PROBE: &str = "process_exec";
 
+// Both get (struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm).
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec_btf(ctx: BtfTracePointContext) -> i32 {
-    crate::diag::report(PROBE, try_sched_process_exec(ctx.arg(0)));
+    crate::diag::report(PROBE, try_sched_process_exec(ctx.arg(0), ctx.arg(2)));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec_raw(ctx: RawTracePointContext) -> i32 {
-    crate::diag::report(PROBE, try_sched_process_exec(ctx.arg(0)));
+    crate::diag::report(PROBE, try_sched_process_exec(ctx.arg(0), ctx.arg(2)));
     0
 }
 
 #[inline(always)]
-fn try_sched_process_exec(task: u64) -> Result<(), i64> {
+fn try_sched_process_exec(task: u64, bprm: u64) -> Result<(), i64> {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // The hash lookup every exec pays; the rest only in a cgroup made while the probes ran.
     if unsafe { maps::CGROUP_STATE.get(&cgroup_id) }.is_none() {
@@ -70,10 +72,11 @@ fn try_sched_process_exec(task: u64) -> Result<(), i64> {
     if kind == lifecycle::START {
         // Its exit is the container's exit (`sched_process_exit`), however deep its PID namespace.
         let _ = maps::STARTERS.insert(&group, &Starter { cgroup_id, start_ns: now }, 0);
-        maps::lifecycle_record(
-            &LifecycleRecord { cgroup_id, duration_ns: now.saturating_sub(mkdir_ns), kind: lifecycle_record::START, reason: 0 },
-            PROBE,
-        );
+        let latency = now.saturating_sub(mkdir_ns);
+        maps::lifecycle_record(&LifecycleRecord { cgroup_id, duration_ns: latency, kind: lifecycle_record::START, reason: 0 }, PROBE);
+        crate::events::container_start(task, cgroup_id, latency, PROBE);
+    } else {
+        crate::events::exec_session(task, cgroup_id, bprm, PROBE);
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The JSON event stream (`--events`): kernel records of seccomp verdicts, OOM kills and
-//! noteworthy exits, named with their cgroup and container, one JSON object a line.
+//! The JSON event stream (`--events`): kernel records of seccomp verdicts, OOM kills, noteworthy
+//! exits, container starts and exec sessions, named with their cgroup and container, one JSON
+//! object a line.
 
 pub mod record;
 pub mod schema;
@@ -12,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::Event;
 use aya::maps::{MapData, RingBuf};
 use log::warn;
 use tokio::{io::unix::AsyncFd, sync::Notify};
 
+pub use record::Record;
 pub use sink::{Destination, Sink, Stats};
 
 use crate::cgroups::Registry;
@@ -50,7 +51,7 @@ impl Reader {
             }
         };
         let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
-        let mut held: VecDeque<(Event, Instant)> = VecDeque::new();
+        let mut held: VecDeque<(Record, Instant)> = VecDeque::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             let mut stopping = false;
@@ -59,7 +60,7 @@ impl Reader {
                     let ring = fd.get_mut();
                     let now = Instant::now();
                     while let Some(item) = ring.next() {
-                        if let Some(e) = decode(&item) {
+                        if let Some(e) = Record::decode(&item) {
                             held.push_back((e, now));
                         }
                     }
@@ -76,7 +77,7 @@ impl Reader {
                     let now = Instant::now();
                     let ring = guard.get_inner_mut();
                     while let Some(item) = ring.next() {
-                        if let Some(e) = decode(&item) {
+                        if let Some(e) = Record::decode(&item) {
                             held.push_back((e, now));
                         }
                     }
@@ -91,7 +92,7 @@ impl Reader {
                 realtime_offset_ns: record::realtime_offset_ns(),
             };
             while let Some((e, at)) = held.front() {
-                let named = self.registry.describe(e.cgroup_id).is_some_and(|(_, id)| !id.pending());
+                let named = self.registry.describe(e.event.cgroup_id).is_some_and(|(_, id)| !id.pending());
                 if !named && !stopping && at.elapsed() < HOLD_FOR_NAMES && held.len() <= MAX_HELD {
                     break;
                 }
@@ -105,10 +106,4 @@ impl Reader {
             }
         }
     }
-}
-
-/// A record of the ring, if it is one.
-fn decode(item: &[u8]) -> Option<Event> {
-    // SAFETY: the probes submit whole `Event`s (checked by length); read unaligned.
-    (item.len() >= size_of::<Event>()).then(|| unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) })
 }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 /// The values of the `type` field.
-pub const TYPES: [&str; 3] = ["seccomp", "oom_kill", "exit"];
+pub const TYPES: [&str; 5] = ["seccomp", "oom_kill", "exit", "container_start", "exec_session"];
 
 /// A field's JSON type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,8 @@ pub enum Json {
     Integer,
     /// A number, possibly fractional.
     Number,
+    /// true or false.
+    Boolean,
 }
 
 impl Json {
@@ -23,6 +25,7 @@ impl Json {
             Json::String => "string",
             Json::Integer => "integer",
             Json::Number => "number",
+            Json::Boolean => "boolean",
         }
     }
 }
@@ -43,6 +46,8 @@ const ALL: &[&str] = &TYPES;
 const SECCOMP: &[&str] = &["seccomp"];
 const OOM: &[&str] = &["oom_kill"];
 const EXIT: &[&str] = &["exit"];
+const START: &[&str] = &["container_start"];
+const EXEC: &[&str] = &["exec_session"];
 
 const fn field(name: &'static str, json: Json, types: &'static [&'static str], nullable: bool, meaning: &'static str) -> Field {
     Field { name, json, types, nullable, meaning }
@@ -51,7 +56,7 @@ const fn field(name: &'static str, json: Json, types: &'static [&'static str], n
 /// Every field, in the order records carry them.
 pub const FIELDS: &[Field] = &[
     field("time", Json::String, ALL, false, "When the kernel saw it: RFC 3339, UTC, nanoseconds."),
-    field("type", Json::String, ALL, false, "seccomp, oom_kill or exit."),
+    field("type", Json::String, ALL, false, "seccomp, oom_kill, exit, container_start or exec_session."),
     field("cgroup", Json::String, ALL, false, "The cgroup v2 path, as the `cgroup` label of the metrics says it."),
     field("container_id", Json::String, ALL, true, "Container identity, as the metrics' labels say it; null where the cgroup is not a container's or the name is not known."),
     field("container", Json::String, ALL, true, "Container name (for a systemd service: the unit)."),
@@ -76,8 +81,11 @@ pub const FIELDS: &[Field] = &[
     field("reason", Json::String, EXIT, false, "success, error (non-zero exit code), signal, oom_kill or seccomp_kill."),
     field("exit_code", Json::Integer, EXIT, true, "The exit code; null when a signal ended it."),
     field("signal", Json::String, EXIT, true, "The signal that ended it (SIGSEGV, SIGKILL...); null when it exited by itself."),
-    field("scope", Json::String, EXIT, false, "container for the exit of a container's first process (the init of a PID namespace), else process. Every container exit is written; a process exit only when its reason is not success."),
+    field("scope", Json::String, EXIT, false, "container for a container's exit (of the task that started it, or of its PID namespace's init when the start was not seen: docs/lifecycle.md), else process. Every container exit is written; a process exit only when its reason is not success."),
     field("lifetime_seconds", Json::Number, EXIT, true, "How long the process (its thread group leader) ran."),
+    field("start_latency_seconds", Json::Number, START, false, "From the container cgroup's creation to the entrypoint's exec, as cgwatch_container_start_duration_seconds observes it (docs/lifecycle.md)."),
+    field("path", Json::String, EXEC, true, "The file exec'd, as the exec asked for it (the kernel's linux_binprm.filename: not resolved, a script's own path, /dev/fd/N for fexecve), at most 255 bytes (invalid UTF-8 replaced); null when the probe could not read it."),
+    field("path_truncated", Json::Boolean, EXEC, false, "true when path is cut at 255 bytes, the exec'd path being longer."),
 ];
 
 /// The field named `name`.
@@ -114,6 +122,7 @@ pub fn check(record: &serde_json::Value) -> Result<(), String> {
             (serde_json::Value::String(_), Json::String) => true,
             (serde_json::Value::Number(n), Json::Integer) => n.is_u64() || n.is_i64(),
             (serde_json::Value::Number(_), Json::Number) => true,
+            (serde_json::Value::Bool(_), Json::Boolean) => true,
             _ => false,
         };
         if !ok {
@@ -161,9 +170,37 @@ mod tests {
         let mut null = ok.clone();
         null["pid"] = serde_json::Value::Null;
         assert!(check(&null).is_err(), "pid is never null");
-        let mut wrong = ok;
+        let mut wrong = ok.clone();
         wrong["exit_code"] = "1".into();
         assert!(check(&wrong).is_err());
+        // An exec session: its path and a boolean, never null, saying whether it is cut.
+        let mut exec = ok;
+        for f in ["reason", "exit_code", "signal", "scope", "lifetime_seconds"] {
+            exec.as_object_mut().unwrap().remove(f);
+        }
+        exec["type"] = "exec_session".into();
+        exec["path"] = "/bin/sh".into();
+        exec["path_truncated"] = false.into();
+        assert_eq!(check(&exec), Ok(()));
+        for bad in [serde_json::Value::Null, "false".into(), 0.into()] {
+            let mut wrong = exec.clone();
+            wrong["path_truncated"] = bad;
+            assert!(check(&wrong).is_err(), "{wrong}");
+        }
+    }
+
+    /// The example lines of docs/events.md are lines the schema allows, one of each type at least.
+    #[test]
+    fn the_examples_in_docs_events_md_follow_the_schema() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut types = std::collections::BTreeSet::new();
+        for line in text.lines().filter(|l| l.starts_with("{\"time\"")) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(check(&v), Ok(()), "{line}");
+            types.insert(v["type"].as_str().unwrap().to_string());
+        }
+        assert!(types.len() >= 3 && types.contains("container_start") && types.contains("exec_session"), "{types:?}");
     }
 
     /// `CGWATCH_BLESS=1 cargo test -p cgwatch --lib events` rewrites docs/events.md's table.

@@ -68,7 +68,7 @@ pub enum SinkError {
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Lines written, by `schema::TYPES` index.
-    pub written: [AtomicU64; 3],
+    pub written: [AtomicU64; TYPES.len()],
     /// Lines dropped because the writer's queue was full (the destination is too slow).
     pub dropped_queue_full: AtomicU64,
     /// Lines dropped because writing them failed (disk full, closed pipe).
