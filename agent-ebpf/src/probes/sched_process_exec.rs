@@ -85,7 +85,7 @@ fn try_sched_process_exec(task: u64, bprm: u64) -> Result<(), i64> {
 /// (its nsproxy is gone, its children not yet handed to a reaper) shares nothing: the task is a
 /// runtime's init whose runtime is exiting.
 #[inline(always)]
-fn same_mount_ns(task: u64, parent: u64) -> Result<bool, i64> {
+pub fn same_mount_ns(task: u64, parent: u64) -> Result<bool, i64> {
     let mnt_ns = |t: u64| -> Result<u64, i64> {
         let nsproxy = kernel::read::<u64>(t, kconfig!(task_nsproxy))?;
         if nsproxy == 0 {

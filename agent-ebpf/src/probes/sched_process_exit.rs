@@ -202,8 +202,18 @@ fn container_exit(task: u64, group: &ExitDedupKey, cgroup_id: u64, reason: u32) 
     if !kernel::is_pidns_init(task)? {
         return Ok(0);
     }
-    let started_here = unsafe { maps::CGROUP_STATE.get(&cgroup_id) }.is_some_and(|s| s.started != 0);
-    Ok(if started_here { 0 } else { cgroup_id })
+    let Some(state) = unsafe { maps::CGROUP_STATE.get(&cgroup_id) }.copied() else {
+        // Made before the probes ran: its PID namespace init's exit is the container's.
+        return Ok(cgroup_id);
+    };
+    if state.started != 0 {
+        return Ok(0);
+    }
+    // Made while the probes ran and nothing started in it: a runtime's init (in a mount namespace
+    // of its own, its parent in the runtime's) exiting before it exec'd the entrypoint is a start
+    // failure (had it exec'd, it would be the starter), not a container exit.
+    let parent = kernel::read::<u64>(task, kconfig!(task_real_parent))?;
+    Ok(if crate::probes::sched_process_exec::same_mount_ns(task, parent)? { cgroup_id } else { 0 })
 }
 
 /// The thread group's exit status: `signal->group_exit_code` after a group exit (`exit_group`,
