@@ -31,8 +31,9 @@ const DEFAULT_CPU: &str = "max";
 const DEFAULT_ACCEL: &str = "tcg";
 /// Boots per kernel and mode when the kernel panics under emulation.
 const MAX_BOOTS: u32 = 5;
-/// Integration-test binaries that run inside the VMs (the others need the host's tools).
-const TESTS: [&str; 3] = ["seccomp", "exits", "events"];
+/// Integration-test binaries that run inside the VMs (the others need the host's tools;
+/// `lifecycle_vm` makes its containers with the workload's own runtime, without podman).
+const TESTS: [&str; 4] = ["seccomp", "exits", "events", "lifecycle_vm"];
 
 fn cache_dir() -> PathBuf {
     std::env::var_os("CGWATCH_VM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
