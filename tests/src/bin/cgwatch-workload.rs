@@ -2,6 +2,9 @@
 //! `--join` (writing its own pid to those `cgroup.procs` files) before doing anything else, so
 //! that everything it does is accounted to the test's cgroup.
 
+#[path = "cgwatch-workload/ctr.rs"]
+mod ctr;
+
 use std::{
     io::Write as _,
     os::unix::process::CommandExt as _,
@@ -141,6 +144,14 @@ enum What {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// Read stdin to its end, then exit(CODE).
+    WaitEof {
+        #[arg(default_value_t = 0)]
+        code: i32,
+    },
+    /// A minimal container runtime (`ctr run`, `ctr exec`): see ctr.rs.
+    #[command(subcommand)]
+    Ctr(ctr::Ctr),
 }
 
 static TRAPS: AtomicU64 = AtomicU64::new(0);
@@ -490,5 +501,10 @@ fn main() -> Result<()> {
             let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
             bail!("exec {}: {err}", command[0])
         }
+        What::WaitEof { code } => {
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+            std::process::exit(code)
+        }
+        What::Ctr(c) => ctr::main(c),
     }
 }
