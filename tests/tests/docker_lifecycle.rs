@@ -128,6 +128,8 @@ fn a_crash_loop_is_four_starts_and_four_exits_on_one_container() {
     // Each lived its 0.3 s sleep, and less than the 2.5 s bucket's bound.
     let lived = m.get(&format!("{LIFETIME}_sum"), &error_lifetimes).unwrap();
     assert!((4.0 * 0.3..4.0 * 2.5).contains(&lived), "4 lifetimes of 0.3 s: {lived} s");
+    let waited = m.get(&format!("{DURATION}_sum"), &DOCKER).unwrap();
+    eprintln!("crash loop: 4 lifetimes, {lived:.3} s in all; 4 start latencies, {waited:.3} s in all");
     assert_eq!(m.sum(EXECS, &l), 0.0, "{:?}", m.find(EXECS, &l));
     assert_eq!(m.sum(FAILURES, &l), 0.0, "{:?}", m.find(FAILURES, &l));
 }
@@ -294,6 +296,7 @@ fn the_start_latency_histogram_observes_every_docker_start() {
     assert_eq!(n, 3.0, "only this test's containers started: {:?}", m.find(STARTS, &DOCKER));
     let sum = m.get(&format!("{DURATION}_sum"), &DOCKER).unwrap();
     assert!(sum > 0.0 && sum / n < 10.0, "sum {sum} of {n} starts");
+    eprintln!("start latency: {n} starts, {sum:.3} s in all, {:.3} s each", sum / n);
     let bucket = |le: &str| m.get(&format!("{DURATION}_bucket"), &[("runtime", "docker"), ("le", le)]);
     assert_eq!(bucket("+Inf"), Some(n));
     assert_eq!(bucket("10.0"), Some(n), "every local start takes less than 10 s: sum {sum}");
