@@ -233,7 +233,6 @@ fn an_entrypoint_that_does_not_exist_is_a_start_failure_and_no_start() {
 /// when nothing *started* in its cgroup, meant for containers started before the probes; the
 /// cgroup here was made while they ran. podman (runc) does the same.
 #[test]
-#[ignore = "agent: a start failure's runc init exit is counted as a container exit (reason error)"]
 fn a_start_failure_is_no_container_exit() {
     let _serial = serial();
     let agent = Agent::start(&[]);

@@ -133,6 +133,7 @@ fn an_entrypoint_that_does_not_exist_is_a_start_failure_and_no_start() {
     let m = agent.scrape_until(WAIT, |m| m.get(FAILURES, &l) == Some(1.0));
     assert_eq!(m.get(FAILURES, &l), Some(1.0), "{:?}\n{}", m.find(FAILURES, &[]), agent.log());
     assert_eq!(m.sum(STARTS, &l), 0.0, "{:?}", m.find(STARTS, &l));
+    assert_eq!(m.sum(EXITS, &l), 0.0, "a start failure is no container exit: {:?}", m.find(EXITS, &l));
 }
 
 /// With pinned maps, a start while the agent is down is counted, and its latency observed from
