@@ -14,6 +14,7 @@
 //! 7. kernel memory of the agent's maps (`map_memory`).
 //! 8. start-up memory: peak RSS (VmHWM) and RSS once the agent is ready (`startup`).
 //! 9. freshness: how soon a new cgroup's and a new container's series appear (`freshness`).
+//! 10. a storm of container starts, counted exactly, and the agent's CPU (`starts`).
 
 mod common;
 mod freshness;
@@ -21,6 +22,7 @@ mod map_memory;
 mod peers;
 mod scrape;
 mod startup;
+mod starts;
 mod storms;
 mod syscall;
 
@@ -46,6 +48,9 @@ pub struct Args {
     /// New cgroups and new containers timed in section 9 (each).
     #[arg(long, default_value_t = 10)]
     pub fresh_rounds: usize,
+    /// Containers started in section 10.
+    #[arg(long, default_value_t = 500)]
+    pub starts: usize,
     /// Run only these sections (e.g. 1,4); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u32>,
@@ -99,6 +104,9 @@ fn main() -> Result<()> {
     }
     if want(9) {
         freshness::freshness(&mut report, out, args.fresh_rounds, args.baseline.as_deref())?;
+    }
+    if want(10) {
+        starts::start_storm(&mut report, out, args.starts)?;
     }
     if let Some(path) = args.out {
         fs::File::create(&path)?.write_all(report.as_bytes())?;
