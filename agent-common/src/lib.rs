@@ -261,11 +261,23 @@ pub struct ExitKey {
     pub reason: u32,
     /// Signal number for `reason::SIGNAL` (and the killing signal for OOM / seccomp), else 0.
     pub signal: u32,
-    /// 1 when the exiting process was the init (PID 1) of a non-root PID namespace.
+    /// `exit_scope::*`: 0 for a process exit, else how it is a container exit.
     pub container: u32,
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<ExitKey>() == 24);
+
+/// How an exit is a container exit (`ExitKey::container`, `Event::container`).
+pub mod exit_scope {
+    /// A process exit (not a container's).
+    pub const PROCESS: u32 = 0;
+    /// The exit of a PID namespace's init, in a cgroup whose start the probes did not see.
+    pub const PIDNS_INIT: u32 = 1;
+    /// The exit of the task that started the container. Any cgroup may have such a "start" (a
+    /// systemd unit with `PrivateTmp=` execs from PID 1 in a mount namespace of its own): the
+    /// agent shows it as a container exit only for a container's own cgroup.
+    pub const STARTER: u32 = 2;
+}
 
 /// Per-thread syscall state for tasks under a seccomp filter.
 #[repr(C)]
@@ -450,8 +462,8 @@ pub struct Event {
     pub exit_code: i32,
     /// The killing signal, for exits by a signal.
     pub signal: u32,
-    /// 1 for a container exit (the exit of the task that started the container, or of a
-    /// PID-namespace init when its start was not seen).
+    /// `exit_scope::*`: a container exit (the exit of the task that started the container, or of
+    /// a PID-namespace init when its start was not seen), or 0.
     pub container: u32,
     /// `oom_limit::*` and how many memory cgroup levels above the victim's it fired.
     pub limit: u32,

@@ -211,14 +211,14 @@ pub fn oom_kill(victim: u64, key: &agent_common::OomKey, current: bool, probe: &
 
 /// The exit of the thread group of `task` (the current task), with how long its leader ran.
 #[inline(always)]
-pub fn exit(task: u64, cgroup_id: u64, reason: u32, exit_code: i32, signal: u32, container: bool, probe: &'static str) {
+pub fn exit(task: u64, cgroup_id: u64, reason: u32, exit_code: i32, signal: u32, scope: u32, probe: &'static str) {
     let Some(mut entry) = reserve(event_kind::EXIT, cgroup_id, probe) else { return };
     let e = unsafe { entry.assume_init_mut() };
     fill_task(e, task, true);
     e.reason = reason;
     e.exit_code = exit_code;
     e.signal = signal;
-    e.container = u32::from(container);
+    e.container = scope;
     let leader = kernel::read::<u64>(task, kconfig!(task_group_leader)).unwrap_or(0);
     if let Ok(start) = kernel::read::<u64>(leader, kconfig!(task_start_time)) {
         e.duration_ns = e.time_ns.saturating_sub(start);

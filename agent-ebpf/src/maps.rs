@@ -98,6 +98,9 @@ pub struct RecentKill {
     /// The cgroup the exit was also counted in as a container exit (the container's, where it
     /// started); 0 when it was not a container exit.
     pub container_cgroup: u64,
+    /// `exit_scope::*` of that container exit.
+    pub container: u32,
+    pub _pad: u32,
 }
 
 #[map]
@@ -116,7 +119,7 @@ pub fn reclassify_exit(group: &ExitDedupKey, signal: u32, reason: u32, probe: &'
     uncount_exit(&rec.key, probe);
     count_exit(&moved, probe);
     if rec.container_cgroup != 0 {
-        let ctr = ExitKey { cgroup_id: rec.container_cgroup, container: 1, ..rec.key };
+        let ctr = ExitKey { cgroup_id: rec.container_cgroup, container: rec.container, ..rec.key };
         uncount_exit(&ctr, probe);
         count_exit(&ExitKey { reason, ..ctr }, probe);
         lifecycle_record(

@@ -153,6 +153,8 @@ async fn run(config: Config) -> Result<()> {
     resources.refresh(&layout, &registry);
 
     let latency = Arc::new(StartLatency::default());
+    // Start failures only where the exec probe runs: without it nothing ever starts.
+    let exec_attached = status.iter().any(|s| s.probe == "process_exec" && s.attached);
     let probe_summary = status.iter().map(|s| format!("{} {} {}\n", s.probe, s.mode, u8::from(s.attached))).collect();
     let mut metrics = Collectors::default();
     if let Some(maps) = &maps {
@@ -186,7 +188,8 @@ async fn run(config: Config) -> Result<()> {
 
     let wake_resolver = Arc::new(Notify::new());
     if let Some(ring) = cgroup_events {
-        tokio::spawn(tasks::cgroup_events(ring, registry.clone(), wake_resolver.clone(), maps.clone()));
+        let failures = maps.clone().filter(|_| exec_attached);
+        tokio::spawn(tasks::cgroup_events(ring, registry.clone(), wake_resolver.clone(), failures));
     }
     if let Some(ring) = starts {
         tokio::spawn(tasks::start_events(ring, registry.clone(), latency.clone()));

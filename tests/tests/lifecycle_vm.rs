@@ -223,11 +223,8 @@ fn a_pid_host_container_has_its_start_and_its_exit() {
 /// An entrypoint that does not exist, in a container with a PID namespace of its own and in one
 /// without: each cgroup is made and removed without an exec in it, a start failure and no start.
 ///
-/// The init that failed to exec the entrypoint is a PID namespace's init in the first: its exit
-/// counts as a container exit (`error`), by the rule for containers started before the probes
-/// (`sched_process_exit`'s `container_exit`: a PID namespace init whose cgroup has no recorded
-/// start), although this cgroup was made while they ran. Asserted as it is, so that a change
-/// shows; runc's init fails the same way under podman.
+/// The init that failed to exec the entrypoint is a PID namespace's init in the first: not a
+/// container exit (it never started; starts and exits pair).
 #[test]
 fn an_entrypoint_that_does_not_exist_is_a_start_failure() {
     let parent = TestCgroup::new("lifecycle-vm");
@@ -244,4 +241,31 @@ fn an_entrypoint_that_does_not_exist_is_a_start_failure() {
     // The init of its own PID namespace exits 127 without exec'ing: a start failure, no exit.
     assert_eq!(lifecycle_of(&m, &own), (0.0, 0.0, 1.0, vec![]), "{}", agent.log());
     assert_eq!(lifecycle_of(&m, &host), (0.0, 0.0, 1.0, vec![]), "{}", agent.log());
+}
+
+/// A cgroup that is no container's (a systemd unit with `PrivateTmp=`: PID 1 forks a child into
+/// the unit's new cgroup, which unshares its mount namespace and execs): the kernel sees a start
+/// there too, but its exit is no container exit; the process exit is counted as ever.
+#[test]
+fn a_service_started_in_its_own_mount_namespace_is_no_container() {
+    let parent = TestCgroup::new("lifecycle-vm");
+    let dir = parent.v2.join(format!("svc-{}.service", SEQ.fetch_add(1, Ordering::Relaxed)));
+    let rel = format!("{}/{}", parent.rel, dir.file_name().unwrap().to_str().unwrap());
+    let agent = Agent::start(&[]);
+    let wl = workload_bin();
+    let out = Command::new(&wl)
+        .args(["ctr", "run", "--pid-host", "--cgroup"])
+        .arg(&dir)
+        .arg("--")
+        .args([wl.to_str().unwrap(), "exit", "3"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ctr run");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let cg = [("cgroup", rel.as_str())];
+    let m = settled(&agent, |m| m.sum("cgwatch_process_exits_total", &cg) == 1.0);
+    assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", rel.as_str()), ("reason", "error")]), Some(1.0), "{}", agent.log());
+    assert_eq!(m.sum(EXITS, &cg), 0.0, "a container exit in a cgroup that is no container's: {:?}", m.find(EXITS, &cg));
+    assert_eq!(m.sum(STARTS, &cg), 0.0);
+    assert_eq!(m.sum(FAILURES, &cg), 0.0);
 }

@@ -4,7 +4,7 @@
 //! PID-namespace init), the container exit, classified by reason.
 
 use agent_common::{
-    ExitDedupKey, ExitKey, LifecycleRecord, OomKey, SeccompKey, TaskState, action, config_flags, kabi, lifecycle_record, reason,
+    ExitDedupKey, ExitKey, LifecycleRecord, exit_scope, OomKey, SeccompKey, TaskState, action, config_flags, kabi, lifecycle_record, reason,
 };
 use aya_ebpf::{
     helpers::{
@@ -148,15 +148,16 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     };
     let key = ExitKey { cgroup_id, reason: why, signal, container: 0, _pad: 0 };
     maps::count_exit(&key, PROBE);
-    let container_cgroup = container_exit(task, &group, cgroup_id, why)?;
-    let container = container_cgroup != 0;
+    let (container_cgroup, scope) = container_exit(task, &group, cgroup_id, why)?;
+    let container = scope != exit_scope::PROCESS;
     if container {
-        maps::count_exit(&ExitKey { cgroup_id: container_cgroup, container: 1, ..key }, PROBE);
+        maps::count_exit(&ExitKey { cgroup_id: container_cgroup, container: scope, ..key }, PROBE);
     }
-    // Exits worth a look, and every container exit.
+    // Exits worth a look, and every container exit (in the container's cgroup, as its count).
     if crate::events::enabled() && (why != reason::SUCCESS || container) {
         let code = if sig == 0 { ((status >> 8) & 0xff) as i32 } else { -1 };
-        crate::events::exit(task, cgroup_id, why, code, signal, container, PROBE);
+        let in_cgroup = if container { container_cgroup } else { cgroup_id };
+        crate::events::exit(task, in_cgroup, why, code, signal, scope, PROBE);
     }
     // Possibly an OOM victim that exited before the OOM killer marked it, or a seccomp kill
     // whose killed thread reaches this tracepoint after the one counting the group exit: the
@@ -164,7 +165,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     let oom_later = sig == kabi::SIGKILL && flags & config_flags::MARK_VICTIM_HAS_TASK != 0;
     let seccomp_later = sig == kabi::SIGSYS && group_dead_arg.is_none();
     if why == reason::SIGNAL && (oom_later || seccomp_later) {
-        let rec = maps::RecentKill { key, container_cgroup };
+        let rec = maps::RecentKill { key, container_cgroup, container: scope, _pad: 0 };
         let _ = maps::RECENT_KILLS.insert(&group, rec, 0);
         // The killed thread may have published its kill after the check above and looked for
         // this record before it was written: then the move is this thread's to make.
@@ -175,7 +176,8 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
     Ok(())
 }
 
-/// The cgroup in which the exit of `task`'s thread group is a container exit, or 0. A container's
+/// The cgroup in which the exit of `task`'s thread group is a container exit and how
+/// (`exit_scope`), or `(0, PROCESS)`. A container's
 /// exit is the exit of the task that started it (`sched_process_exec` recorded it, and the
 /// container's cgroup, which may not be the one it exits in), whatever its PID namespace
 /// (`--pid=host`); for containers whose start the probes did not see (started before them), the
@@ -183,7 +185,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
 /// probes ran with another task (a pod's shared PID namespace): that one's exit is the starter's.
 /// Also sends the container's lifetime to the agent.
 #[inline(always)]
-fn container_exit(task: u64, group: &ExitDedupKey, cgroup_id: u64, reason: u32) -> Result<u64, i64> {
+fn container_exit(task: u64, group: &ExitDedupKey, cgroup_id: u64, reason: u32) -> Result<(u64, u32), i64> {
     let _ = maps::EXEC_SEEN.remove(group);
     if let Some(starter) = unsafe { maps::STARTERS.get(group) }.copied() {
         let _ = maps::STARTERS.remove(group);
@@ -197,23 +199,27 @@ fn container_exit(task: u64, group: &ExitDedupKey, cgroup_id: u64, reason: u32) 
             },
             PROBE,
         );
-        return Ok(starter.cgroup_id);
+        return Ok((starter.cgroup_id, exit_scope::STARTER));
     }
     if !kernel::is_pidns_init(task)? {
-        return Ok(0);
+        return Ok((0, exit_scope::PROCESS));
     }
     let Some(state) = unsafe { maps::CGROUP_STATE.get(&cgroup_id) }.copied() else {
         // Made before the probes ran: its PID namespace init's exit is the container's.
-        return Ok(cgroup_id);
+        return Ok((cgroup_id, exit_scope::PIDNS_INIT));
     };
     if state.started != 0 {
-        return Ok(0);
+        return Ok((0, exit_scope::PROCESS));
     }
     // Made while the probes ran and nothing started in it: a runtime's init (in a mount namespace
     // of its own, its parent in the runtime's) exiting before it exec'd the entrypoint is a start
     // failure (had it exec'd, it would be the starter), not a container exit.
     let parent = kernel::read::<u64>(task, kconfig!(task_real_parent))?;
-    Ok(if crate::probes::sched_process_exec::same_mount_ns(task, parent)? { cgroup_id } else { 0 })
+    Ok(if crate::probes::sched_process_exec::same_mount_ns(task, parent)? {
+        (cgroup_id, exit_scope::PIDNS_INIT)
+    } else {
+        (0, exit_scope::PROCESS)
+    })
 }
 
 /// The thread group's exit status: `signal->group_exit_code` after a group exit (`exit_group`,

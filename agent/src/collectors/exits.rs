@@ -2,9 +2,9 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use agent_common::reason;
+use agent_common::{exit_scope, reason};
 
-use super::{Collector, EventSeries, event_family};
+use super::{Collector, EventSeries, event_family, lifecycle};
 use crate::{catalog, cgroups::Registry, encoding::Encoder, maps::KernelMaps, names::signal_name};
 
 pub fn reason_name(r: u32) -> &'static str {
@@ -33,6 +33,13 @@ impl Collector for ExitCollector {
         for ((key, count), cgroup) in counts.into_iter().zip(series) {
             // A container whose names are being looked up: its series wait (counts stay in the kernel).
             let Some(cgroup) = cgroup else { continue };
+            // A starter's exit is a container exit only in a container's own cgroup (a systemd
+            // unit's main process can look like a start to the kernel: exit_scope::STARTER).
+            if key.container == exit_scope::STARTER
+                && !self.registry.describe(key.cgroup_id).is_some_and(|(path, id)| lifecycle::counted(&path, &id))
+            {
+                continue;
+            }
             // `signal` names the signal only for reason="signal", so that the other reasons
             // have one series each.
             let signal = if key.reason == reason::SIGNAL { signal_name(key.signal) } else { Cow::Borrowed("") };

@@ -43,7 +43,7 @@ pub fn is_sandbox(identity: &Identity) -> bool {
 
 /// Whether a cgroup's lifecycle has series: a container's own cgroup (its path's last component
 /// names the container), not a sandbox.
-fn counted(path: &str, identity: &Identity) -> bool {
+pub fn counted(path: &str, identity: &Identity) -> bool {
     let own = path.rsplit('/').next().is_some_and(|last| last.contains(&*identity.container_id));
     identity.is_container() && own && !is_sandbox(identity)
 }

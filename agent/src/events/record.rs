@@ -183,7 +183,13 @@ pub fn encode(ctx: &Context, r: &Record) -> Option<(usize, String)> {
             l.field("reason", reason_name(e.reason));
             l.field("exit_code", (e.exit_code >= 0).then_some(e.exit_code));
             l.field("signal", (e.signal != 0).then(|| signal_name(e.signal)));
-            l.field("scope", if e.container != 0 { "container" } else { "process" });
+            // A starter's exit is a container's only in a container's own cgroup (as the metric).
+            let container = match e.container {
+                agent_common::exit_scope::PROCESS => false,
+                agent_common::exit_scope::STARTER => crate::collectors::lifecycle::counted(&path, identity),
+                _ => true,
+            };
+            l.field("scope", if container { "container" } else { "process" });
             l.field("lifetime_seconds", known(e.duration_ns).map(seconds));
         }
     }
