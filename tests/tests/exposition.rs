@@ -119,6 +119,7 @@ fn every_exposed_metric_is_in_the_catalog_with_its_type_and_labels() {
         &catalog::CONTAINER_EXEC_SESSIONS,
         &catalog::CONTAINER_START_FAILURES,
         &catalog::CONTAINER_START_DURATION,
+        &catalog::CONTAINER_LIFETIME,
         &catalog::CONTAINER_INFO,
         &catalog::CONTAINERS,
         &catalog::CGROUP_MEMORY_LIMIT,
