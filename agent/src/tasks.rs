@@ -97,16 +97,16 @@ fn ticker(every: Duration) -> tokio::time::Interval {
     tick
 }
 
-/// Reads cgroup mkdir / rmdir records as they arrive; a new container cgroup wakes the name
-/// resolver, so that a short-lived container is named while its runtime state still exists; a
-/// container cgroup removed before anything started in it is a start failure.
-pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>, resolve: Arc<Notify>, maps: Option<Arc<KernelMaps>>) {
+/// Polls a kernel ring buffer and hands it to `drain` (with the time) each time records arrive,
+/// until polling fails; `what` names the ring and `otherwise` what happens without it, in the
+/// log.
+async fn follow_ring(ring: RingBuf<MapData>, what: &str, otherwise: &str, mut drain: impl FnMut(&mut RingBuf<MapData>, Instant)) {
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as it lives,
     // and the AsyncFd owns the RingBuf.
     let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
         Ok(fd) => fd,
         Err(e) => {
-            warn!("cannot poll the cgroup event ring buffer ({}); cgroups are named by rescans only", e.into_parts().1);
+            warn!("cannot poll the {what} ({}); {otherwise}", e.into_parts().1);
             return;
         }
     };
@@ -114,12 +114,20 @@ pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>, reso
         let mut guard = match fd.readable_mut().await {
             Ok(g) => g,
             Err(e) => {
-                warn!("cgroup event ring buffer: {e}; cgroups are named by rescans only");
+                warn!("{what}: {e}; {otherwise}");
                 return;
             }
         };
-        let ring = guard.get_inner_mut();
-        let now = Instant::now();
+        drain(guard.get_inner_mut(), Instant::now());
+        guard.clear_ready();
+    }
+}
+
+/// Reads cgroup mkdir / rmdir records as they arrive; a new container cgroup wakes the name
+/// resolver, so that a short-lived container is named while its runtime state still exists; a
+/// container cgroup removed before anything started in it is a start failure.
+pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>, resolve: Arc<Notify>, maps: Option<Arc<KernelMaps>>) {
+    follow_ring(ring, "cgroup event ring buffer", "cgroups are named by rescans only", |ring, now| {
         let mut new_container = false;
         while let Some(item) = ring.next() {
             new_container |= apply_cgroup_event(&registry, &item, now);
@@ -130,30 +138,15 @@ pub async fn cgroup_events(ring: RingBuf<MapData>, registry: Arc<Registry>, reso
         if new_container {
             resolve.notify_one();
         }
-        guard.clear_ready();
-    }
+    })
+    .await
 }
 
-/// Reads container start records as they arrive into the start latency histogram.
+/// Reads container start and exit records as they arrive into the start latency and lifetime
+/// histograms.
 pub async fn start_events(ring: RingBuf<MapData>, registry: Arc<Registry>, latency: Arc<StartLatency>) {
-    // SAFETY: as for `cgroup_events`.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            warn!("cannot poll the container start ring buffer ({}); start latencies are not observed", e.into_parts().1);
-            return;
-        }
-    };
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                warn!("container start ring buffer: {e}; start latencies are no longer observed");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
-        let now = Instant::now();
+    let otherwise = "start latencies and lifetimes are not observed";
+    follow_ring(ring, "container lifecycle ring buffer", otherwise, |ring, now| {
         while let Some(item) = ring.next() {
             if item.len() < size_of::<LifecycleRecord>() {
                 warn!("short container lifecycle record ({} bytes)", item.len());
@@ -162,9 +155,9 @@ pub async fn start_events(ring: RingBuf<MapData>, registry: Arc<Registry>, laten
             // SAFETY: a `LifecycleRecord` written by the probes; read unaligned from the ring.
             latency.record(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) }, now);
         }
-        guard.clear_ready();
         latency.settle(&registry, now);
-    }
+    })
+    .await
 }
 
 /// Rescans the hierarchy and purges cgroups past the retain window, with their counters.

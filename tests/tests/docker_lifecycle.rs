@@ -162,14 +162,7 @@ fn a_pid_host_container_has_its_start_and_its_exit() {
     let _serial = serial();
     let agent = Agent::start(&[]);
     let c = Container::start("pidhost", &["--pid=host"], &["sh", "-c", "sleep 0.5; exec /cgwatch-workload exit 4"]);
-    assert_eq!(c.wait(), 4);
-    let l = ctr_labels(&c);
-    let errors = with(&l, &[("reason", "error")]);
-    let m = agent.scrape_until(WAIT, |m| m.get(STARTS, &l) == Some(1.0) && m.get(EXITS, &errors) == Some(1.0));
-    assert_eq!(m.get(STARTS, &l), Some(1.0), "{:?}\n{}", m.find(STARTS, &[]), agent.log());
-    assert_eq!(m.get(EXITS, &errors), Some(1.0), "{:?}", m.find(EXITS, &l));
-    assert_eq!(m.sum(EXITS, &l), 1.0, "{:?}", m.find(EXITS, &l));
-    assert_eq!(m.sum(EXECS, &l), 0.0, "{:?}", m.find(EXECS, &l));
+    one_start_and_one_error_exit(&agent, &c, 4);
 }
 
 /// `--init`: docker's init (tini, bind-mounted as /sbin/docker-init) is the entrypoint and PID 1,
@@ -180,8 +173,13 @@ fn an_init_container_is_one_start_and_one_exit() {
     let _serial = serial();
     let agent = Agent::start(&[]);
     let c = Container::start("init", &["--init"], &["sh", "-c", "sleep 0.3; exit 5"]);
-    assert_eq!(c.wait(), 5);
-    let l = ctr_labels(&c);
+    one_start_and_one_error_exit(&agent, &c, 5);
+}
+
+/// `c` exits with `code`: one start, one error exit and nothing else, no exec session.
+fn one_start_and_one_error_exit(agent: &Agent, c: &Container, code: i32) {
+    assert_eq!(c.wait(), code);
+    let l = ctr_labels(c);
     let errors = with(&l, &[("reason", "error")]);
     let m = agent.scrape_until(WAIT, |m| m.get(STARTS, &l) == Some(1.0) && m.get(EXITS, &errors) == Some(1.0));
     assert_eq!(m.get(STARTS, &l), Some(1.0), "{:?}\n{}", m.find(STARTS, &[]), agent.log());
