@@ -9,7 +9,8 @@ use core::mem::size_of;
 
 /// Seccomp actions as counted by the probes (`SeccompKey::action`).
 pub mod action {
-    /// The syscall was skipped and returned an error (SECCOMP_RET_ERRNO, or a USER_NOTIF reply).
+    /// The syscall was skipped and returned an error: SECCOMP_RET_ERRNO (and, where no hook
+    /// tells them apart, a TRACE without a tracer or a USER_NOTIF the syscall did not run after).
     pub const ERRNO: u32 = 1;
     /// SECCOMP_RET_TRAP: a SIGSYS forced on the caller (a process that does not handle it dies
     /// of it, and its exit is a `reason::SECCOMP_KILL`).
@@ -22,6 +23,12 @@ pub mod action {
     /// SECCOMP_RET_LOG: the syscall ran, logged (complain mode). Counted only where the
     /// `audit_seccomp` hook attaches (fexit or kprobe).
     pub const LOG: u32 = 5;
+    /// SECCOMP_RET_TRACE that stopped at a tracer (`ptrace_notify` hook): counted once, whether
+    /// the tracer let the syscall run or skipped it.
+    pub const TRACE: u32 = 6;
+    /// SECCOMP_RET_USER_NOTIF after which the syscall did not run (the supervisor replied with an
+    /// error, or the listener was gone): `seccomp_do_user_notification` hook.
+    pub const USER_NOTIF: u32 = 7;
 }
 
 /// Why a process (thread group) exited (`ExitKey::reason`).
@@ -72,6 +79,9 @@ pub mod kabi {
     pub const SIGSYS: u32 = 31;
     /// `SECCOMP_RET_LOG`, include/uapi/linux/seccomp.h: the `code` `audit_seccomp` gets for it.
     pub const SECCOMP_RET_LOG: u32 = 0x7ffc_0000;
+    /// The `exit_code` `ptrace_notify` gets for a seccomp TRACE stop: `PTRACE_EVENT_SECCOMP << 8 |
+    /// SIGTRAP`, include/uapi/linux/ptrace.h (7) and the SIGTRAP number (5).
+    pub const PTRACE_SECCOMP_STOP: i32 = 7 << 8 | 5;
     /// `SIG_DFL` and `SIG_IGN`, the two dispositions that are not handlers (`sa_handler` values),
     /// include/uapi/asm-generic/signal-defs.h.
     pub const SIG_DFL: u64 = 0;
@@ -183,6 +193,12 @@ pub struct KernelConfig {
     /// Number of parameters of `__seccomp_filter` (its return value follows them in an fexit
     /// context); 0 when BTF does not have the function.
     pub seccomp_filter_args: u32,
+    /// Index of `__seccomp_filter`'s `recheck_after_trace` parameter, found by name in BTF (its
+    /// position changed in 6.15); 0 when BTF names none (parameter 0 is always the syscall).
+    pub seccomp_filter_recheck_arg: u32,
+    /// Offset in `struct pt_regs` of the register that passes that parameter (the kprobe reads
+    /// it there); 0 when not known.
+    pub seccomp_recheck_reg: u32,
     /// `oom_control.chosen`, the victim.
     pub oom_control_chosen: u32,
     /// `oom_control.memcg`, the memory cgroup whose limit fired (NULL for a global OOM).
@@ -221,7 +237,7 @@ pub struct KernelConfig {
     /// `config_flags::*`.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 200);
+const _: () = assert!(size_of::<KernelConfig>() == 208);
 
 /// Key of the per-CPU OOM kill counters.
 #[repr(C)]
@@ -289,13 +305,25 @@ pub struct TaskState {
     /// `signal_generate` counted a KILL verdict of the thread (dead by then: none of its syscalls
     /// returns, so no hook takes it for a pending TRAP).
     pub trap_pending: u32,
+    /// What the fast path's verdict hooks saw during the current `__seccomp_filter` call:
+    /// `TRACE_STOPPED`, `TRACE_RECHECK` or `USER_NOTIF_SKIPPED`; 0 otherwise.
+    pub verdict: u32,
 }
-const _: () = assert!(size_of::<TaskState>() == 8);
+const _: () = assert!(size_of::<TaskState>() == 12);
 
 impl TaskState {
     /// `trap_pending` of a thread whose KILL verdict was counted from its SIGSYS: its exit must
     /// not count the kill again.
     pub const KILL_COUNTED: u32 = 2;
+    /// `verdict` of a thread that stopped at its tracer for a TRACE verdict: the return of the
+    /// outer `__seccomp_filter` counts it as a TRACE, whatever the tracer did.
+    pub const TRACE_STOPPED: u32 = 1;
+    /// `verdict` while the kprobe pair is inside the recheck after the tracer (the nested
+    /// `__seccomp_filter` call, which the kretprobe cannot tell apart by itself).
+    pub const TRACE_RECHECK: u32 = 2;
+    /// `verdict` of a thread whose USER_NOTIF left the syscall skipped (an error reply, or no
+    /// listener): the return of `__seccomp_filter` counts it as USER_NOTIF, not ERRNO.
+    pub const USER_NOTIF_SKIPPED: u32 = 3;
 }
 
 /// Key of the thread-group exit de-duplication map (kernels without `group_dead`).

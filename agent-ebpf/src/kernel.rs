@@ -40,6 +40,8 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     memcg_memsw_usage: 0,
     memcg_memsw_max: 0,
     seccomp_filter_args: 0,
+    seccomp_filter_recheck_arg: 0,
+    seccomp_recheck_reg: 0,
     oom_control_chosen: 0,
     oom_control_memcg: 0,
     task_comm: 0,

@@ -2,6 +2,8 @@
 //! of them to load and attach (see `agent::probes::PROBES`).
 #![no_std]
 #![no_main]
+// BPF inline assembly, for the one atomic add (`maps::add_tracing`).
+#![feature(asm_experimental_arch)]
 
 mod diag;
 mod events;

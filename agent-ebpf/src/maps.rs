@@ -254,3 +254,26 @@ pub fn count_lifecycle(key: &LifecycleKey, probe: &'static str) {
 pub fn count_oom(key: &OomKey, probe: &'static str) {
     add(&OOM_COUNTS, key, 1, (lost::OOM_MAP, key.cgroup_id, probe));
 }
+
+/// Threads now marked `TaskState::TRACE_STOPPED` (or `TRACE_RECHECK`), all CPUs together: while
+/// it is 0, an allowed syscall's return from `__seccomp_filter` costs no per-thread lookup.
+/// Changed with atomic adds only (no fetch: 5.10 has none).
+#[map]
+pub static SECCOMP_TRACING: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Whether some thread may be inside a traced seccomp verdict.
+#[inline(always)]
+pub fn tracing_pending() -> bool {
+    SECCOMP_TRACING.get(0).is_some_and(|n| unsafe { core::ptr::read_volatile(n) } != 0)
+}
+
+/// Adds `delta` (1, or `u64::MAX` for -1) to `SECCOMP_TRACING`, atomically: the thread may stop
+/// on one CPU and go on on another.
+#[inline(always)]
+pub fn add_tracing(delta: u64) {
+    if let Some(n) = SECCOMP_TRACING.get_ptr_mut(0) {
+        // BPF_XADD (an atomic add without fetch, which every kernel has): Rust's bpf target
+        // offers no atomic read-modify-write.
+        unsafe { core::arch::asm!("lock *(u64 *)({n} + 0) += {d}", n = in(reg) n, d = in(reg) delta) };
+    }
+}

@@ -204,15 +204,48 @@ impl KernelBtf {
         ])
     }
 
-    /// Number of parameters of kernel function `name`, if BTF has it.
-    pub fn function_params(&self, name: &str) -> Option<u32> {
+    /// The parameters of kernel function `name`, if BTF has it.
+    fn function_proto(&self, name: &str) -> Option<btf_rs::FuncProto> {
         let func = self.btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
             Type::Func(f) => Some(f),
             _ => None,
         })?;
         match self.btf.resolve_chained_type(&func).ok()? {
-            Type::FuncProto(proto) => u32::try_from(proto.parameters.len()).ok(),
+            Type::FuncProto(proto) => Some(proto),
             _ => None,
+        }
+    }
+
+    /// Number of parameters of kernel function `name`, if BTF has it.
+    pub fn function_params(&self, name: &str) -> Option<u32> {
+        u32::try_from(self.function_proto(name)?.parameters.len()).ok()
+    }
+
+    /// Position of kernel function `name`'s parameter called `param`, if BTF names it.
+    pub fn function_param_index(&self, name: &str, param: &str) -> Option<u32> {
+        let proto = self.function_proto(name)?;
+        let i = proto.parameters.iter().position(|p| self.btf.resolve_name(p).is_ok_and(|n| n == param))?;
+        u32::try_from(i).ok()
+    }
+
+    /// Offset in `struct pt_regs` of the register that passes a function's parameter `index` at
+    /// its entry (the kernel's calling convention for this architecture).
+    pub fn pt_regs_arg(&self, index: u32) -> Option<u32> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let field = ["di", "si", "dx", "cx", "r8", "r9"].get(usize::try_from(index).ok()?)?;
+            self.offset("pt_regs", &[field]).ok()
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            // `regs[0..8]` carry the first eight parameters.
+            (index < 8).then_some(())?;
+            self.offset("pt_regs", &["regs"]).ok().map(|base| base + 8 * index)
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            let _ = index;
+            None
         }
     }
 
@@ -234,6 +267,7 @@ impl KernelBtf {
         if self.tracepoint_args("sched_process_exit").is_some_and(|args| args.len() >= 2) {
             flags |= config_flags::EXIT_HAS_GROUP_DEAD;
         }
+        let recheck = self.function_param_index("__seccomp_filter", "recheck_after_trace");
         let memcg = self.memcg_offsets();
         if memcg.is_some() {
             flags |= config_flags::HAS_MEMCG;
@@ -272,6 +306,8 @@ impl KernelBtf {
             memcg_memsw_usage: memsw_usage,
             memcg_memsw_max: memsw_max,
             seccomp_filter_args: self.function_params("__seccomp_filter").unwrap_or(0),
+            seccomp_filter_recheck_arg: recheck.unwrap_or(0),
+            seccomp_recheck_reg: recheck.and_then(|i| self.pt_regs_arg(i)).unwrap_or(0),
             oom_control_chosen: chosen.unwrap_or(0),
             oom_control_memcg: oc_memcg.unwrap_or(0),
             task_comm: self.offset("task_struct", &["comm"])?,
@@ -344,9 +380,19 @@ mod tests {
         assert!(cfg.binprm_filename > 0);
         assert!(cfg.task_seccomp_mode > 0 && cfg.task_exit_code > 0);
         assert!(cfg.flags & config_flags::HAS_MEMCG != 0, "memory cgroup offsets");
-        // __seccomp_filter(int this_syscall, const struct seccomp_data *sd[, const bool
-        // recheck_after_trace]): the third argument went away in 6.x.
+        // __seccomp_filter(int this_syscall, const struct seccomp_data *sd, const bool
+        // recheck_after_trace) before 6.15, (int this_syscall, const bool recheck_after_trace)
+        // since: the flag is always the last parameter, found by its name.
         assert!(matches!(cfg.seccomp_filter_args, 2 | 3), "{}", cfg.seccomp_filter_args);
+        assert_eq!(cfg.seccomp_filter_recheck_arg, cfg.seccomp_filter_args - 1);
+        // x86_64: struct pt_regs { r15 … r8 at 0..64, ax 80, cx 88, dx 96, si 104, di 112, … }.
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!((btf.pt_regs_arg(0), btf.pt_regs_arg(1), btf.pt_regs_arg(2)), (Some(112), Some(104), Some(96)));
+            assert_eq!(cfg.seccomp_recheck_reg, btf.pt_regs_arg(cfg.seccomp_filter_recheck_arg).unwrap());
+        }
+        assert_eq!(btf.function_param_index("__seccomp_filter", "this_syscall"), Some(0));
+        assert_eq!(btf.function_param_index("__seccomp_filter", "no_such_parameter"), None);
         assert!(cfg.css_set_memcg > 0 && cfg.memcg_memory_max > cfg.memcg_memory_usage);
         // struct oom_control { zonelist, nodemask, memcg, ... chosen, ... }: two pointers first.
         assert!(cfg.flags & config_flags::HAS_OOM_CONTROL != 0);

@@ -78,7 +78,7 @@ pub const SECCOMP_VIOLATIONS: Metric = counter(
     "cgwatch_seccomp_violations",
     true,
     &["syscall", "action"],
-    "Syscalls denied by a seccomp filter, by cgroup, syscall (x86_64 name, syscall_NR when unknown) and action (errno, trap, kill_process, kill_thread, log: a LOG verdict of complain mode, the syscall ran; see cgwatch_seccomp_action_observable for which actions this kernel lets cgwatch tell apart).",
+    "Syscalls denied by a seccomp filter, by cgroup, syscall (x86_64 name, syscall_NR when unknown) and action (errno, trap, kill_process, kill_thread, log: a LOG verdict of complain mode, the syscall ran; trace: a TRACE verdict that stopped at a tracer; user_notif: a USER_NOTIF verdict the syscall did not run after; see cgwatch_seccomp_action_observable for which actions this kernel lets cgwatch tell apart).",
 );
 pub const OOM_KILLS: Metric = counter(
     "cgwatch_oom_kills",
@@ -225,7 +225,7 @@ pub const SECCOMP_ACTION_OBSERVABLE: Metric = gauge(
     "cgwatch_seccomp_action_observable",
     false,
     &["action", "mode"],
-    "1 when seccomp verdicts of this action are counted under their own action label, with the attach mode of the probe that counts them; 0 when not: log without the audit_seccomp hook (fexit or kprobe) or with kernel.seccomp.actions_logged lacking log; trace and user_notif are not told apart from errno (mode: the path that counts them as errno).",
+    "1 when seccomp verdicts of this action are counted under their own action label, with the attach mode of the probe that counts them; 0 when not all of them are: log without the audit_seccomp hook (fexit or kprobe) or with kernel.seccomp.actions_logged lacking log; user_notif without its seccomp_do_user_notification hook beside the fast path (then counted as errno); trace always, since a TRACE without a tracer is answered ENOSYS like an ERRNO rule and counted as errno (those that stop at a tracer are counted as trace where the ptrace_notify hook is attached, its mode shown).",
 );
 pub const EVENTS_LOST: Metric = counter(
     "cgwatch_events_lost",

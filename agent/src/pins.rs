@@ -31,7 +31,7 @@ pub const LAYOUT: u32 = 1;
 /// Every map of the object but `.rodata` (the kernel layout and log level, set per load):
 /// counters, lost events, the cgroup event ring, the per-task state the programs share between
 /// hooks, and the diagnostics.
-pub const PINNED_MAPS: [&str; 22] = [
+pub const PINNED_MAPS: [&str; 23] = [
     "SECCOMP_COUNTS",
     "EXIT_COUNTS",
     "OOM_COUNTS",
@@ -40,6 +40,7 @@ pub const PINNED_MAPS: [&str; 22] = [
     "TASKS",
     "SECCOMP_SYSCALL",
     "SECCOMP_KILLED",
+    "SECCOMP_TRACING",
     "RECENT_KILLS",
     "LAST_OOM",
     "OOM_PENDING",

@@ -25,14 +25,22 @@ fn every_probe_of_the_table_attaches_here() {
             agent.log()
         );
     }
-    // The LOG hook attaches where fexit or kprobes work, else reads `off` and says so.
-    let log = m.find("cgwatch_probe_attached", &[("probe", "seccomp_log")]);
-    assert_eq!(log.len(), 1);
-    if log[0].value == 0.0 {
-        assert_eq!(log[0].labels["mode"], "off");
-        assert!(agent.log().contains("probe seccomp_log: off: unavailable here, LOG verdicts are not counted"), "{}", agent.log());
-    } else {
-        assert!(["fexit", "kprobe"].contains(&log[0].labels["mode"].as_str()), "{log:?}");
+    // The LOG, TRACE and USER_NOTIF hooks attach where fexit or kprobes work (the last two only
+    // beside the fast path), else read `off` and say so.
+    for (probe, says) in [
+        ("seccomp_log", "LOG verdicts are not counted"),
+        ("seccomp_trace", "traced TRACE verdicts count as errno"),
+        ("seccomp_user_notif", "USER_NOTIF verdicts count as errno"),
+    ] {
+        let hook = m.find("cgwatch_probe_attached", &[("probe", probe)]);
+        assert_eq!(hook.len(), 1);
+        if hook[0].value == 0.0 {
+            assert_eq!(hook[0].labels["mode"], "off");
+            assert!(agent.log().contains(&format!("probe {probe}: off: unavailable here, {says}")), "{}", agent.log());
+        } else {
+            assert!(fast || probe == "seccomp_log", "{probe} needs the fast path");
+            assert!(["fexit", "kprobe"].contains(&hook[0].labels["mode"].as_str()), "{hook:?}");
+        }
     }
     // The oom_kill_process kprobe only stands in for a mark_victim without the victim task.
     let oom_kprobe_needed = cgwatch::btf::KernelBtf::from_sysfs(std::path::Path::new("/sys"))
@@ -42,7 +50,10 @@ fn every_probe_of_the_table_attaches_here() {
     assert_eq!(m.get("cgwatch_probe_attached", &[("probe", off), ("mode", "off")]), Some(0.0));
     for rows in PROBES
         .iter()
-        .filter(|r| !r[0].probe.starts_with("seccomp_sys_") && !["seccomp_filter", "seccomp_log", skip, off].contains(&r[0].probe))
+        .filter(|r| {
+            !r[0].probe.starts_with("seccomp_sys_")
+                && !["seccomp_filter", "seccomp_log", "seccomp_trace", "seccomp_user_notif", skip, off].contains(&r[0].probe)
+        })
     {
         let probe = rows[0].probe;
         // This kernel has BTF and tp_btf: the preferred mode must be the one that attached.
@@ -63,7 +74,8 @@ fn raw_tp_mode_attaches_everything_and_counts_the_same() {
     let agent = Agent::start(&["--probe-mode", "raw_tp", "--seccomp-mode", "tracepoint"]);
     let m = agent.scrape();
     // Every tracepoint probe attaches raw; the function probes are not tracepoints.
-    for rows in PROBES.iter().filter(|r| !["seccomp_filter", "seccomp_log", "oom_kill_process"].contains(&r[0].probe)) {
+    let function_probes = ["seccomp_filter", "seccomp_log", "seccomp_trace", "seccomp_user_notif", "oom_kill_process"];
+    for rows in PROBES.iter().filter(|r| !function_probes.contains(&r[0].probe)) {
         let probe = rows[0].probe;
         assert_eq!(m.get("cgwatch_probe_attached", &[("probe", probe), ("mode", "raw_tp")]), Some(1.0), "{probe}");
     }

@@ -183,3 +183,41 @@ fn two_containers_and_a_service_every_series_is_named() {
     svc_proc.kill().unwrap();
     svc_proc.wait().unwrap();
 }
+
+/// Complain mode with a real runtime: an OCI profile as Docker and podman take it, with
+/// `"defaultAction": "SCMP_ACT_LOG"` and acct denied, installed by runc (libseccomp). Only acct
+/// counts as a denial, exactly; everything else the container does is a `log` verdict where the
+/// gauge says LOG is observable (the VM kernels; not this host), and nothing at all where not.
+#[test]
+fn a_complain_mode_profile_installed_by_runc_denies_only_what_it_denies() {
+    let agent = Agent::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("complain.json");
+    let json = json!({
+        "defaultAction": "SCMP_ACT_LOG",
+        "syscalls": [{ "names": ["acct"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }],
+    });
+    std::fs::write(&profile, json.to_string()).unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let c = Container::start("cgwatch-complain", &["--security-opt", &opt], &["/cgwatch-workload", "acct", "--count", "9"]);
+    assert_eq!(c.wait(), 0, "{}", c.logs());
+    assert_eq!(c.logs().trim(), "9", "every call failed with EPERM");
+    let cgroup = c.cgroup();
+    let mine = with(&ctr_labels(&c), &[("cgroup", &cgroup)]);
+    let denied = with(&mine, &[("syscall", "acct"), ("action", "errno")]);
+    let m = agent.scrape_until(WAIT, |m| m.get("cgwatch_seccomp_violations_total", &denied) == Some(9.0));
+    assert_eq!(m.get("cgwatch_seccomp_violations_total", &denied), Some(9.0));
+    let others: Vec<_> = m
+        .find("cgwatch_seccomp_violations_total", &mine)
+        .into_iter()
+        .filter(|s| s.labels["syscall"] != "acct")
+        .map(|s| (s.labels["syscall"].clone(), s.labels["action"].clone(), s.value))
+        .collect();
+    assert!(others.iter().all(|o| o.1 == "log"), "{others:?}");
+    if m.get("cgwatch_seccomp_action_observable", &[("action", "log")]) == Some(1.0) {
+        // The workload's own exit, at least, ran under the profile.
+        assert!(others.iter().any(|o| o.0 == "exit_group"), "{others:?}");
+    } else {
+        assert_eq!(others, vec![]);
+    }
+}

@@ -35,7 +35,7 @@ pub fn floor_state_sys_enter_btf(_ctx: BtfTracePointContext) -> i32 {
     if crate::kernel::is_filtered(crate::kernel::current_seccomp_mode_btf()) {
         let state = crate::maps::task_state();
         if state.is_null() {
-            crate::maps::new_task_state(agent_common::TaskState { in_syscall: 1, trap_pending: 0 }, "floor");
+            crate::maps::new_task_state(agent_common::TaskState { in_syscall: 1, trap_pending: 0, verdict: 0 }, "floor");
         } else {
             unsafe { (*state).in_syscall = 1 };
         }

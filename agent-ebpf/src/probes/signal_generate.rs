@@ -55,7 +55,7 @@ fn try_signal_generate(sig: i32, info: u64, target: u64) -> Result<(), i64> {
         // that raised no signal must still see that this one did.
         let state = maps::task_state();
         if state.is_null() {
-            maps::new_task_state(TaskState { in_syscall: 0, trap_pending: TaskState::KILL_COUNTED }, PROBE);
+            maps::new_task_state(TaskState { in_syscall: 0, trap_pending: TaskState::KILL_COUNTED, verdict: 0 }, PROBE);
         } else {
             unsafe { (*state).trap_pending = TaskState::KILL_COUNTED };
         }
@@ -63,7 +63,7 @@ fn try_signal_generate(sig: i32, info: u64, target: u64) -> Result<(), i64> {
     } else if kernel::is_filtered(mode) {
         let state = maps::task_state();
         if state.is_null() {
-            maps::new_task_state(TaskState { in_syscall: 0, trap_pending: 1 }, PROBE);
+            maps::new_task_state(TaskState { in_syscall: 0, trap_pending: 1, verdict: 0 }, PROBE);
         } else {
             unsafe {
                 // A SIGSYS with SYS_SECCOMP raised from inside a syscall body is a forgery

@@ -36,7 +36,7 @@ pub fn sys_enter_raw(_ctx: RawTracePointContext) -> i32 {
 fn entered() {
     let state = maps::task_state();
     if state.is_null() {
-        maps::new_task_state(TaskState { in_syscall: 1, trap_pending: 0 }, PROBE);
+        maps::new_task_state(TaskState { in_syscall: 1, trap_pending: 0, verdict: 0 }, PROBE);
     } else {
         unsafe { (*state).in_syscall = 1 };
     }

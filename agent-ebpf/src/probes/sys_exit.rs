@@ -49,7 +49,7 @@ fn try_sys_exit(regs: u64, ret: i64) -> Result<(), i64> {
         // of the seccomp()/prctl() that installed the filter (or a TSYNC from another thread), or
         // a syscall that was already running when the probes attached. None of these is a
         // violation; from now on the thread is tracked.
-        maps::new_task_state(TaskState { in_syscall: 0, trap_pending: 0 }, PROBE);
+        maps::new_task_state(TaskState { in_syscall: 0, trap_pending: 0, verdict: 0 }, PROBE);
         return Ok(());
     }
     unsafe {

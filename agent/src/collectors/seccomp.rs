@@ -14,6 +14,8 @@ pub fn action_name(a: u32) -> &'static str {
         action::KILL_PROCESS => "kill_process",
         action::KILL_THREAD => "kill_thread",
         action::LOG => "log",
+        action::TRACE => "trace",
+        action::USER_NOTIF => "user_notif",
         _ => "unknown",
     }
 }

@@ -1,8 +1,8 @@
 //! `cgwatch_seccomp_action_observable{action,mode}`: which seccomp verdicts this agent counts
 //! under their own `action` label here, and by which attach mode; 0 where a verdict is not
-//! told apart (the syscall tracepoints and the `__seccomp_filter` return see TRACE without a
-//! tracer and USER_NOTIF error replies as a skipped syscall, counted as `errno`), or where a
-//! LOG verdict cannot be seen (no hook, or `kernel.seccomp.actions_logged` without `log`).
+//! always told apart (the syscall tracepoints see TRACE and USER_NOTIF verdicts as a skipped
+//! syscall, counted as `errno`; a TRACE without a tracer is that on every path), or where a LOG
+//! verdict cannot be seen (no hook, or `kernel.seccomp.actions_logged` without `log`).
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -53,6 +53,9 @@ pub fn observable(probes: &[ProbeStatus], log_logged: bool) -> Vec<(&'static str
     let exit = probe("process_exit");
     let kills = signal.and(exit);
     let log = probe("seccomp_log");
+    // Both need the fast path attached (the table's `needs`).
+    let trace = probe("seccomp_trace");
+    let user_notif = probe("seccomp_user_notif");
     let off = "off";
     vec![
         ("errno", errno.unwrap_or(off), errno.is_some()),
@@ -60,9 +63,12 @@ pub fn observable(probes: &[ProbeStatus], log_logged: bool) -> Vec<(&'static str
         ("kill_process", kills.unwrap_or(off), kills.is_some()),
         ("kill_thread", kills.unwrap_or(off), kills.is_some()),
         ("log", log.unwrap_or(off), log.is_some() && log_logged),
-        // Not told apart on any path yet: counted as errno where that is counted.
-        ("trace", errno.unwrap_or(off), false),
-        ("user_notif", errno.unwrap_or(off), false),
+        // A TRACE that stops at a tracer is counted as trace where its hook is attached (beside
+        // the fast path), but one without a tracer is answered ENOSYS exactly as an ERRNO(ENOSYS)
+        // rule is, and counts as errno on every path: never all of them.
+        ("trace", trace.or(errno).unwrap_or(off), false),
+        // USER_NOTIF replies the syscall did not run after: their hook beside the fast path.
+        ("user_notif", user_notif.or(errno).unwrap_or(off), user_notif.is_some()),
     ]
 }
 
@@ -114,6 +120,12 @@ mod tests {
         let got = observable(&fast, true);
         assert_eq!((got[0], got[3], got[4]), (("errno", "kprobe", true), ("kill_thread", "raw_tp", true), ("log", "kprobe", true)));
         assert_eq!(observable(&fast, false)[4], ("log", "kprobe", false));
+        // Without their hooks, TRACE and USER_NOTIF fall into errno, on its path.
+        assert_eq!((got[5], got[6]), (("trace", "kprobe", false), ("user_notif", "kprobe", false)));
+        // With them: USER_NOTIF exact; TRACE never all (without a tracer it is an ENOSYS errno).
+        let hooked = [&fast[..], &[status("seccomp_trace", "fexit", true), status("seccomp_user_notif", "kprobe", true)]].concat();
+        let got = observable(&hooked, true);
+        assert_eq!((got[5], got[6]), (("trace", "fexit", false), ("user_notif", "kprobe", true)));
         assert!(logs_log_verdicts("kill_process kill_thread trap errno user_notif trace log\n"));
         assert!(!logs_log_verdicts("kill_process kill_thread\n"));
     }

@@ -249,7 +249,7 @@ pub fn load(
         status.push(st);
     }
     fast_path_fell_back(&mut status);
-    log_hook_unavailable(&mut status, ctx.seccomp_mode);
+    verdict_hooks_unavailable(&mut status, ctx.seccomp_mode);
     let Attacher { pinned_links, reused, .. } = attacher;
     // Attached: the BTF is freed before the ring buffers are mapped, so that the two do not add
     // up.
@@ -298,14 +298,15 @@ fn fast_path_fell_back(status: &mut [ProbeStatus]) {
     }
 }
 
-/// The LOG hook is an extra, not a fallback chain: where neither fexit nor kprobes work on
-/// `audit_seccomp` (and the user did not ask for one of them with `--seccomp-mode`), it is
-/// reported `off`, and `cgwatch_seccomp_action_observable{action="log"}` says LOG verdicts go
-/// uncounted here.
-fn log_hook_unavailable(status: &mut [ProbeStatus], mode: crate::config::SeccompMode) {
+/// The LOG, TRACE and USER_NOTIF hooks are extras, not a fallback chain: where they cannot
+/// attach (and the user did not ask for fexit or kprobes with `--seccomp-mode`), they are reported
+/// `off`, and `cgwatch_seccomp_action_observable` says how those verdicts are counted here.
+fn verdict_hooks_unavailable(status: &mut [ProbeStatus], mode: crate::config::SeccompMode) {
     use crate::config::SeccompMode;
     if !matches!(mode, SeccompMode::Fexit | SeccompMode::Kprobe) {
         report_off(status, "seccomp_log", "unavailable here, LOG verdicts are not counted");
+        report_off(status, "seccomp_trace", "unavailable here, traced TRACE verdicts count as errno");
+        report_off(status, "seccomp_user_notif", "unavailable here, USER_NOTIF verdicts count as errno");
     }
 }
 
@@ -507,7 +508,19 @@ impl Attacher<'_> {
             }
             Hook::Kprobe(function) => {
                 let p: &mut KProbe = program.try_into().map_err(|e| format!("{e}"))?;
-                let id = p.attach(function, 0).map_err(|e| attach_err(&e))?;
+                let id = match p.attach(function, 0) {
+                    Ok(id) => id,
+                    // A static function the compiler cloned is listed only as the clone.
+                    Err(e) => match kprobe_clone(function) {
+                        Ok(Some(clone)) => {
+                            let id = p.attach(clone.as_str(), 0).map_err(|e| attach_err(&e))?;
+                            info!("probe {link_name}: {function} is the compiler clone {clone} in this kernel");
+                            id
+                        }
+                        Ok(None) => return Err(attach_err(&e)),
+                        Err(why) => return Err(format!("{}; {why}", attach_err(&e))),
+                    },
+                };
                 // A kprobe's link is a BPF link (pinnable) only where the kernel has perf links
                 // (5.15); elsewhere it stays with the agent and detaches when it stops.
                 if self.pins.is_some() && aya::features().bpf_perf_link() {
@@ -549,6 +562,15 @@ impl Attacher<'_> {
             }
         }
     }
+}
+
+/// Where a kprobe on `function` failed: its one compiler clone, if the kernel has kprobes and
+/// lists one.
+fn kprobe_clone(function: &str) -> Result<Option<String>, String> {
+    if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return Ok(None);
+    }
+    super::symbols::clone_of(Path::new("/proc/kallsyms"), function)
 }
 
 fn unload(ebpf: &mut Ebpf, name: &str) {

@@ -1,7 +1,8 @@
 //! The eBPF programs: the probe table (`table`), loading and attaching them (`attach`), where they
-//! keep per-thread state (`task_state`), and the running kernel's version. The maps they count in are read by `crate::maps`.
+//! keep per-thread state (`task_state`), kprobe symbols (`symbols`), and the running kernel's version. The maps they count in are read by `crate::maps`.
 
 pub mod attach;
+pub mod symbols;
 pub mod table;
 pub mod task_state;
 

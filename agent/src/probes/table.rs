@@ -163,12 +163,15 @@ fn unless_fast_path(c: &ProbeContext) -> Option<&'static str> {
     }
 }
 
+/// `__seccomp_filter(this_syscall, recheck_after_trace)` (6.15 on): the program reads the flag
+/// as its second argument, so BTF must name it there (or not at all: TRACE stops uncounted).
 fn seccomp_filter_args_2(c: &ProbeContext) -> bool {
-    c.kernel.seccomp_filter_args == 2 && unless_kprobe_mode(c)
+    c.kernel.seccomp_filter_args == 2 && matches!(c.kernel.seccomp_filter_recheck_arg, 0 | 1) && unless_kprobe_mode(c)
 }
 
+/// `__seccomp_filter(this_syscall, sd, recheck_after_trace)` (before 6.15): the flag third.
 fn seccomp_filter_args_3(c: &ProbeContext) -> bool {
-    c.kernel.seccomp_filter_args == 3 && unless_kprobe_mode(c)
+    c.kernel.seccomp_filter_args == 3 && matches!(c.kernel.seccomp_filter_recheck_arg, 0 | 2) && unless_kprobe_mode(c)
 }
 
 /// fexit rows of function probes: not in `--seccomp-mode kprobe`, which asks for the kprobes.
@@ -239,6 +242,56 @@ const SECCOMP_LOG: [ProbeSpec; 2] = [
     },
 ];
 
+/// TRACE verdicts that stop at a tracer: `ptrace_notify`, fexit else a kprobe. Only beside the
+/// fast path, whose return counts them (the marks would be left to no one), and only where BTF
+/// names the recheck parameter (without it the recheck's return would count a second verdict).
+const SECCOMP_TRACE: [ProbeSpec; 2] = [
+    ProbeSpec {
+        probe: "seccomp_trace",
+        hook: "ptrace_notify",
+        mode: Mode::Fexit,
+        program: "ptrace_notify_fexit",
+        min_kernel: FEXIT_MIN_KERNEL,
+        disable_if: unless_recheck_is_named,
+        needs: &["seccomp_filter"],
+        fits: unless_kprobe_mode,
+        unless_attached: &[],
+    },
+    ProbeSpec {
+        probe: "seccomp_trace",
+        hook: "ptrace_notify",
+        mode: Mode::Kprobe,
+        program: "ptrace_notify_kprobe",
+        min_kernel: (4, 17),
+        disable_if: unless_recheck_is_named,
+        needs: &["seccomp_filter"],
+        fits: always,
+        unless_attached: &[],
+    },
+];
+
+fn unless_recheck_is_named(c: &ProbeContext) -> Option<&'static str> {
+    unless_fast_path(c).or_else(|| {
+        (c.kernel.seccomp_filter_recheck_arg == 0 || c.kernel.seccomp_recheck_reg == 0)
+            .then_some("kernel BTF names no recheck_after_trace parameter of __seccomp_filter; traced TRACE verdicts count as errno")
+    })
+}
+
+/// USER_NOTIF verdicts the syscall does not run after: a kretprobe on
+/// `seccomp_do_user_notification` (a compiler clone in most kernels, absent from BTF: no fexit),
+/// beside the fast path, whose return counts them. Its -1 return (skip) exists since 5.5.
+const SECCOMP_USER_NOTIF: [ProbeSpec; 1] = [ProbeSpec {
+    probe: "seccomp_user_notif",
+    hook: "seccomp_do_user_notification",
+    mode: Mode::Kprobe,
+    program: "user_notification_kretprobe",
+    min_kernel: (5, 5),
+    disable_if: unless_fast_path,
+    needs: &["seccomp_filter"],
+    fits: always,
+    unless_attached: &[],
+}];
+
 fn unless_oom_kill_process_needed(c: &ProbeContext) -> Option<&'static str> {
     if c.kernel.flags & config_flags::MARK_VICTIM_HAS_TASK != 0 {
         Some("not needed: mark_victim carries the victim and tells the limit that fired")
@@ -282,7 +335,7 @@ const EXIT_NO_GD: [ProbeSpec; 2] = probe_rows!(
 );
 
 /// Every probe, in attach order, each with its rows in order of preference.
-pub static PROBES: [&[ProbeSpec]; 11] = [
+pub static PROBES: [&[ProbeSpec]; 13] = [
     &probe_rows!("cgroup_mkdir", "cgroup_mkdir", "cgroup_mkdir_btf", "cgroup_mkdir_raw", never),
     &probe_rows!("cgroup_rmdir", "cgroup_rmdir", "cgroup_rmdir_btf", "cgroup_rmdir_raw", never),
     // With group_dead (>= 6.16) or without it, tp_btf before raw_tp.
@@ -294,6 +347,8 @@ pub static PROBES: [&[ProbeSpec]; 11] = [
     &probe_rows!("seccomp_signal", "signal_generate", "signal_generate_btf", "signal_generate_raw", unless_seccomp),
     &SECCOMP_FAST_PATH,
     &SECCOMP_LOG,
+    &SECCOMP_TRACE,
+    &SECCOMP_USER_NOTIF,
     &unless_attached(
         probe_rows!("seccomp_sys_enter", "sys_enter", "sys_enter_btf", "sys_enter_raw", unless_syscall_tracking),
         &["seccomp_filter"],
@@ -347,22 +402,33 @@ mod tests {
         let disabled = |ctx: &ProbeContext| -> Vec<&str> {
             PROBES.iter().filter(|r| (r[0].disable_if)(ctx).is_some()).map(|r| r[0].probe).collect()
         };
-        assert_eq!(
-            disabled(&ctx),
-            ["oom_mark_victim", "oom_kill_process", "seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]
-        );
+        let no_fast_path = ["seccomp_filter", "seccomp_trace", "seccomp_user_notif", "seccomp_sys_enter", "seccomp_sys_exit"];
+        assert_eq!(disabled(&ctx), [&["oom_mark_victim", "oom_kill_process"][..], &no_fast_path].concat());
         // mark_victim with only a pid: the oom_kill_process kprobe tells the limit instead.
         ctx.kernel.flags = config_flags::HAS_OOM_CONTROL;
-        assert_eq!(disabled(&ctx), ["oom_mark_victim", "seccomp_filter", "seccomp_sys_enter", "seccomp_sys_exit"]);
+        assert_eq!(disabled(&ctx), [&["oom_mark_victim"][..], &no_fast_path].concat());
         ctx.seccomp_mode = SeccompMode::Off;
         ctx.kernel.flags = config_flags::MARK_VICTIM_HAS_TASK | config_flags::HAS_OOM_CONTROL;
         assert_eq!(
             disabled(&ctx),
-            ["oom_kill_process", "seccomp_signal", "seccomp_filter", "seccomp_log", "seccomp_sys_enter", "seccomp_sys_exit"]
+            [
+                "oom_kill_process",
+                "seccomp_signal",
+                "seccomp_filter",
+                "seccomp_log",
+                "seccomp_trace",
+                "seccomp_user_notif",
+                "seccomp_sys_enter",
+                "seccomp_sys_exit"
+            ]
         );
         // fexit: the fast path only, the tracepoints stay off (no fallback).
         ctx.seccomp_mode = SeccompMode::Fexit;
         ctx.kernel.seccomp_filter_args = 3;
+        // TRACE stops only where BTF names the recheck parameter.
+        assert_eq!(disabled(&ctx), ["oom_kill_process", "seccomp_trace", "seccomp_sys_enter", "seccomp_sys_exit"]);
+        ctx.kernel.seccomp_filter_recheck_arg = 2;
+        ctx.kernel.seccomp_recheck_reg = 96;
         assert_eq!(disabled(&ctx), ["oom_kill_process", "seccomp_sys_enter", "seccomp_sys_exit"]);
         // auto: the fast path, and the tracepoints unless it attaches.
         ctx.seccomp_mode = SeccompMode::Auto;
@@ -373,7 +439,11 @@ mod tests {
         let fitting = |ctx: &ProbeContext| fast.iter().filter(|r| (r.fits)(ctx)).map(|r| r.program).collect::<Vec<_>>();
         assert_eq!(fitting(&ctx), ["seccomp_filter_fexit3", "seccomp_filter_kprobe"]);
         ctx.kernel.seccomp_filter_args = 2;
+        // Each fexit program reads the recheck flag at the one position its layout has it.
+        assert_eq!(fitting(&ctx), ["seccomp_filter_kprobe"]);
+        ctx.kernel.seccomp_filter_recheck_arg = 1;
         assert_eq!(fitting(&ctx), ["seccomp_filter_fexit2", "seccomp_filter_kprobe"]);
+        ctx.kernel.seccomp_filter_recheck_arg = 2;
         ctx.kernel.seccomp_filter_args = 0;
         assert_eq!(fitting(&ctx), ["seccomp_filter_kprobe"]);
         ctx.kernel.seccomp_filter_args = 3;

@@ -51,6 +51,17 @@ enum Notify {
     Gone,
 }
 
+/// What the tracer of a `traced` child does at each seccomp TRACE stop.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum TracerDoes {
+    /// Lets the syscall run (the kernel rechecks the filters, which allow it this time).
+    Allow,
+    /// Skips it: syscall number -1, return value -EPERM.
+    Skip,
+    /// Turns it into getpgrp, which the child's second filter denies with EPERM on the recheck.
+    Redirect,
+}
+
 /// What a TRAP's SIGSYS meets.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Sigsys {
@@ -138,6 +149,24 @@ enum What {
         notify: Notify,
         #[arg(long, default_value_t = 1)]
         count: u64,
+    },
+    /// Fork a child that installs a filter answering getppid with SECCOMP_RET_TRACE (and a second
+    /// one denying getpgrp with EPERM) and calls getppid COUNT times, checking each result, while
+    /// this process traces it (PTRACE_O_TRACESECCOMP) and does TRACER at each stop.
+    Traced {
+        #[arg(long, value_enum)]
+        tracer: TracerDoes,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Complain mode as a Docker profile with `"defaultAction": "SCMP_ACT_LOG"` writes it: every
+    /// syscall LOG but getppid, denied with EPERM; then getpid LOGGED times and getppid DENIED
+    /// times.
+    Complain {
+        #[arg(long)]
+        logged: u64,
+        #[arg(long)]
+        denied: u64,
     },
     /// Replace this process with COMMAND (after joining the cgroups).
     Exec {
@@ -311,6 +340,127 @@ fn user_notif(notify: Notify, count: u64) -> Result<()> {
     }
     supervisor.join().map_err(|_| anyhow::anyhow!("the supervisor panicked"))??;
     Ok(())
+}
+
+/// A filter with one rule: `nr` gets `on_match`, every other syscall `otherwise`.
+fn install_one_rule(nr: i64, on_match: SeccompAction, otherwise: SeccompAction) -> Result<()> {
+    let filter = SeccompFilter::new([(nr, vec![])].into_iter().collect(), otherwise, on_match, TargetArch::x86_64)
+        .context("building the filter")?;
+    let program: BpfProgram = filter.try_into().context("compiling the filter")?;
+    seccompiler::apply_filter(&program).context("installing the filter")
+}
+
+fn complain(logged: u64, denied: u64) -> Result<()> {
+    // Before the filter: std may ask the kernel (one more getpid).
+    let me = std::process::id() as i64;
+    install_one_rule(libc::SYS_getppid, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Log)?;
+    for i in 0..logged {
+        let r = unsafe { libc::syscall(libc::SYS_getpid) };
+        if r != me {
+            bail!("logged call {i}: getpid returned {r}");
+        }
+    }
+    for i in 0..denied {
+        let r = getppid_raw();
+        if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+            bail!("denied call {i}: getppid returned {r}");
+        }
+    }
+    Ok(())
+}
+
+/// The traced child: stops for its tracer, installs the filters, makes the calls and exits 0
+/// when each returned what `tracer` makes of it.
+fn traced_child(tracer: TracerDoes, count: u64) -> i32 {
+    let ppid = unsafe { libc::getppid() } as i64;
+    unsafe {
+        libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+        libc::raise(libc::SIGSTOP);
+    }
+    // The later filter runs first; the kernel takes the verdict of highest precedence (ERRNO over
+    // TRACE), so getpgrp is denied on the recheck after a redirect, and getppid traced.
+    if install_one_rule(libc::SYS_getpgrp, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow).is_err()
+        || install_one_rule(libc::SYS_getppid, SeccompAction::Trace(0), SeccompAction::Allow).is_err()
+    {
+        return 2;
+    }
+    for _ in 0..count {
+        let r = getppid_raw();
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        let ok = match tracer {
+            TracerDoes::Allow => r == ppid,
+            TracerDoes::Skip | TracerDoes::Redirect => r == -1 && errno == Some(libc::EPERM),
+        };
+        if !ok {
+            return 1;
+        }
+    }
+    0
+}
+
+/// Traces a `traced_child` to its end; returns the number of seccomp stops it saw.
+fn traced(tracer: TracerDoes, count: u64) -> Result<u64> {
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if child == 0 {
+        unsafe { libc::_exit(traced_child(tracer, count)) };
+    }
+    let wait = || -> Result<i32> {
+        let mut status = 0;
+        if unsafe { libc::waitpid(child, &mut status, libc::__WALL) } != child {
+            bail!("waitpid: {}", std::io::Error::last_os_error());
+        }
+        Ok(status)
+    };
+    let status = wait()?;
+    if !libc::WIFSTOPPED(status) {
+        bail!("the child did not stop for its tracer ({status:#x})");
+    }
+    let options = libc::PTRACE_O_TRACESECCOMP | libc::PTRACE_O_EXITKILL;
+    if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, child, 0, options) } != 0 {
+        bail!("PTRACE_SETOPTIONS: {}", std::io::Error::last_os_error());
+    }
+    let mut signal = 0;
+    let mut stops = 0;
+    loop {
+        if unsafe { libc::ptrace(libc::PTRACE_CONT, child, 0, signal) } != 0 {
+            bail!("PTRACE_CONT: {}", std::io::Error::last_os_error());
+        }
+        let status = wait()?;
+        if libc::WIFEXITED(status) {
+            match libc::WEXITSTATUS(status) {
+                0 => return Ok(stops),
+                code => bail!("the traced child exited {code} after {stops} seccomp stops"),
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            bail!("the traced child died of signal {}", libc::WTERMSIG(status));
+        }
+        signal = 0;
+        if status >> 8 == libc::SIGTRAP | (libc::PTRACE_EVENT_SECCOMP << 8) {
+            stops += 1;
+            if tracer != TracerDoes::Allow {
+                let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+                if unsafe { libc::ptrace(libc::PTRACE_GETREGS, child, 0, &mut regs) } != 0 {
+                    bail!("PTRACE_GETREGS: {}", std::io::Error::last_os_error());
+                }
+                if tracer == TracerDoes::Skip {
+                    regs.orig_rax = u64::MAX;
+                    regs.rax = (-libc::EPERM) as u64;
+                } else {
+                    regs.orig_rax = libc::SYS_getpgrp as u64;
+                }
+                if unsafe { libc::ptrace(libc::PTRACE_SETREGS, child, 0, &regs) } != 0 {
+                    bail!("PTRACE_SETREGS: {}", std::io::Error::last_os_error());
+                }
+            }
+        } else if libc::WIFSTOPPED(status) {
+            // Any other signal goes on to the child.
+            signal = libc::WSTOPSIG(status);
+        }
+    }
 }
 
 /// Sends itself `sig` with kill(2), with its default action and unblocked, and returns only if
@@ -497,6 +647,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         What::UserNotif { notify, count } => user_notif(notify, count),
+        What::Traced { tracer, count } => {
+            let stops = traced(tracer, count)?;
+            if stops != count {
+                bail!("{stops} seccomp stops for {count} calls");
+            }
+            Ok(())
+        }
+        What::Complain { logged, denied } => complain(logged, denied),
         What::Exec { command } => {
             let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
             bail!("exec {}: {err}", command[0])
