@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
-use crate::{containers::Selection, events::Destination};
+use crate::{
+    containers::{Selection, metadata::DOCKER_DATA_ROOT},
+    events::Destination,
+};
 
 /// Default listen port: outside the 9100-9999 range that the Prometheus exporter port registry
 /// has fully allocated, and not used by any well-known exporter.
@@ -58,9 +61,16 @@ pub struct Config {
     pub sysfs: PathBuf,
 
     /// Host root filesystem (e.g. /host in a DaemonSet): runtime state and kubelet logs are read
-    /// below it (var/lib/docker, var/lib/containers, run/containerd, var/log/pods).
+    /// below it (docker's data root, var/lib/containers, run/containerd, var/log/pods).
     #[arg(long = "path.rootfs", env = "CGWATCH_PATH_ROOTFS", default_value = "/")]
     pub rootfs: PathBuf,
+
+    /// dockerd's data root as the host names it (its --data-root, daemon.json "data-root"),
+    /// read below --path.rootfs: container names, images and labels come from
+    /// <data root>/containers/<id>/config.v2.json.
+    #[arg(long = "docker.data-root", env = "CGWATCH_DOCKER_DATA_ROOT", value_name = "PATH",
+          default_value = DOCKER_DATA_ROOT, value_parser = parse_host_path)]
+    pub docker_data_root: PathBuf,
 
     /// Which cgroups get series of their own; events of the others are summed under
     /// cgroup="(other)".
@@ -159,6 +169,15 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A path on the host, as its own programs name it (read below --path.rootfs): absolute.
+fn parse_host_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if !p.is_absolute() {
+        return Err("must be an absolute path, as the host names it (it is read below --path.rootfs)".into());
+    }
+    Ok(p)
+}
+
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(24 * 3600) {
@@ -203,6 +222,9 @@ mod tests {
         assert_eq!(c.web_idle_timeout, Duration::from_secs(120));
         assert_eq!(c.web_max_connections, 512);
         assert_eq!(c.events, Destination::Off);
+        assert_eq!(c.docker_data_root, PathBuf::from("/var/lib/docker"));
+        let c = Config::try_parse_from(["cgwatch", "--docker.data-root", "/data/docker"]).unwrap();
+        assert_eq!(c.docker_data_root, PathBuf::from("/data/docker"));
         assert_eq!(c.events_config().rate, 0, "no events unless asked for");
         let c = Config::try_parse_from(["cgwatch", "--events", "/var/log/cgwatch.json", "--events-rate", "5"]).unwrap();
         assert_eq!(c.events, Destination::File("/var/log/cgwatch.json".into()));
@@ -225,5 +247,7 @@ mod tests {
         assert!(Config::try_parse_from(["cgwatch", "--events", ""]).is_err());
         assert!(Config::try_parse_from(["cgwatch", "--events-rate", "0"]).is_err());
         assert!(Config::try_parse_from(["cgwatch", "--events-burst", "-1"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--docker.data-root", "data/docker"]).is_err());
+        assert!(Config::try_parse_from(["cgwatch", "--docker.data-root", ""]).is_err());
     }
 }

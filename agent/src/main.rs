@@ -138,7 +138,7 @@ async fn run(config: Config) -> Result<()> {
 
     let registry = Arc::new(Registry::with_selection(config.max_cgroups as usize, config.retain, config.cgroups));
     tasks::housekeeping(&layout, &registry, maps.as_deref());
-    let mut resolver = Resolver::new(&config.rootfs);
+    let mut resolver = Resolver::new(&config.rootfs, &config.docker_data_root);
     tasks::resolve_names(&mut resolver, &registry);
     info!(
         "{} cgroups known under {}, {} containers",
@@ -205,7 +205,13 @@ async fn run(config: Config) -> Result<()> {
         (Some(_), None) => warn!("event stream off: the probes are not loaded"),
         _ => {}
     }
-    tokio::spawn(tasks::name_resolver(config.rootfs.clone(), registry.clone(), wake_resolver, config.scan_interval));
+    tokio::spawn(tasks::name_resolver(
+        config.rootfs.clone(),
+        config.docker_data_root.clone(),
+        registry.clone(),
+        wake_resolver,
+        config.scan_interval,
+    ));
     tokio::spawn(tasks::housekeeping_loop(layout.clone(), registry.clone(), maps, config.scan_interval));
     tokio::spawn(tasks::fresh_cgroups(layout.clone(), registry.clone(), resources.clone()));
     tokio::spawn(tasks::sampler(config.procfs.clone(), sampler, layout, registry, resources, config.sample_interval));

@@ -263,10 +263,17 @@ pub fn resolve_names(resolver: &mut Resolver, registry: &Registry) {
 const NAMES_RETRY_WINDOW: Duration = Duration::from_secs(10);
 const NAMES_RETRY: Duration = Duration::from_millis(250);
 
-/// Looks names up after every rescan period and whenever a container cgroup appears; a miss
-/// (the runtime has not written its state yet) is retried on the next round.
-pub async fn name_resolver(rootfs: PathBuf, registry: Arc<Registry>, wake: Arc<Notify>, every: Duration) {
-    let mut resolver = Resolver::new(&rootfs);
+/// Looks names up (below `rootfs`, docker's state under `docker_data_root`) after every rescan
+/// period and whenever a container cgroup appears; a miss (the runtime has not written its state
+/// yet) is retried on the next round.
+pub async fn name_resolver(
+    rootfs: PathBuf,
+    docker_data_root: PathBuf,
+    registry: Arc<Registry>,
+    wake: Arc<Notify>,
+    every: Duration,
+) {
+    let mut resolver = Resolver::new(&rootfs, &docker_data_root);
     let mut tick = ticker(every);
     loop {
         // A container made seconds ago whose runtime had not written its names yet is looked up
@@ -290,7 +297,7 @@ pub async fn name_resolver(rootfs: PathBuf, registry: Arc<Registry>, wake: Arc<N
             Ok(r) => r,
             Err(e) => {
                 warn!("container name lookup failed ({e}); starting over with empty caches");
-                Resolver::new(&rootfs)
+                Resolver::new(&rootfs, &docker_data_root)
             }
         };
     }

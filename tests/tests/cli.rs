@@ -21,7 +21,14 @@ fn unknown_flag() {
 
 #[test]
 fn bad_values() {
-    for args in [&["--listen", "nowhere"][..], &["--max-cgroups", "0"], &["--retain", "soon"], &["--seccomp-mode", "x"]] {
+    let bad: [&[&str]; 5] = [
+        &["--listen", "nowhere"],
+        &["--max-cgroups", "0"],
+        &["--retain", "soon"],
+        &["--seccomp-mode", "x"],
+        &["--docker.data-root", "data/docker"],
+    ];
+    for args in bad {
         let (code, err) = run_agent_expecting_exit(args, None);
         assert_eq!(code, Some(2), "{args:?}");
         let line = one_line(&err);
@@ -29,12 +36,37 @@ fn bad_values() {
     }
 }
 
+/// dockerd's data root is a host path, read below --path.rootfs: a relative one is refused, by
+/// flag or variable, in one line that says why.
+#[test]
+fn a_relative_docker_data_root() {
+    let (code, err) = run_agent_expecting_exit(&["--docker.data-root", "docker"], None);
+    assert_eq!(code, Some(2));
+    let line = one_line(&err);
+    assert!(line.starts_with("cgwatch: ") && line.contains("--docker.data-root") && line.contains("must be an absolute path"), "{line}");
+    let out = std::process::Command::new(cgwatch_tests::cgwatch_bin())
+        .env("CGWATCH_DOCKER_DATA_ROOT", "data/docker")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(one_line(&err).contains("must be an absolute path"), "{err}");
+}
+
+/// A data root that does not exist (no docker on the node) is no reason not to start.
+#[test]
+fn a_missing_docker_data_root_is_no_error() {
+    let agent = cgwatch_tests::Agent::start(&["--docker.data-root", "/nonexistent/cgwatch-test/docker"]);
+    assert_eq!(agent.get("/readyz", &[]).status, 200);
+}
+
 #[test]
 fn help_works() {
     let out = std::process::Command::new(cgwatch_tests::cgwatch_bin()).arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--listen", "--path.procfs", "--path.sysfs", "--max-cgroups", "--retain", "--seccomp-mode", "CGWATCH_LISTEN"] {
+    let flags = ["--listen", "--path.procfs", "--path.sysfs", "--max-cgroups", "--retain", "--seccomp-mode", "CGWATCH_LISTEN"];
+    for flag in flags.into_iter().chain(["--docker.data-root <PATH>", "CGWATCH_DOCKER_DATA_ROOT", "/var/lib/docker"]) {
         assert!(text.contains(flag), "{flag} missing from --help");
     }
 }

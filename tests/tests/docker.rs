@@ -1,7 +1,8 @@
 //! Real Docker Engine containers: Debian's dockerd + runc with Docker's default seccomp profile,
 //! memory limits and restart policies, an image of busybox-static and the test workload, and
 //! the agent reading docker's own state (`/var/lib/docker/containers`) for the names. The
-//! daemon is the harness's own (`cgwatch_tests::docker`), shared by the tests of this binary.
+//! daemon is the harness's own (`cgwatch_tests::docker`), shared by the tests of this binary;
+//! the data root test starts a second one of its own (`docker::OwnDaemon`).
 
 use std::{
     sync::{RwLock, RwLockReadGuard},
@@ -161,4 +162,47 @@ fn container_info_names_the_image_the_container_runs() {
     let want = with(&ctr_labels(&c), &[("image", &image), ("pod", ""), ("namespace", "")]);
     let m = agent.scrape_until(WAIT, |m| m.get("cgwatch_container_info", &want).is_some());
     assert_eq!(m.get("cgwatch_container_info", &want), Some(1.0), "{:?}", m.find("cgwatch_container_info", &[("container_id", &c.id)]));
+}
+
+/// A dockerd with another `--data-root` (a daemon of this test's own, its data root a fresh
+/// directory): with `--docker.data-root` set to it the agent names its containers; without it
+/// their names and image stay empty, and the log says once where it looked and which flag to set.
+#[test]
+fn a_daemon_with_another_data_root_is_named_with_docker_data_root() {
+    // Alone: a second daemon starting, and its container (a docker container to the agent, not
+    // one `docker ps` lists), overlap no other test.
+    let _alone = DAEMON_USE.write().unwrap_or_else(|e| e.into_inner());
+    let own = docker::OwnDaemon::start();
+    let c = own.run("dataroot", &["sleep", "300"]);
+    let cgroup = c.cgroup();
+    let labels = [("container_id", c.id.as_str()), ("container", c.name.as_str()), ("runtime", "docker")];
+    let short = format!("docker container {}: ", &c.id[..12]);
+
+    let agent = Agent::start(&["--docker.data-root", own.data_root.to_str().unwrap()]);
+    let want = with(&labels, &[("image", docker::IMAGE), ("pod", ""), ("namespace", "")]);
+    let m = agent.scrape_until(WAIT, |m| m.get("cgwatch_container_info", &want).is_some());
+    assert_eq!(m.get("cgwatch_container_info", &want), Some(1.0), "{:?}", m.find("cgwatch_container_info", &[("container_id", &c.id)]));
+    let series = with(&labels, &[("cgroup", &cgroup)]);
+    let m = agent.scrape_until(WAIT, |m| m.get("cgwatch_cgroup_memory_usage_bytes", &series).is_some());
+    assert!(m.get("cgwatch_cgroup_memory_usage_bytes", &series).is_some(), "{:?}", m.find("cgwatch_cgroup_memory_usage_bytes", &[("cgroup", &cgroup)]));
+    assert!(!agent.log().contains(&short), "{}", agent.log());
+    drop(agent);
+
+    let agent = Agent::start(&[]);
+    let looked_at = format!("/var/lib/docker/containers/{}/config.v2.json", c.id);
+    let unnamed = [("container_id", c.id.as_str()), ("container", ""), ("image", ""), ("runtime", "docker")];
+    let m = agent.scrape_until(WAIT, |m| m.get("cgwatch_container_info", &unnamed).is_some() && agent.log().contains(&looked_at));
+    assert_eq!(m.get("cgwatch_container_info", &unnamed), Some(1.0), "{:?}", m.find("cgwatch_container_info", &[("container_id", &c.id)]));
+    assert!(m.find("cgwatch_cgroup_memory_usage_bytes", &[("cgroup", &cgroup), ("container", &c.name)]).is_empty());
+    let log = agent.log();
+    let said = log.lines().find(|l| l.contains(&looked_at)).unwrap_or_else(|| panic!("nothing about {looked_at}:\n{log}"));
+    assert!(said.contains(" WARN ") && said.contains(&short), "{said}");
+    assert!(said.contains("--docker.data-root") && said.contains("CGWATCH_DOCKER_DATA_ROOT"), "{said}");
+    // Once for the run, not at every lookup (the resolver retries unnamed containers every
+    // --scan-interval, 500 ms here).
+    std::thread::sleep(Duration::from_secs(2));
+    let log = agent.log();
+    assert_eq!(log.matches("--docker.data-root").count(), 1, "{log}");
+    drop(agent);
+    drop(own);
 }

@@ -1,8 +1,9 @@
 //! Container, pod and namespace names from the node's own files, without credentials or a
 //! runtime API client:
 //!
-//! - docker: `/var/lib/docker/containers/<id>/config.v2.json` (name, image, and the kubelet's
-//!   `io.kubernetes.*` labels under dockershim / cri-dockerd);
+//! - docker: `<data root>/containers/<id>/config.v2.json` (name, image, and the kubelet's
+//!   `io.kubernetes.*` labels under dockershim / cri-dockerd), the data root being
+//!   `--docker.data-root` (dockerd's `--data-root`, `/var/lib/docker` by default);
 //! - containerd: the OCI bundle of a running task,
 //!   `/run/containerd/io.containerd.runtime.v2.task/<namespace>/<id>/config.json`, whose
 //!   annotations carry the CRI plugin's container, sandbox and image names (the same data the
@@ -15,20 +16,26 @@
 //!   the runtime.
 //!
 //! All paths are below `--path.rootfs`. Files are bounded in size and parsed leniently; a
-//! missing or unreadable file is a miss, retried on the next round.
+//! missing or unreadable file is a miss, retried on the next round. A docker container (by its
+//! cgroup path) still without its `config.v2.json` on a second lookup is logged, once: dockerd
+//! most likely keeps its state under another data root than `--docker.data-root`.
 
 use std::{
     collections::HashMap,
     fs,
     io::Read as _,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
     sync::Arc,
     time::SystemTime,
 };
 
+use log::warn;
 use serde_json::Value;
 
 use super::{Identity, Kind, Runtime, sanitize_name};
+
+/// dockerd's default data root (its `--data-root`), as the host names it.
+pub const DOCKER_DATA_ROOT: &str = "/var/lib/docker";
 
 /// Largest state file read (containers.json of a busy host is a few hundred KiB).
 const MAX_FILE: u64 = 16 << 20;
@@ -111,6 +118,12 @@ struct StorageIndex {
 #[derive(Debug)]
 pub struct Resolver {
     rootfs: PathBuf,
+    /// docker's data root as the host names it (`--docker.data-root`).
+    docker_data_root: PathBuf,
+    /// `<rootfs>/<docker data root>/containers`.
+    docker_containers: PathBuf,
+    /// The `config.v2.json` a docker container was found without, once it was logged.
+    docker_miss_logged: Option<PathBuf>,
     storage: [StorageIndex; 2],
     /// pod UID -> (namespace, pod), from /var/log/pods.
     pods: HashMap<String, (String, String)>,
@@ -119,8 +132,21 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(rootfs: impl Into<PathBuf>) -> Self {
-        Resolver { rootfs: rootfs.into(), storage: Default::default(), pods: HashMap::new(), log_names: HashMap::new() }
+    /// A resolver reading below `rootfs`, docker's state below `<rootfs>/<docker_data_root>`
+    /// (`docker_data_root` is the host's path, as dockerd's `--data-root` names it).
+    pub fn new(rootfs: impl Into<PathBuf>, docker_data_root: &Path) -> Self {
+        let rootfs = rootfs.into();
+        // Path::join would replace rootfs with an absolute path: joined below it instead.
+        let below_root: PathBuf = docker_data_root.components().filter(|c| !matches!(c, Component::RootDir)).collect();
+        Resolver {
+            docker_containers: rootfs.join(below_root).join("containers"),
+            docker_data_root: docker_data_root.to_path_buf(),
+            docker_miss_logged: None,
+            rootfs,
+            storage: Default::default(),
+            pods: HashMap::new(),
+            log_names: HashMap::new(),
+        }
     }
 
     /// Fills the names of a container or pod identity. `resolved` is set when the container
@@ -129,7 +155,7 @@ impl Resolver {
         let mut names = Names::default();
         let cid = &*id.container_id;
         if !cid.is_empty() {
-            names = self.docker(cid).or(self.containerd(cid)).or(self.storage(cid));
+            names = self.docker(id).or(self.containerd(cid)).or(self.storage(cid));
         }
         if !id.pod_uid.is_empty() {
             names = names.or(self.kubelet(&id.pod_uid, cid));
@@ -137,9 +163,21 @@ impl Resolver {
         named(id, &names)
     }
 
-    fn docker(&self, cid: &str) -> Names {
-        let path = self.rootfs.join("var/lib/docker/containers").join(cid).join("config.v2.json");
-        read_file(&path).map(|bytes| names_from_docker_config(&bytes)).unwrap_or_default()
+    fn docker(&mut self, id: &Identity) -> Names {
+        let path = self.docker_containers.join(&*id.container_id).join("config.v2.json");
+        match read_file(&path) {
+            Some(bytes) => names_from_docker_config(&bytes),
+            None => {
+                // Not on the first lookup: a container removed at once (`docker run --rm`) may
+                // be gone with its state before it was looked up; one whose cgroup is still
+                // there on the next lookup has its config.v2.json written.
+                if id.runtime == Runtime::Docker && id.attempted && self.docker_miss_logged.is_none() {
+                    warn!("{}", docker_miss_message(&id.container_id, &path, &self.docker_data_root));
+                    self.docker_miss_logged = Some(path);
+                }
+                Names::default()
+            }
+        }
     }
 
     fn containerd(&self, cid: &str) -> Names {
@@ -194,6 +232,19 @@ impl Resolver {
             }
         }
     }
+}
+
+/// What the log says, once, when a docker container has no `config.v2.json` where the agent
+/// looks.
+fn docker_miss_message(cid: &str, path: &Path, data_root: &Path) -> String {
+    let short = cid.get(..12).unwrap_or(cid);
+    format!(
+        "docker container {short}: no {}, its name, image and labels stay empty (said once, not for \
+         each container). dockerd's data root is taken to be {}: if dockerd runs with another \
+         --data-root (daemon.json \"data-root\"), set --docker.data-root (CGWATCH_DOCKER_DATA_ROOT) to it",
+        path.display(),
+        data_root.display()
+    )
 }
 
 impl StorageIndex {
@@ -344,7 +395,7 @@ mod tests {
                 r#"[{{"id":"{ID}","names":["web"],"image":"abc","metadata":"{{\"image-name\":\"localhost/app:1\",\"name\":\"web\"}}"}}]"#
             ),
         );
-        let mut r = Resolver::new(dir.path());
+        let mut r = Resolver::new(dir.path(), DOCKER_DATA_ROOT.as_ref());
         let id = r.resolve(&parse_path(&format!("/libpod_parent/libpod-{ID}")));
         assert!(id.resolved);
         assert_eq!((&*id.container, &*id.image, id.runtime), ("web", "localhost/app:1", Runtime::Podman));
@@ -358,12 +409,47 @@ mod tests {
             &format!("var/lib/docker/containers/{ID}/config.v2.json"),
             r#"{"Name":"/k8s_app_web-0_shop_x_0","Config":{"Image":"nginx:1.27","Labels":{"io.kubernetes.container.name":"app","io.kubernetes.pod.name":"web-0","io.kubernetes.pod.namespace":"shop"}}}"#,
         );
-        let mut r = Resolver::new(dir.path());
+        let mut r = Resolver::new(dir.path(), DOCKER_DATA_ROOT.as_ref());
         let id = r.resolve(&parse_path(&format!("/docker/{ID}")));
         assert_eq!(
             (&*id.container, &*id.pod, &*id.namespace, &*id.image, id.runtime),
             ("app", "web-0", "shop", "nginx:1.27", Runtime::Docker)
         );
+    }
+
+    #[test]
+    fn docker_state_is_read_below_rootfs_under_the_data_root() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &format!("data/docker/containers/{ID}/config.v2.json"), r#"{"Name":"/web","Config":{"Image":"nginx:1.27"}}"#);
+        let parsed = parse_path(&format!("/system.slice/docker-{ID}.scope"));
+        let mut r = Resolver::new(dir.path(), Path::new("/data/docker/"));
+        let id = r.resolve(&parsed);
+        assert!(id.resolved);
+        assert_eq!((&*id.container, &*id.image, id.runtime), ("web", "nginx:1.27", Runtime::Docker));
+        assert_eq!(r.docker_miss_logged, None);
+    }
+
+    #[test]
+    fn a_docker_container_without_its_config_is_logged_once_from_its_second_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &format!("data/docker/containers/{ID}/config.v2.json"), r#"{"Name":"/web"}"#);
+        let mut r = Resolver::new(dir.path(), DOCKER_DATA_ROOT.as_ref());
+        let first = r.resolve(&parse_path(&format!("/docker/{ID}")));
+        assert!(!first.resolved && first.attempted && first.container.is_empty());
+        // The first lookup may come after a container removed at once took its state along.
+        assert_eq!(r.docker_miss_logged, None);
+        let second = r.resolve(&first);
+        assert!(!second.resolved);
+        let looked_at = dir.path().join(format!("var/lib/docker/containers/{ID}/config.v2.json"));
+        assert_eq!(r.docker_miss_logged.as_deref(), Some(looked_at.as_path()));
+        let said = docker_miss_message(ID, &looked_at, DOCKER_DATA_ROOT.as_ref());
+        assert!(said.contains(&looked_at.display().to_string()) && said.contains("--docker.data-root"), "{said}");
+        assert!(said.contains("CGWATCH_DOCKER_DATA_ROOT") && said.starts_with("docker container 639ad46330a1: "), "{said}");
+        // Not a docker cgroup: nothing to say about docker's data root.
+        let mut r = Resolver::new(dir.path(), DOCKER_DATA_ROOT.as_ref());
+        let podman = r.resolve(&parse_path(&format!("/libpod_parent/libpod-{ID}")));
+        r.resolve(&podman);
+        assert_eq!(r.docker_miss_logged, None);
     }
 
     #[test]
@@ -374,7 +460,7 @@ mod tests {
             &format!("{CONTAINERD_TASKS}/k8s.io/{ID}/config.json"),
             r#"{"annotations":{"io.kubernetes.cri.container-name":"db","io.kubernetes.cri.sandbox-name":"pg-0","io.kubernetes.cri.sandbox-namespace":"data","io.kubernetes.cri.image-name":"postgres:17"}}"#,
         );
-        let mut r = Resolver::new(dir.path());
+        let mut r = Resolver::new(dir.path(), DOCKER_DATA_ROOT.as_ref());
         let id = r.resolve(&parse_path(&format!("/kubepods/burstable/pod{UID}/{ID}")));
         assert_eq!(
             (&*id.container, &*id.pod, &*id.namespace, &*id.image, id.runtime),
@@ -387,7 +473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &format!("var/log/pods/shop_web-0_{UID}/app/0.log"), "");
         write(dir.path(), &format!("var/log/containers/web-0_shop_app-{ID}.log"), "");
-        let mut r = Resolver::new(dir.path());
+        let mut r = Resolver::new(dir.path(), DOCKER_DATA_ROOT.as_ref());
         let sd = UID.replace('-', "_");
         let path = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{sd}.slice/cri-containerd-{ID}.scope");
         let id = r.resolve(&parse_path(&path));
@@ -401,7 +487,7 @@ mod tests {
     #[test]
     fn a_miss_is_retried_and_hostile_names_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = Resolver::new(dir.path());
+        let mut r = Resolver::new(dir.path(), DOCKER_DATA_ROOT.as_ref());
         let parsed = parse_path(&format!("/libpod_parent/libpod-{ID}"));
         assert!(!r.resolve(&parsed).resolved);
         let hostile = format!("{}\"}}\\n{}", "x".repeat(300), "ü");
