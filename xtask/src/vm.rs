@@ -18,8 +18,10 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{output, run};
 
-/// Debian suites and the kernel each ships.
-pub const KERNELS: [(&str, &str); 3] = [("bullseye", "5.10"), ("bookworm", "6.1"), ("trixie", "6.12")];
+/// Debian suites and the kernel each ships: a release's kernel version, or, for `sid`
+/// (unstable), the label `sid`: its kernel moves with every upload, so each run prints the
+/// release it booted (`uname -r`) and the package version.
+pub const KERNELS: [(&str, &str); 4] = [("bullseye", "5.10"), ("bookworm", "6.1"), ("trixie", "6.12"), ("sid", "sid")];
 /// Suites whose kernel moves: looked up on every run (`fetch_kernel`), the cached kernel replaced
 /// when the suite has a newer one.
 const ROLLING: [&str; 1] = ["sid"];
