@@ -56,9 +56,12 @@ enum Task {
         args: Vec<OsString>,
     },
     /// Build, then run the seccomp and exit integration tests on Debian's 5.10, 6.1 and 6.12
-    /// cloud kernels under qemu (TCG), in each agent mode; prints a kernel x mode x scenario table.
+    /// cloud kernels and sid's (unstable: the newest Debian ships, looked up on every run) under
+    /// qemu (TCG), in each agent mode; prints a kernel x mode x scenario table and the release each
+    /// run booted.
     VmTest {
-        /// Only this kernel (suite or version: bullseye / 5.10, bookworm / 6.1, trixie / 6.12).
+        /// Only this kernel (suite or version: bullseye / 5.10, bookworm / 6.1, trixie / 6.12,
+        /// sid).
         #[arg(long)]
         kernel: Option<String>,
         /// Only this mode: auto, tracepoint, raw_tp or kprobe (see vm::MODES).
@@ -76,7 +79,7 @@ enum Task {
     },
     /// Build, then run every test: unit and integration tests on this kernel (needs root and a
     /// BTF kernel), the fuzz targets (`fuzz`, fuzz::DEFAULT_SECONDS each), then the VM matrix
-    /// (`vm-test`: 5.10, 6.1, 6.12 x vm::MODES).
+    /// (`vm-test`: 5.10, 6.1, 6.12, sid x vm::MODES).
     Test {
         /// Skip the VM matrix (also skipped when a test filter is given).
         #[arg(long)]

@@ -18,8 +18,13 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{output, run};
 
-/// Debian suites and the kernel each ships.
-pub const KERNELS: [(&str, &str); 3] = [("bullseye", "5.10"), ("bookworm", "6.1"), ("trixie", "6.12")];
+/// Debian suites and the kernel each ships: a release's kernel version, or, for `sid`
+/// (unstable), the label `sid`: its kernel moves with every upload, so each run prints the
+/// release it booted (`uname -r`) and the package version.
+pub const KERNELS: [(&str, &str); 4] = [("bullseye", "5.10"), ("bookworm", "6.1"), ("trixie", "6.12"), ("sid", "sid")];
+/// Suites whose kernel moves: looked up on every run (`fetch_kernel`), the cached kernel replaced
+/// when the suite has a newer one.
+const ROLLING: [&str; 1] = ["sid"];
 /// Agent configurations: `auto` (the seccomp fast path, fexit, on these kernels), `tracepoint`
 /// (`--seccomp-mode tracepoint`: the syscall tracepoints, tp_btf), `raw_tp` (the same with
 /// `--probe-mode raw_tp`: every tracepoint probe raw) and `kprobe` (`--seccomp-mode kprobe`: the
@@ -76,40 +81,132 @@ fn private_apt(suite: &str) -> Result<Vec<String>> {
     Ok(opts)
 }
 
-/// The vmlinuz of the suite's cloud kernel, downloaded once.
-pub fn fetch_kernel(suite: &str) -> Result<PathBuf> {
-    let boot = cache_dir().join("boot").join(suite);
-    if let Some(found) = fs::read_dir(&boot).ok().and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path()))) {
-        return Ok(found);
-    }
-    eprintln!("xtask: fetching the Debian {suite} cloud kernel (private apt config in {})", cache_dir().join("apt").display());
-    let opts = private_apt(suite)?;
-    let depends = output(Command::new("apt-cache").args(&opts).args(["depends", "linux-image-cloud-amd64"]))?;
-    let image = depends
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Depends: "))
-        .filter(|p| p.starts_with("linux-image-"))
-        .with_context(|| format!("no kernel image behind linux-image-cloud-amd64 in {suite}: {depends}"))?
-        .to_string();
-    let debs = cache_dir().join("debs");
-    fs::create_dir_all(&debs)?;
-    run(Command::new("apt-get").args(&opts).args(["-qq", "download", &image]).current_dir(&debs))?;
-    let deb = fs::read_dir(&debs)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{image}_"))))
-        .context("downloaded .deb not found")?;
-    let unpack = cache_dir().join("unpack").join(suite);
-    fs::create_dir_all(&unpack)?;
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpack))?;
-    fs::create_dir_all(&boot)?;
-    let vmlinuz = fs::read_dir(unpack.join("boot"))?
+/// A kernel of the matrix: its vmlinuz and the version of the Debian package it came from.
+pub struct Kernel {
+    pub vmlinuz: PathBuf,
+    pub package: String,
+}
+
+/// The release (`uname -r`) a cached `vmlinuz-RELEASE` boots.
+fn release_of(vmlinuz: &Path) -> String {
+    vmlinuz.file_name().map(|n| n.to_string_lossy().trim_start_matches("vmlinuz-").to_string()).unwrap_or_default()
+}
+
+/// The suite's cached vmlinuz, if any.
+fn cached_kernel(boot: &Path) -> Option<PathBuf> {
+    fs::read_dir(boot)
+        .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
-        .context("no vmlinuz in the kernel package")?;
-    let dest = boot.join(vmlinuz.file_name().unwrap());
+}
+
+/// The cached .deb files of a kernel release (`linux-image-RELEASE_VERSION_amd64.deb`, and
+/// `linux-binary-RELEASE_...` where the image package is split).
+fn debs_of(release: &str) -> Vec<PathBuf> {
+    fs::read_dir(cache_dir().join("debs"))
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(&format!("-{release}_"))))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A cached kernel, with its package version read from the name of its .deb.
+fn cached(vmlinuz: PathBuf) -> Kernel {
+    let package = debs_of(&release_of(&vmlinuz))
+        .first()
+        .and_then(|d| d.file_name()?.to_string_lossy().split('_').nth(1).map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    Kernel { vmlinuz, package }
+}
+
+/// The versioned image package behind the suite's `linux-image-cloud-amd64`. It is not always the
+/// first dependency: sid's metapackage depends on `linux-base-cloud-amd64` first.
+fn cloud_image(opts: &[String], suite: &str) -> Result<String> {
+    let depends = output(Command::new("apt-cache").args(opts).args(["depends", "linux-image-cloud-amd64"]))?;
+    depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_string)
+        .with_context(|| format!("no kernel image behind linux-image-cloud-amd64 in {suite}: {depends}"))
+}
+
+/// The vmlinuz of the suite's cloud kernel, downloaded once. A rolling suite (`ROLLING`) is looked
+/// up on every run and its cached kernel replaced when the suite has a newer one (or kept, with a
+/// warning, when the archive cannot be reached).
+pub fn fetch_kernel(suite: &str) -> Result<Kernel> {
+    let boot = cache_dir().join("boot").join(suite);
+    let old = cached_kernel(&boot);
+    let rolling = ROLLING.contains(&suite);
+    if let Some(found) = &old
+        && !rolling
+    {
+        return Ok(cached(found.clone()));
+    }
+    let looked_up = private_apt(suite).and_then(|opts| cloud_image(&opts, suite).map(|image| (opts, image)));
+    let (opts, image) = match (looked_up, old.clone()) {
+        (Ok(found), _) => found,
+        (Err(e), Some(old)) => {
+            eprintln!("xtask: warning: cannot look up {suite}'s current kernel ({e:#}); using the cached {}", old.display());
+            return Ok(cached(old));
+        }
+        (Err(e), None) => return Err(e),
+    };
+    let release = image.trim_start_matches("linux-image-").to_string();
+    let dest = boot.join(format!("vmlinuz-{release}"));
+    if dest.exists() {
+        return Ok(cached(dest));
+    }
+    eprintln!("xtask: fetching the Debian {suite} cloud kernel {release} (private apt config in {})", cache_dir().join("apt").display());
+    // From Debian's 6.19 packaging on (sid), the image package only depends on the kernel: the
+    // vmlinuz is in linux-binary-RELEASE, at /usr/lib/modules/RELEASE/vmlinuz (before, in the image
+    // package itself, at /boot/vmlinuz-RELEASE).
+    let image_depends = output(Command::new("apt-cache").args(&opts).args(["depends", &image]))?;
+    let mut packages = vec![image.clone()];
+    packages.extend(
+        image_depends
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Depends: "))
+            .filter(|p| p.starts_with("linux-binary-"))
+            .map(str::to_string),
+    );
+    let debs = cache_dir().join("debs");
+    fs::create_dir_all(&debs)?;
+    run(Command::new("apt-get").args(&opts).args(["-qq", "download"]).args(&packages).current_dir(&debs))?;
+    let unpack = cache_dir().join("unpack").join(suite);
+    let _ = fs::remove_dir_all(&unpack);
+    fs::create_dir_all(&unpack)?;
+    for package in &packages {
+        let deb = fs::read_dir(&debs)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_"))))
+            .with_context(|| format!("downloaded .deb of {package} not found"))?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpack))?;
+    }
+    let vmlinuz = [unpack.join("boot").join(format!("vmlinuz-{release}")), unpack.join("usr/lib/modules").join(&release).join("vmlinuz")]
+        .into_iter()
+        .find(|p| p.exists())
+        .with_context(|| format!("no vmlinuz in {}", packages.join(", ")))?;
+    fs::create_dir_all(&boot)?;
     fs::copy(&vmlinuz, &dest)?;
     let _ = fs::remove_dir_all(&unpack);
-    Ok(dest)
+    // The kernel this one replaces, and its .debs unless another suite boots the same release.
+    if let Some(old) = old.filter(|o| *o != dest) {
+        let old_release = release_of(&old);
+        eprintln!("xtask: {suite} moved from {old_release} to {release}: removing the old kernel from the cache");
+        let _ = fs::remove_file(&old);
+        let elsewhere = fs::read_dir(cache_dir().join("boot"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .any(|d| cached_kernel(&d).is_some_and(|k| release_of(&k) == old_release));
+        if !elsewhere {
+            for deb in debs_of(&old_release) {
+                let _ = fs::remove_file(deb);
+            }
+        }
+    }
+    Ok(cached(dest))
 }
 
 /// Copies `bin` and the shared libraries it needs into the initramfs tree.
@@ -354,6 +451,21 @@ fn parse(log: &str) -> Outcome {
     o
 }
 
+/// One cell of the printed matrix: a kernel (its label in `KERNELS`, the release it booted and
+/// its package version) in one mode.
+struct Row {
+    label: String,
+    release: String,
+    package: String,
+    mode: String,
+    passed: usize,
+    total: usize,
+    finished: bool,
+    attempts: u32,
+    secs: u64,
+    tests: BTreeMap<String, String>,
+}
+
 pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -> Result<()> {
     let tests = test_binaries(root)?;
     let work = root.join("target/vm");
@@ -361,16 +473,19 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
     let initrd = build_initramfs(&work, root, &tests)?;
     let qemu = qemu()?;
     eprintln!("xtask: {} (version {:?})", qemu.bin.display(), qemu_version(&qemu.bin));
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let mut failed = 0;
+    let matrix_start = Instant::now();
     for (suite, version) in KERNELS.iter().filter(|(s, v)| only_suite.is_none_or(|o| o == *s || o == *v)) {
-        let vmlinuz = fetch_kernel(suite)?;
+        let Kernel { vmlinuz, package } = fetch_kernel(suite)?;
+        eprintln!("xtask: {suite}: {} (package version {package})", vmlinuz.display());
         for mode in MODES.iter().filter(|m| only_mode.is_none_or(|o| o == **m)) {
             let log = work.join(format!("{suite}-{mode}.log"));
             // This qemu's TCG sometimes crashes the 6.12 kernel (double faults in kmalloc, even
             // at boot before any userspace runs): a run whose kernel panicked or hung is repeated, at
             // most MAX_BOOTS times, and the attempts are reported. A failing test is never retried.
             let mut attempts = 0;
+            let start = Instant::now();
             let o = loop {
                 attempts += 1;
                 eprintln!("xtask: booting {} ({suite}), mode {mode}, attempt {attempts}", vmlinuz.display());
@@ -384,6 +499,7 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
                     break parse(&text);
                 }
             };
+            let secs = start.elapsed().as_secs();
             let passed = o.tests.values().filter(|r| *r == "ok").count();
             let total = o.tests.len();
             if !o.finished || total == 0 || passed != total {
@@ -391,7 +507,7 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
                 let _ = fs::copy(&log, work.join(format!("{suite}-{mode}.failed.log")));
             }
             println!(
-                "\n## {version} ({}) mode {mode}: {passed}/{total} passed{}, {attempts} boot(s)",
+                "\n## {version} ({}, package {package}) mode {mode}: {passed}/{total} passed{}, {attempts} boot(s), {secs} s",
                 o.kernel,
                 if o.finished { "" } else { ", VM did not finish" }
             );
@@ -399,29 +515,48 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
             for (name, result) in &o.tests {
                 println!("| {name} | {result} |");
             }
-            rows.push((version.to_string(), mode.to_string(), passed, total, o.finished, attempts, o.tests));
+            rows.push(Row {
+                label: version.to_string(),
+                release: o.kernel,
+                package: package.clone(),
+                mode: mode.to_string(),
+                passed,
+                total,
+                finished: o.finished,
+                attempts,
+                secs,
+                tests: o.tests,
+            });
         }
     }
     // kernel x mode x scenario: one row per scenario, one column per kernel and mode.
-    let scenarios: std::collections::BTreeSet<&String> = rows.iter().flat_map(|r| r.6.keys()).collect();
-    println!("\n| scenario | {} |", rows.iter().map(|r| format!("{} {}", r.0, r.1)).collect::<Vec<_>>().join(" | "));
+    let scenarios: std::collections::BTreeSet<&String> = rows.iter().flat_map(|r| r.tests.keys()).collect();
+    println!("\n| scenario | {} |", rows.iter().map(|r| format!("{} {}", r.label, r.mode)).collect::<Vec<_>>().join(" | "));
     println!("| --- |{}", " --- |".repeat(rows.len()));
     for name in scenarios {
-        let cells: Vec<&str> = rows.iter().map(|r| r.6.get(name).map_or("-", String::as_str)).collect();
+        let cells: Vec<&str> = rows.iter().map(|r| r.tests.get(name).map_or("-", String::as_str)).collect();
         println!("| {name} | {} |", cells.join(" | "));
     }
-    println!("\n| kernel | mode | passed | finished | boots |\n| --- | --- | --- | --- | --- |");
-    for (k, m, p, t, f, a, _) in &rows {
-        println!("| {k} | {m} | {p}/{t} | {f} | {a} |");
+    // The release each run booted (`uname -r`) and its package: what a label like `sid` stood for.
+    println!("\n| kernel | uname -r | package | mode | passed | finished | boots | seconds |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {}/{} | {} | {} | {} |",
+            r.label, r.release, r.package, r.mode, r.passed, r.total, r.finished, r.attempts, r.secs
+        );
     }
-    let scenarios_run: usize = rows.iter().map(|r| r.3).sum();
-    let scenarios_ok: usize = rows.iter().map(|r| r.2).sum();
+    let scenarios_run: usize = rows.iter().map(|r| r.total).sum();
+    let scenarios_ok: usize = rows.iter().map(|r| r.passed).sum();
+    let elapsed = matrix_start.elapsed().as_secs();
     println!(
-        "\nvm matrix: {} of {} kernel x mode runs passed, {} of {} scenarios ok",
+        "\nvm matrix: {} of {} kernel x mode runs passed, {} of {} scenarios ok, {} min {} s",
         rows.len() - failed,
         rows.len(),
         scenarios_ok,
-        scenarios_run
+        scenarios_run,
+        elapsed / 60,
+        elapsed % 60
     );
     if failed > 0 {
         bail!("{failed} kernel/mode combinations failed; serial logs in {}", work.display());
