@@ -26,8 +26,9 @@ pub mod action {
     /// SECCOMP_RET_TRACE that stopped at a tracer (`ptrace_notify` hook): counted once, whether
     /// the tracer let the syscall run or skipped it.
     pub const TRACE: u32 = 6;
-    /// SECCOMP_RET_USER_NOTIF after which the syscall did not run (the supervisor replied with an
-    /// error, or the listener was gone): `seccomp_do_user_notification` hook.
+    /// SECCOMP_RET_USER_NOTIF after which the syscall did not run (the supervisor answered with
+    /// an error or a value of its own, or the listener was gone): `seccomp_do_user_notification`
+    /// hook.
     pub const USER_NOTIF: u32 = 7;
 }
 
@@ -81,7 +82,9 @@ pub mod kabi {
     pub const SECCOMP_RET_LOG: u32 = 0x7ffc_0000;
     /// The `exit_code` `ptrace_notify` gets for a seccomp TRACE stop: `PTRACE_EVENT_SECCOMP << 8 |
     /// SIGTRAP`, include/uapi/linux/ptrace.h (7) and the SIGTRAP number (5).
-    pub const PTRACE_SECCOMP_STOP: i32 = 7 << 8 | 5;
+    pub const PTRACE_SECCOMP_STOP: i32 = PTRACE_EVENT_SECCOMP << 8 | SIGTRAP;
+    pub const PTRACE_EVENT_SECCOMP: i32 = 7;
+    pub const SIGTRAP: i32 = 5;
     /// `SIG_DFL` and `SIG_IGN`, the two dispositions that are not handlers (`sa_handler` values),
     /// include/uapi/asm-generic/signal-defs.h.
     pub const SIG_DFL: u64 = 0;
@@ -306,7 +309,7 @@ pub struct TaskState {
     /// returns, so no hook takes it for a pending TRAP).
     pub trap_pending: u32,
     /// What the fast path's verdict hooks saw during the current `__seccomp_filter` call:
-    /// `TRACE_STOPPED`, `TRACE_RECHECK` or `USER_NOTIF_SKIPPED`; 0 otherwise.
+    /// `TRACE_STOPPED`, `TRACE_RECHECK` or `USER_NOTIF_PENDING`; 0 otherwise.
     pub verdict: u32,
 }
 const _: () = assert!(size_of::<TaskState>() == 12);
@@ -321,9 +324,9 @@ impl TaskState {
     /// `verdict` while the kprobe pair is inside the recheck after the tracer (the nested
     /// `__seccomp_filter` call, which the kretprobe cannot tell apart by itself).
     pub const TRACE_RECHECK: u32 = 2;
-    /// `verdict` of a thread whose USER_NOTIF left the syscall skipped (an error reply, or no
-    /// listener): the return of `__seccomp_filter` counts it as USER_NOTIF, not ERRNO.
-    pub const USER_NOTIF_SKIPPED: u32 = 3;
+    /// `verdict` of a thread in a USER_NOTIF verdict: the return of `__seccomp_filter` counts it
+    /// as USER_NOTIF where the syscall is skipped (-1), not ERRNO, and nothing where it runs.
+    pub const USER_NOTIF_PENDING: u32 = 3;
 }
 
 /// Key of the thread-group exit de-duplication map (kernels without `group_dead`).

@@ -255,11 +255,44 @@ pub fn count_oom(key: &OomKey, probe: &'static str) {
     add(&OOM_COUNTS, key, 1, (lost::OOM_MAP, key.cgroup_id, probe));
 }
 
-/// Threads now marked `TaskState::TRACE_STOPPED` (or `TRACE_RECHECK`), all CPUs together: while
-/// it is 0, an allowed syscall's return from `__seccomp_filter` costs no per-thread lookup.
-/// Changed with atomic adds only (no fetch: 5.10 has none).
+/// Threads now marked by a verdict hook (`TaskState::verdict` not 0: stopped at a tracer, or
+/// waiting for a USER_NOTIF supervisor), all CPUs together: while it is 0, an allowed syscall's
+/// return from `__seccomp_filter` costs no per-thread lookup. Changed with atomic adds only (no
+/// fetch: 5.10 has none).
 #[map]
 pub static SECCOMP_TRACING: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Marks the thread whose state is `state` (null: none yet, made) with `verdict`, counting it in
+/// `SECCOMP_TRACING` unless it was marked already.
+#[inline(always)]
+pub fn mark(state: *mut TaskState, verdict: u32, probe: &'static str) {
+    if state.is_null() {
+        new_task_state(TaskState { in_syscall: 0, trap_pending: 0, verdict }, probe);
+        if task_state().is_null() {
+            return;
+        }
+    } else {
+        let st = unsafe { &mut *state };
+        let was = st.verdict;
+        st.verdict = verdict;
+        if was != 0 {
+            return;
+        }
+    }
+    add_tracing(1);
+}
+
+/// Clears the mark of the thread whose state is `state`, if it has one.
+#[inline(always)]
+pub fn release_mark(state: *mut TaskState) {
+    if !state.is_null() {
+        let st = unsafe { &mut *state };
+        if st.verdict != 0 {
+            st.verdict = 0;
+            add_tracing(u64::MAX);
+        }
+    }
+}
 
 /// Whether some thread may be inside a traced seccomp verdict.
 #[inline(always)]

@@ -338,13 +338,16 @@ fn trace_and_user_notif_verdicts_are_labelled_or_declared_unobservable() {
     if std::env::var_os("CGWATCH_VM").is_some() && fast_path_wanted() {
         assert!(observable("user_notif"), "{}", agent.log());
     }
-    // Where they fall into errno, the gauge names the path that counts them so.
-    for action in ["trace", "user_notif"] {
-        if !observable(action) {
-            let errno = m.find("cgwatch_seccomp_action_observable", &[("action", "errno")]);
-            let this = m.find("cgwatch_seccomp_action_observable", &[("action", action)]);
-            assert_eq!(this[0].labels["mode"], errno[0].labels["mode"], "{action}");
-        }
+    // The gauge names the hook that counts them where it is attached, else the path that
+    // counts them as errno.
+    for (action, probe) in [("trace", "seccomp_trace"), ("user_notif", "seccomp_user_notif")] {
+        let hooked = m.find("cgwatch_probe_attached", &[("probe", probe)]).into_iter().find(|s| s.value == 1.0);
+        let path = hooked.map_or_else(
+            || m.find("cgwatch_seccomp_action_observable", &[("action", "errno")])[0].labels["mode"].clone(),
+            |h| h.labels["mode"].clone(),
+        );
+        let this = m.find("cgwatch_seccomp_action_observable", &[("action", action)]);
+        assert_eq!(this[0].labels["mode"], path, "{action}");
     }
 }
 

@@ -36,16 +36,7 @@ fn try_ptrace_notify(exit_code: i32) -> Result<(), i64> {
         return Ok(());
     }
     let state = maps::task_state();
-    if state.is_null() {
-        maps::new_task_state(TaskState { in_syscall: 0, trap_pending: 0, verdict: TaskState::TRACE_STOPPED }, PROBE);
-        if maps::task_state().is_null() {
-            return Ok(());
-        }
-    } else if unsafe { (*state).verdict } == TaskState::TRACE_STOPPED {
-        return Ok(());
-    } else {
-        unsafe { (*state).verdict = TaskState::TRACE_STOPPED };
-    }
-    maps::add_tracing(1);
+    // (Inside a USER_NOTIF wait no tracer stop happens: the mark becomes the TRACE's.)
+    maps::mark(state, TaskState::TRACE_STOPPED, PROBE);
     Ok(())
 }

@@ -72,6 +72,9 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
         !state.is_null() && unsafe { (*state).trap_pending } == TaskState::KILL_COUNTED
     };
     if mode == kabi::SECCOMP_MODE_FILTER || mode == kabi::SECCOMP_MODE_DEAD {
+        // A thread that dies marked by a verdict hook (killed on the recheck after its tracer)
+        // never reaches the return that releases its mark.
+        maps::release_mark(maps::task_state());
         maps::forget_task_state(tid);
         let _ = maps::SECCOMP_SYSCALL.remove(tid);
     }

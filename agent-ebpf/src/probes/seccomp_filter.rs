@@ -114,15 +114,19 @@ fn try_seccomp_filter(ret: i64, nr: impl FnOnce() -> Option<i32>) -> Result<(), 
             st.verdict = TaskState::TRACE_STOPPED;
             return Ok(());
         }
-        if verdict == TaskState::TRACE_STOPPED || ret as i32 != 0 {
-            st.verdict = 0;
+        if verdict == TaskState::TRACE_STOPPED && ret as i32 != 0 {
+            // A TRAP on the recheck was counted by signal_generate: its mark must not swallow the
+            // thread's next ERRNO.
+            st.trap_pending = 0;
         }
     }
+    // This return decides a marked thread's verdict: the mark goes.
+    maps::release_mark(state);
     if verdict == TaskState::TRACE_STOPPED {
-        maps::add_tracing(u64::MAX);
         return count(nr().unwrap_or(-1), action::TRACE);
     }
     if ret as i32 == 0 {
+        // Allowed, or a USER_NOTIF the supervisor let run (CONTINUE).
         return Ok(());
     }
     // Read with a helper rather than through the BTF task pointer: bpf_get_current_task_btf
@@ -131,7 +135,7 @@ fn try_seccomp_filter(ret: i64, nr: impl FnOnce() -> Option<i32>) -> Result<(), 
         // SECCOMP_MODE_DEAD: a KILL verdict, counted from its SIGSYS or the exit.
         return Ok(());
     }
-    if verdict == TaskState::USER_NOTIF_SKIPPED {
+    if verdict == TaskState::USER_NOTIF_PENDING {
         return count(nr().unwrap_or(-1), action::USER_NOTIF);
     }
     if !state.is_null() {

@@ -71,7 +71,7 @@ pub const FIELDS: &[Field] = &[
     field("suppressed", Json::Integer, ALL, false, "Events of this cgroup and type that the rate limit suppressed since the previous one written (counted in cgwatch_events_suppressed_total)."),
     field("syscall", Json::String, SECCOMP, false, "The syscall's name (as the metrics' syscall label: syscall_N when unknown)."),
     field("syscall_nr", Json::Integer, SECCOMP, true, "The syscall's number; null when the probe could not read it."),
-    field("action", Json::String, SECCOMP, false, "The filter's verdict: errno, trap, kill_process, kill_thread or log."),
+    field("action", Json::String, SECCOMP, false, "The filter's verdict: errno, trap, kill_process, kill_thread, log, trace (a TRACE that stopped at a tracer) or user_notif (a USER_NOTIF the syscall did not run after)."),
     field("errno", Json::Integer, SECCOMP, true, "The errno an errno verdict returned; null for other verdicts and where the probe sees the verdict but not the value (the fexit / kprobe fast path)."),
     field("rss_anon_bytes", Json::Integer, OOM, true, "The victim's anonymous resident memory when it was chosen; null where the kernel does not pass the victim (kernels before 6.8: the kill is seen at its exit, its memory already freed)."),
     field("rss_file_bytes", Json::Integer, OOM, true, "The victim's file-backed resident memory; null as for rss_anon_bytes."),

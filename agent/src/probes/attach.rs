@@ -565,9 +565,9 @@ impl Attacher<'_> {
 }
 
 /// Where a kprobe on `function` failed: its one compiler clone, if the kernel has kprobes and
-/// lists one.
+/// lists one, and the programs do not read the function's arguments (`table::CLONE_OK`).
 fn kprobe_clone(function: &str) -> Result<Option<String>, String> {
-    if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+    if !super::table::CLONE_OK.contains(&function) || !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         return Ok(None);
     }
     super::symbols::clone_of(Path::new("/proc/kallsyms"), function)

@@ -277,14 +277,15 @@ fn unless_recheck_is_named(c: &ProbeContext) -> Option<&'static str> {
     })
 }
 
-/// USER_NOTIF verdicts the syscall does not run after: a kretprobe on
-/// `seccomp_do_user_notification` (a compiler clone in most kernels, absent from BTF: no fexit),
-/// beside the fast path, whose return counts them. Its -1 return (skip) exists since 5.5.
+/// USER_NOTIF verdicts the syscall does not run after: a kprobe on the entry of
+/// `seccomp_do_user_notification` (a compiler clone in most kernels, absent from BTF: no fentry),
+/// beside the fast path, whose return decides and counts them (CONTINUE, the syscall run, since
+/// 5.5).
 const SECCOMP_USER_NOTIF: [ProbeSpec; 1] = [ProbeSpec {
     probe: "seccomp_user_notif",
     hook: "seccomp_do_user_notification",
     mode: Mode::Kprobe,
-    program: "user_notification_kretprobe",
+    program: "user_notification_kprobe",
     min_kernel: (5, 5),
     disable_if: unless_fast_path,
     needs: &["seccomp_filter"],
@@ -333,6 +334,10 @@ const EXIT_NO_GD: [ProbeSpec; 2] = probe_rows!(
     [],
     exit_lacks_group_dead
 );
+
+/// Kprobe hooks whose arguments the programs do not read: where the kernel has only a compiler
+/// clone of the function (`.isra.0`, whose parameters may differ), the clone serves as well.
+pub const CLONE_OK: [&str; 1] = ["seccomp_do_user_notification"];
 
 /// Every probe, in attach order, each with its rows in order of preference.
 pub static PROBES: [&[ProbeSpec]; 13] = [
