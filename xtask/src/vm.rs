@@ -135,8 +135,9 @@ fn cloud_image(opts: &[String], suite: &str) -> Result<String> {
 }
 
 /// The vmlinuz of the suite's cloud kernel, downloaded once. A rolling suite (`ROLLING`) is looked
-/// up on every run and its cached kernel replaced when the suite has a newer one (or kept, with a
-/// warning, when the archive cannot be reached).
+/// up on every run and its cached kernel replaced when the suite has a newer one; when the lookup
+/// or the download fails, the cached kernel is used, with a warning (apt-get update itself only
+/// warns when the archive cannot be reached, and the lists it had are used).
 pub fn fetch_kernel(suite: &str) -> Result<Kernel> {
     let boot = cache_dir().join("boot").join(suite);
     let old = cached_kernel(&boot);
@@ -146,26 +147,48 @@ pub fn fetch_kernel(suite: &str) -> Result<Kernel> {
     {
         return Ok(cached(found.clone()));
     }
-    let looked_up = private_apt(suite).and_then(|opts| cloud_image(&opts, suite).map(|image| (opts, image)));
-    let (opts, image) = match (looked_up, old.clone()) {
-        (Ok(found), _) => found,
+    let fetched = private_apt(suite)
+        .and_then(|opts| cloud_image(&opts, suite).map(|image| (opts, image)))
+        .and_then(|(opts, image)| download_kernel(suite, &opts, &image, &boot));
+    let dest = match (fetched, old.clone()) {
+        (Ok(dest), _) => dest,
         (Err(e), Some(old)) => {
-            eprintln!("xtask: warning: cannot look up {suite}'s current kernel ({e:#}); using the cached {}", old.display());
+            eprintln!("xtask: warning: cannot fetch {suite}'s current kernel ({e:#}); using the cached {}", old.display());
             return Ok(cached(old));
         }
         (Err(e), None) => return Err(e),
     };
+    // The kernel this one replaces, and its .debs unless another suite boots the same release.
+    if let Some(old) = old.filter(|o| *o != dest) {
+        let old_release = release_of(&old);
+        eprintln!("xtask: {suite} moved from {old_release} to {}: removing the old kernel from the cache", release_of(&dest));
+        let _ = fs::remove_file(&old);
+        let elsewhere = fs::read_dir(cache_dir().join("boot"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .any(|d| cached_kernel(&d).is_some_and(|k| release_of(&k) == old_release));
+        if !elsewhere {
+            for deb in debs_of(&old_release) {
+                let _ = fs::remove_file(deb);
+            }
+        }
+    }
+    Ok(cached(dest))
+}
+
+/// `boot/vmlinuz-RELEASE` of the versioned kernel package `image` (`linux-image-RELEASE`),
+/// downloaded and unpacked unless it is there already.
+fn download_kernel(suite: &str, opts: &[String], image: &str, boot: &Path) -> Result<PathBuf> {
     let release = image.trim_start_matches("linux-image-").to_string();
     let dest = boot.join(format!("vmlinuz-{release}"));
     if dest.exists() {
-        return Ok(cached(dest));
+        return Ok(dest);
     }
     eprintln!("xtask: fetching the Debian {suite} cloud kernel {release} (private apt config in {})", cache_dir().join("apt").display());
     // From Debian's 6.19 packaging on (sid), the image package only depends on the kernel: the
     // vmlinuz is in linux-binary-RELEASE, at /usr/lib/modules/RELEASE/vmlinuz (before, in the image
     // package itself, at /boot/vmlinuz-RELEASE).
-    let image_depends = output(Command::new("apt-cache").args(&opts).args(["depends", &image]))?;
-    let mut packages = vec![image.clone()];
+    let image_depends = output(Command::new("apt-cache").args(opts).args(["depends", image]))?;
+    let mut packages = vec![image.to_string()];
     packages.extend(
         image_depends
             .lines()
@@ -175,7 +198,7 @@ pub fn fetch_kernel(suite: &str) -> Result<Kernel> {
     );
     let debs = cache_dir().join("debs");
     fs::create_dir_all(&debs)?;
-    run(Command::new("apt-get").args(&opts).args(["-qq", "download"]).args(&packages).current_dir(&debs))?;
+    run(Command::new("apt-get").args(opts).args(["-qq", "download"]).args(&packages).current_dir(&debs))?;
     let unpack = cache_dir().join("unpack").join(suite);
     let _ = fs::remove_dir_all(&unpack);
     fs::create_dir_all(&unpack)?;
@@ -190,24 +213,14 @@ pub fn fetch_kernel(suite: &str) -> Result<Kernel> {
         .into_iter()
         .find(|p| p.exists())
         .with_context(|| format!("no vmlinuz in {}", packages.join(", ")))?;
-    fs::create_dir_all(&boot)?;
-    fs::copy(&vmlinuz, &dest)?;
+    fs::create_dir_all(boot)?;
+    // Copied under a name `cached_kernel` does not take, then renamed: an interrupted copy is
+    // never booted.
+    let part = boot.join(format!(".vmlinuz-{release}.part"));
+    fs::copy(&vmlinuz, &part)?;
+    fs::rename(&part, &dest)?;
     let _ = fs::remove_dir_all(&unpack);
-    // The kernel this one replaces, and its .debs unless another suite boots the same release.
-    if let Some(old) = old.filter(|o| *o != dest) {
-        let old_release = release_of(&old);
-        eprintln!("xtask: {suite} moved from {old_release} to {release}: removing the old kernel from the cache");
-        let _ = fs::remove_file(&old);
-        let elsewhere = fs::read_dir(cache_dir().join("boot"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .any(|d| cached_kernel(&d).is_some_and(|k| release_of(&k) == old_release));
-        if !elsewhere {
-            for deb in debs_of(&old_release) {
-                let _ = fs::remove_file(deb);
-            }
-        }
-    }
-    Ok(cached(dest))
+    Ok(dest)
 }
 
 /// Copies `bin` and the shared libraries it needs into the initramfs tree.
