@@ -227,6 +227,12 @@ pub const SECCOMP_ACTION_OBSERVABLE: Metric = gauge(
     &["action", "mode"],
     "1 when seccomp verdicts of this action are counted under their own action label, with the attach mode of the probe that counts them; 0 when not all of them are: log without the audit_seccomp hook (fexit or kprobe) or with kernel.seccomp.actions_logged lacking log; user_notif without its seccomp_do_user_notification hook beside the fast path (then counted as errno); trace always, since a TRACE without a tracer is answered ENOSYS like an ERRNO rule and counted as errno (those that stop at a tracer are counted as trace where the ptrace_notify hook is attached, its mode shown).",
 );
+pub const PROBE_SKIPPED_RUNS: Metric = counter(
+    "cgwatch_probe_skipped_runs",
+    false,
+    &["probe"],
+    "Runs of the probe's programs that the kernel skipped because the same program was already running on that CPU (the programs' recursion_misses): each may be an event (a denial, an exit, an OOM kill) not counted, in any cgroup. 0 where the kernel does not preempt a running program; on kernels that do (preempt=full or lazy) counts can be short by up to this many. Not read on kernels before 5.12 (6.7 for kprobes), nor for a reused program the agent cannot open without CAP_SYS_ADMIN (no series then).",
+);
 pub const EVENTS_LOST: Metric = counter(
     "cgwatch_events_lost",
     false,
@@ -305,6 +311,7 @@ pub const ALL: &[Metric] = &[
     HOST_MEMORY_AVAILABLE,
     HOST_MEMORY_USAGE_RATIO,
     PROBE_ATTACHED,
+    PROBE_SKIPPED_RUNS,
     SECCOMP_ACTION_OBSERVABLE,
     EVENTS_LOST,
     EVENTS_SUPPRESSED,

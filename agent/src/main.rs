@@ -123,17 +123,20 @@ async fn run(config: Config) -> Result<()> {
         Ok(kept) => info!("start-up done: capabilities dropped, kept {kept:?}"),
         Err(e) => warn!("cannot drop capabilities after attaching ({e}): the agent keeps them"),
     }
-    let (status, maps, cgroup_events, event_ring, starts, _kept) = match loaded {
-        Ok(probes::LoadedProbes { ebpf, status, maps, events, event_ring, starts, kernel_log, pinned_links, reused }) => {
+    let (status, maps, cgroup_events, event_ring, starts, _kept, skipped) = match loaded {
+        Ok(probes::LoadedProbes { ebpf, status, maps, events, event_ring, starts, kernel_log, pinned_links, reused, skipped }) => {
             if reused > 0 {
                 info!("{reused} probes kept running from before this start: no event was missed");
+            }
+            if !skipped.uncounted().is_empty() {
+                info!("this kernel does not count the runs it skips (5.12+, kprobes 6.7+): none reported for {}", skipped.uncounted().join(", "));
             }
             if let Some(log) = kernel_log {
                 tokio::spawn(tasks::kernel_log(log));
             }
-            (status, Some(Arc::new(maps)), Some(events), Some(event_ring), Some(starts), Some((ebpf, pinned_links)))
+            (status, Some(Arc::new(maps)), Some(events), Some(event_ring), Some(starts), Some((ebpf, pinned_links)), skipped)
         }
-        Err(failed) => (failed, None, None, None, None, None),
+        Err(failed) => (failed, None, None, None, None, None, probes::SkippedRuns::default()),
     };
 
     let registry = Arc::new(Registry::with_selection(config.max_cgroups as usize, config.retain, config.cgroups));
@@ -184,6 +187,7 @@ async fn run(config: Config) -> Result<()> {
         probes: status,
         kernel_release: probes::kernel_release(),
         pinned,
+        skipped,
     });
 
     let wake_resolver = Arc::new(Notify::new());

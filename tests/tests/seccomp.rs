@@ -2,7 +2,9 @@
 
 use std::{os::unix::process::ExitStatusExt as _, time::Duration};
 
-use cgwatch_tests::{Agent, Metrics, TestCgroup, killed_syscall, kills_raise_signals, workload_bin};
+use cgwatch_tests::{
+    Agent, Metrics, TestCgroup, assert_counted, assert_counts, killed_syscall, kills_raise_signals, workload_bin,
+};
 
 const V: &str = "cgwatch_seccomp_violations_total";
 
@@ -38,8 +40,8 @@ fn errno_denials_are_counted_exactly_with_syscall_name() {
     let m = agent.scrape();
     // Exactly the 1000 denied getppid calls; the ENOENT / EBADF calls that failed on their own
     // are not violations.
-    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 1000.0)]);
-    assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "success")]), Some(1.0));
+    assert_counts(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 1000.0)], &m, "cg: violations");
+    assert_counted(m.sum("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "success")]), 1.0, &m, "exit");
 }
 
 #[test]
@@ -49,7 +51,7 @@ fn trap_is_counted_once_and_never_as_errno() {
     let status = cg.run(&["seccomp", "--action", "trap", "--count", "50"]);
     assert!(status.success(), "the handler must have seen 50 traps: {status}");
     let m = agent.scrape();
-    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 50.0)]);
+    assert_counts(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 50.0)], &m, "cg: violations");
 }
 
 /// A TRAP whose SIGSYS the process does not handle (default action, ignored, or blocked: the
@@ -95,18 +97,18 @@ fn an_unhandled_trap_is_a_seccomp_kill_and_a_sent_sigsys_is_not() {
     let trap = |count: f64| vec![("getppid".to_string(), "trap".to_string(), count)];
     for (how, cg) in &unhandled {
         // Killed at its first trap.
-        assert_eq!(violations(&m, cg), trap(1.0), "{how}");
-        assert_eq!(exits(&m, P, cg), vec![exit("seccomp_kill", "", 1.0)], "{how}");
+        assert_counts(violations(&m, cg), trap(1.0), &m, how);
+        assert_counts(exits(&m, P, cg), vec![exit("seccomp_kill", "", 1.0)], &m, how);
         assert!(exits(&m, C, cg).is_empty(), "{how}");
     }
-    assert_eq!(violations(&m, &handled), trap(6.0));
-    assert_eq!(exits(&m, P, &handled), vec![exit("signal", "SIGSYS", 1.0), exit("success", "", 1.0)]);
-    assert!(violations(&m, &sent).is_empty());
-    assert_eq!(exits(&m, P, &sent), vec![exit("signal", "SIGSYS", 1.0)]);
-    assert_eq!(violations(&m, &container), trap(1.0));
-    assert_eq!(exits(&m, C, &container), vec![exit("seccomp_kill", "", 1.0)]);
+    assert_counts(violations(&m, &handled), trap(6.0), &m, "handled: violations");
+    assert_counts(exits(&m, P, &handled), vec![exit("signal", "SIGSYS", 1.0), exit("success", "", 1.0)], &m, "handled: process exits");
+    assert_counts(violations(&m, &sent), vec![], &m, "sent: violations");
+    assert_counts(exits(&m, P, &sent), vec![exit("signal", "SIGSYS", 1.0)], &m, "sent: process exits");
+    assert_counts(violations(&m, &container), trap(1.0), &m, "container: violations");
+    assert_counts(exits(&m, C, &container), vec![exit("seccomp_kill", "", 1.0)], &m, "container: container exits");
     // The init killed by seccomp, unshare by its own kill(2).
-    assert_eq!(exits(&m, P, &container), vec![exit("seccomp_kill", "", 1.0), exit("signal", "SIGSYS", 1.0)]);
+    assert_counts(exits(&m, P, &container), vec![exit("seccomp_kill", "", 1.0), exit("signal", "SIGSYS", 1.0)], &m, "container: process exits");
 }
 
 #[test]
@@ -117,11 +119,8 @@ fn kill_process_is_counted_and_the_exit_is_seccomp_kill() {
     assert_eq!(status.signal(), Some(libc::SIGSYS));
     let m = agent.scrape();
     let syscall = killed_syscall(&m, !kills_raise_signals());
-    assert_eq!(violations(&m, &cg), vec![(syscall.into(), "kill_process".into(), 1.0)]);
-    let exits = m.find("cgwatch_process_exits_total", &[("cgroup", &cg.rel)]);
-    assert_eq!(exits.len(), 1, "{exits:?}");
-    assert_eq!(exits[0].labels["reason"], "seccomp_kill");
-    assert_eq!(exits[0].value, 1.0);
+    assert_counts(violations(&m, &cg), vec![(syscall.into(), "kill_process".into(), 1.0)], &m, "cg: violations");
+    assert_counts(exits(&m, "cgwatch_process_exits_total", &cg), vec![exit("seccomp_kill", "", 1.0)], &m, "cg: exits");
 }
 
 /// Kill after kill: the killed thread can reach the exit probe after the main thread, which
@@ -138,10 +137,9 @@ fn repeated_kill_process_is_counted_once_each() {
     }
     let m = agent.scrape();
     let syscall = killed_syscall(&m, !kills_raise_signals());
-    assert_eq!(violations(&m, &cg), vec![(syscall.into(), "kill_process".into(), f64::from(runs))]);
-    let exits = m.find("cgwatch_process_exits_total", &[("cgroup", &cg.rel)]);
-    assert_eq!(exits.len(), 1, "{exits:?}");
-    assert_eq!((exits[0].labels["reason"].as_str(), exits[0].value), ("seccomp_kill", f64::from(runs)));
+    assert_counts(violations(&m, &cg), vec![(syscall.into(), "kill_process".into(), f64::from(runs))], &m, "cg: violations");
+    let want = vec![exit("seccomp_kill", "", f64::from(runs))];
+    assert_counts(exits(&m, "cgwatch_process_exits_total", &cg), want, &m, "cg: exits");
 }
 
 #[test]
@@ -153,8 +151,8 @@ fn kill_thread_in_a_multithreaded_process() {
     assert!(status.success(), "{status}");
     let m = agent.scrape();
     let syscall = killed_syscall(&m, true);
-    assert_eq!(violations(&m, &cg), vec![(syscall.into(), "kill_thread".into(), 3.0)]);
-    assert_eq!(m.get("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "success")]), Some(1.0));
+    assert_counts(violations(&m, &cg), vec![(syscall.into(), "kill_thread".into(), 3.0)], &m, "cg: violations");
+    assert_counted(m.sum("cgwatch_process_exits_total", &[("cgroup", &cg.rel), ("reason", "success")]), 1.0, &m, "exit");
 }
 
 #[test]
@@ -169,8 +167,8 @@ fn no_filter_or_failing_on_their_own_gives_nothing() {
     let other = TestCgroup::new("clean-control");
     assert!(other.run(&["seccomp", "--action", "errno", "--count", "7"]).success());
     let m = agent.scrape_until(Duration::from_secs(2), |m| m.sum(V, &[("cgroup", &other.rel)]) >= 7.0);
-    assert_eq!(m.sum(V, &[("cgroup", &other.rel)]), 7.0);
-    assert!(violations(&m, &cg).is_empty(), "{:?}", violations(&m, &cg));
+    assert_counted(m.sum(V, &[("cgroup", &other.rel)]), 7.0, &m, "control");
+    assert_counts(violations(&m, &cg), vec![], &m, "cg: violations");
 }
 
 #[test]
@@ -180,7 +178,7 @@ fn parallel_threads_denied_concurrently_are_all_counted() {
     let status = cg.run(&["seccomp", "--action", "errno", "--threads", "4", "--count", "25000"]);
     assert!(status.success(), "{status}");
     let m = agent.scrape();
-    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 100_000.0)]);
+    assert_counts(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 100_000.0)], &m, "cg: violations");
     assert_eq!(m.sum("cgwatch_events_lost_total", &[]), 0.0);
 }
 
@@ -191,7 +189,7 @@ fn seccomp_mode_signals_counts_traps_but_not_errno() {
     assert!(cg.run(&["seccomp", "--action", "errno", "--count", "10"]).success());
     assert!(cg.run(&["seccomp", "--action", "trap", "--count", "4"]).success());
     let m = agent.scrape();
-    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 4.0)]);
+    assert_counts(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 4.0)], &m, "cg: violations");
     assert_eq!(m.get("cgwatch_probe_attached", &[("probe", "seccomp_sys_exit"), ("mode", "off")]), Some(0.0));
 }
 
@@ -215,7 +213,7 @@ fn the_fast_path_counts_each_verdict_once_or_says_why_not() {
             assert_eq!((log[0].labels["mode"].as_str(), log[0].value), (want, 1.0), "{mode}");
         }
         let logged = if log[0].value == 1.0 { vec![("getppid".into(), "log".into(), 3.0)] } else { vec![] };
-        assert_eq!(violations(&m, &log_cg), logged, "{mode}");
+        assert_counts(violations(&m, &log_cg), logged, &m, mode);
         // The tracepoints stay off in these modes: nothing can be counted twice.
         for tp in ["seccomp_sys_enter", "seccomp_sys_exit"] {
             assert_eq!(m.get("cgwatch_probe_attached", &[("probe", tp), ("mode", "off")]), Some(0.0), "{mode} {tp}");
@@ -237,7 +235,7 @@ fn the_fast_path_counts_each_verdict_once_or_says_why_not() {
             // This development host refuses fentry/fexit and has no kprobes: said, and traps
             // are still counted.
             assert!(agent.log().contains("probe seccomp_filter: NOT attached"), "{}", agent.log());
-            assert_eq!(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 4.0)], "{mode}");
+            assert_counts(violations(&m, &cg), vec![("getppid".into(), "trap".into(), 4.0)], &m, mode);
         }
     }
 }
@@ -255,7 +253,7 @@ fn auto_uses_the_fast_path_or_the_tracepoints_never_both() {
     if std::env::var_os("CGWATCH_VM").is_some() && !std::env::var("CGWATCH_AGENT_ARGS").unwrap_or_default().contains("seccomp-mode") {
         assert!(attached("seccomp_filter"), "the VM kernels take the fast path");
     }
-    assert_eq!(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 9.0)]);
+    assert_counts(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 9.0)], &m, "cg: violations");
     // A fast path that fell back is not a blind spot: the README's alert
     // `cgwatch_probe_attached{mode!="off"} == 0` stays quiet.
     let blind: Vec<_> = m.find("cgwatch_probe_attached", &[]).into_iter().filter(|s| s.value == 0.0 && s.labels["mode"] != "off").collect();
@@ -275,7 +273,7 @@ fn log_verdicts_are_counted_as_log_where_observable_and_never_as_errno() {
     let m = agent.scrape_until(Duration::from_secs(5), |m| {
         m.sum(V, &[("cgroup", &control.rel)]) >= 5.0 && m.sum(V, &[("cgroup", &cg.rel)]) >= 11.0
     });
-    assert_eq!(violations(&m, &control), vec![("getppid".into(), "errno".into(), 5.0)]);
+    assert_counts(violations(&m, &control), vec![("getppid".into(), "errno".into(), 5.0)], &m, "control: violations");
     let observable = m.find("cgwatch_seccomp_action_observable", &[("action", "log")]);
     assert_eq!(observable.len(), 1, "{observable:?}");
     let attached = m.find("cgwatch_probe_attached", &[("probe", "seccomp_log")]);
@@ -288,10 +286,10 @@ fn log_verdicts_are_counted_as_log_where_observable_and_never_as_errno() {
         assert!(hooked, "{attached:?}");
     }
     if observable[0].value == 1.0 {
-        assert_eq!(violations(&m, &cg), vec![("getppid".into(), "log".into(), 11.0)]);
+        assert_counts(violations(&m, &cg), vec![("getppid".into(), "log".into(), 11.0)], &m, "cg: violations");
         assert_eq!(observable[0].labels["mode"], attached[0].labels["mode"]);
     } else {
-        assert_eq!(violations(&m, &cg), vec![]);
+        assert_counts(violations(&m, &cg), vec![], &m, "cg: violations");
     }
     // The verdicts this path cannot tell apart say so: TRACE never all, USER_NOTIF where its
     // hook is not attached.
@@ -328,11 +326,11 @@ fn trace_and_user_notif_verdicts_are_labelled_or_declared_unobservable() {
         s[0].value == 1.0
     };
     let label = |action: &'static str| if observable(action) { action } else { "errno" };
-    assert_eq!(violations(&m, &control), vec![("getppid".into(), "errno".into(), 6.0)]);
-    assert_eq!(violations(&m, &trace), vec![("getppid".into(), label("trace").into(), 7.0)]);
-    assert_eq!(violations(&m, &notif_error), vec![("getppid".into(), label("user_notif").into(), 9.0)]);
-    assert_eq!(violations(&m, &notif_gone), vec![("getppid".into(), label("user_notif").into(), 4.0)]);
-    assert_eq!(violations(&m, &notif_continue), vec![]);
+    assert_counts(violations(&m, &control), vec![("getppid".into(), "errno".into(), 6.0)], &m, "control: violations");
+    assert_counts(violations(&m, &trace), vec![("getppid".into(), label("trace").into(), 7.0)], &m, "trace: violations");
+    assert_counts(violations(&m, &notif_error), vec![("getppid".into(), label("user_notif").into(), 9.0)], &m, "notif_error: violations");
+    assert_counts(violations(&m, &notif_gone), vec![("getppid".into(), label("user_notif").into(), 4.0)], &m, "notif_gone: violations");
+    assert_counts(violations(&m, &notif_continue), vec![], &m, "notif_continue: violations");
     // Every VM kernel has kprobes and the USER_NOTIF function (or its one clone) beside the fast
     // path.
     if std::env::var_os("CGWATCH_VM").is_some() && fast_path_wanted() {
@@ -374,7 +372,7 @@ fn a_trace_verdict_that_stops_at_a_tracer_is_counted_once() {
     }
     assert!(control.run(&["seccomp", "--action", "errno", "--count", "4"]).success());
     let m = agent.scrape_until(Duration::from_secs(5), |m| m.sum(V, &[("cgroup", &control.rel)]) >= 4.0);
-    assert_eq!(violations(&m, &control), vec![("getppid".into(), "errno".into(), 4.0)]);
+    assert_counts(violations(&m, &control), vec![("getppid".into(), "errno".into(), 4.0)], &m, "control: violations");
     let hook = m.find("cgwatch_probe_attached", &[("probe", "seccomp_trace")]);
     assert_eq!(hook.len(), 1, "{hook:?}");
     let hooked = hook[0].value == 1.0;
@@ -452,7 +450,7 @@ fn the_kernels_audit_records_agree_with_the_log_and_kill_counts() {
         m.sum(V, &[("cgroup", &log_cg.rel)]) >= 4.0 && m.sum(V, &[("cgroup", &kill_cg.rel)]) >= 1.0
     });
     // (Before 5.15 a kill's syscall is not known at the exit that counts it: summed over syscalls.)
-    let counted = |cg: &TestCgroup, action: &str| Some(m.sum(V, &[("cgroup", &cg.rel), ("action", action)]));
+    let counted = |cg: &TestCgroup, action: &str| m.sum(V, &[("cgroup", &cg.rel), ("action", action)]);
     // "audit: type=1326 audit(…): auid=… pid=N comm=… sig=S arch=c000003e syscall=110 … code=0x…"
     let kmsg = std::process::Command::new("dmesg").output().unwrap();
     let kmsg = String::from_utf8_lossy(&kmsg.stdout);
@@ -463,7 +461,28 @@ fn the_kernels_audit_records_agree_with_the_log_and_kill_counts() {
             .count() as f64
     };
     let (log_records, kill_records) = (records(log_pid, "code=0x7ffc0000"), records(kill_pid, "code=0x80000000"));
-    assert_eq!(counted(&log_cg, "log"), Some(4.0), "{kmsg}");
-    assert_eq!(Some(log_records), counted(&log_cg, "log"), "{kmsg}");
-    assert_eq!(Some(kill_records), counted(&kill_cg, "kill_process"), "{kmsg}");
+    assert_eq!((log_records, kill_records), (4.0, 1.0), "{kmsg}");
+    assert_counted(counted(&log_cg, "log"), log_records, &m, "log verdicts");
+    assert_counted(counted(&kill_cg, "kill_process"), kill_records, &m, "kill verdicts");
+}
+
+/// Every attached probe says how many of its runs the kernel skipped, where the kernel counts
+/// them (5.12+, kprobes 6.7+): a short count on a kernel that preempts running programs is
+/// never silent. No series for a probe that is not attached.
+#[test]
+fn every_attached_probe_says_how_many_runs_the_kernel_skipped() {
+    let agent = Agent::start(&[]);
+    let m = agent.scrape();
+    let kernel = cgwatch::probes::kernel_version();
+    let attached: Vec<_> = m.find("cgwatch_probe_attached", &[]).into_iter().filter(|p| p.value == 1.0).collect();
+    assert!(!attached.is_empty());
+    for p in &attached {
+        let probe = p.labels["probe"].as_str();
+        let counted = kernel >= if p.labels["mode"] == "kprobe" { (6, 7) } else { (5, 12) };
+        let skipped = m.get("cgwatch_probe_skipped_runs_total", &[("probe", probe)]);
+        assert_eq!(skipped.is_some(), counted, "{probe} ({}): {skipped:?}", p.labels["mode"]);
+    }
+    for s in m.find("cgwatch_probe_skipped_runs_total", &[]) {
+        assert!(attached.iter().any(|p| p.labels["probe"] == s.labels["probe"]), "{:?}", s.labels);
+    }
 }

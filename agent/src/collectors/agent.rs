@@ -1,4 +1,4 @@
-//! The agent's own health: `cgwatch_probe_attached{probe,mode}`,
+//! The agent's own health: `cgwatch_probe_attached{probe,mode}`, `cgwatch_probe_skipped_runs_total{probe}`,
 //! `cgwatch_events_lost_total{reason}`, `cgwatch_map_entries{map}` / `cgwatch_map_capacity{map}`,
 //! `cgwatch_cgroups_not_shown`, `cgwatch_pinned`, `cgwatch_build_info{version,kernel}`.
 
@@ -10,7 +10,7 @@ use crate::{
     cgroups::Registry,
     encoding::Encoder,
     maps::{KernelMaps, LOST_REASONS},
-    probes::ProbeStatus,
+    probes::{ProbeStatus, SkippedRuns},
 };
 
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub struct AgentCollector {
     pub kernel_release: String,
     /// Counters and links are pinned (they survive a restart).
     pub pinned: bool,
+    /// The attached programs, whose skipped runs are read at each scrape.
+    pub skipped: SkippedRuns,
 }
 
 impl Collector for AgentCollector {
@@ -34,6 +36,9 @@ impl Collector for AgentCollector {
             })
             .collect();
         gauge_family(encoder, &catalog::PROBE_ATTACHED, &attached);
+        let skipped: BTreeMap<Labels, u64> =
+            self.skipped.read().into_iter().map(|(p, n)| (vec![("probe", p.to_string())], n)).collect();
+        counter_family(encoder, &catalog::PROBE_SKIPPED_RUNS, &skipped);
         // Every reason always has a series, so that the first loss is an increase from zero.
         let lost = self.maps.as_ref().map(|m| m.lost()).unwrap_or_default();
         let lost: BTreeMap<Labels, u64> =

@@ -2,7 +2,7 @@
 //! degradation: a probe that cannot attach is reported (log and `cgwatch_probe_attached 0`) and
 //! the rest keep working.
 
-use std::{fs::File, path::Path};
+use std::{fs::File, os::fd::AsFd, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -17,7 +17,7 @@ use log::{debug, info, warn};
 
 use agent_common::EventsConfig;
 
-use super::{EBPF_OBJECT, Mode, PROBES, ProbeContext, ProbeSpec, table::KRETPROBE_OF};
+use super::{EBPF_OBJECT, Mode, PROBES, ProbeContext, ProbeSpec, skipped::SkippedRuns, table::KRETPROBE_OF};
 use crate::{
     config::ProbeMode,
     maps::KernelMaps,
@@ -99,6 +99,8 @@ pub struct LoadedProbes {
     pub pinned_links: Vec<PinnedLink>,
     /// Probes whose running pinned links were kept as they were.
     pub reused: usize,
+    /// The attached programs, to read the runs the kernel skipped.
+    pub skipped: SkippedRuns,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
@@ -234,6 +236,7 @@ pub fn load(
         context: pins::fingerprint(&(kernel_bytes, log_level, events.rate, events.burst, sizes.seccomp, sizes.exits, sizes.oom, sizes.lifecycle, sizes.cgroup_state)),
         pinned_links: Vec::new(),
         reused: 0,
+        skipped: SkippedRuns::default(),
     };
     let mut status: Vec<ProbeStatus> = Vec::with_capacity(PROBES.len());
     for rows in &PROBES {
@@ -250,7 +253,7 @@ pub fn load(
     }
     fast_path_fell_back(&mut status);
     verdict_hooks_unavailable(&mut status, ctx.seccomp_mode);
-    let Attacher { pinned_links, reused, .. } = attacher;
+    let Attacher { pinned_links, reused, skipped, .. } = attacher;
     // Attached: the BTF is freed before the ring buffers are mapped, so that the two do not add
     // up.
     drop(btf);
@@ -281,7 +284,7 @@ pub fn load(
             None
         }
     };
-    Ok(LoadedProbes { ebpf, status, maps, events: cgroup_events, event_ring, starts, kernel_log, pinned_links, reused })
+    Ok(LoadedProbes { ebpf, status, maps, events: cgroup_events, event_ring, starts, kernel_log, pinned_links, reused, skipped })
 }
 
 /// The bytes of the kernel layout handed to the programs (part of their links' fingerprint).
@@ -333,6 +336,7 @@ struct Attacher<'a> {
     context: u64,
     pinned_links: Vec<PinnedLink>,
     reused: usize,
+    skipped: SkippedRuns,
 }
 
 /// How one program is to be attached once loaded.
@@ -402,11 +406,12 @@ impl Attacher<'_> {
         };
         let tag = self.load(ebpf, row.program, row, &hook)?;
         let fp = self.fingerprint(row, &[tag]);
-        if self.reuse(row.probe, fp, &[row.probe]) {
+        if self.reuse(row, fp, &[row.probe]) {
             unload(ebpf, row.program);
             return Ok(());
         }
         self.attach(ebpf, row.program, &hook, row.probe, fp)?;
+        self.keep_program(ebpf, row, row.program);
         self.retire_others(&[(row.probe.to_string(), fp)]);
         Ok(())
     }
@@ -420,7 +425,7 @@ impl Attacher<'_> {
         let entry_tag = self.load(ebpf, row.program, row, &hook)?;
         let fp = self.fingerprint(row, &[entry_tag, ret_tag]);
         let [entry_name, ret_name] = link_names(row.probe);
-        if self.reuse(row.probe, fp, &[&entry_name, &ret_name]) {
+        if self.reuse(row, fp, &[&entry_name, &ret_name]) {
             unload(ebpf, row.program);
             unload(ebpf, &ret);
             return Ok(());
@@ -434,6 +439,8 @@ impl Attacher<'_> {
             unload(ebpf, &ret);
             return Err(e);
         }
+        self.keep_program(ebpf, row, row.program);
+        self.keep_program(ebpf, row, &ret);
         self.retire_others(&[(entry_name, fp), (ret_name, fp)]);
         Ok(())
     }
@@ -474,11 +481,19 @@ impl Attacher<'_> {
 
     /// Keeps the running pinned links of an earlier agent whose programs are these: nothing is
     /// detached, not an event is missed.
-    fn reuse(&mut self, probe: &str, fp: u64, names: &[&str]) -> bool {
+    fn reuse(&mut self, row: &ProbeSpec, fp: u64, names: &[&str]) -> bool {
+        let probe = row.probe;
         let Some(pins) = self.pins else { return false };
         let links: Vec<PinnedLink> = names.iter().filter_map(|n| pins.existing_link(n, fp)).collect();
         if links.len() != names.len() {
             return false;
+        }
+        // The running programs are the earlier agent's: opened by id, through a second handle on
+        // each link.
+        for n in names {
+            if let Some(info) = pins.existing_link(n, fp).and_then(|l| FdLink::from(l).info().ok()) {
+                self.skipped.add_by_id(probe, row.mode.is_kprobe(), info.program_id());
+            }
         }
         debug!("probe {probe}: kept the pinned link of an earlier agent");
         self.pinned_links.extend(links);
@@ -543,6 +558,14 @@ impl Attacher<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Keeps a handle on an attached program, to read its skipped runs.
+    fn keep_program(&mut self, ebpf: &Ebpf, row: &ProbeSpec, name: &str) {
+        match ebpf.program(name).map(|p| p.fd().map(|fd| fd.as_fd().try_clone_to_owned())) {
+            Some(Ok(Ok(fd))) => self.skipped.add(row.probe, row.mode.is_kprobe(), fd),
+            _ => warn!("probe {}: no handle on its program {name}: its skipped runs are not reported", row.probe),
+        }
     }
 
     fn attach_unpinned(&mut self, ebpf: &mut Ebpf, name: &str, hook: &Hook<'_>) -> Result<(), String> {
@@ -631,7 +654,8 @@ mod tests {
             .unwrap();
         let bogus: Vec<ProbeSpec> =
             PROBES[0].iter().map(|row| ProbeSpec { hook: "cgwatch_no_such_tracepoint", ..*row }).collect();
-        let mut attacher = Attacher { btf: &btf, pins: None, context: 0, pinned_links: Vec::new(), reused: 0 };
+        let mut attacher =
+            Attacher { btf: &btf, pins: None, context: 0, pinned_links: Vec::new(), reused: 0, skipped: SkippedRuns::default() };
         let status = attacher.attach_one(&mut ebpf, &bogus, &ctx, &[]);
         assert!(!status.attached);
         assert_eq!(status.mode, "tp_btf");

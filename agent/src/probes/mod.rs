@@ -1,12 +1,14 @@
 //! The eBPF programs: the probe table (`table`), loading and attaching them (`attach`), where they
-//! keep per-thread state (`task_state`), kprobe symbols (`symbols`), and the running kernel's version. The maps they count in are read by `crate::maps`.
+//! keep per-thread state (`task_state`), kprobe symbols (`symbols`), the runs the kernel skipped (`skipped`), and the running kernel's version. The maps they count in are read by `crate::maps`.
 
 pub mod attach;
+pub mod skipped;
 pub mod symbols;
 pub mod table;
 pub mod task_state;
 
 pub use attach::{LoadedProbes, MapSizes, ProbeError, ProbeStatus, all_failed, load, loader};
+pub use skipped::SkippedRuns;
 pub use table::{Mode, PROBES, ProbeContext, ProbeSpec};
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.

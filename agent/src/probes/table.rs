@@ -36,6 +36,11 @@ impl Mode {
             Mode::Kprobe | Mode::KprobePair => "kprobe",
         }
     }
+
+    /// Runs through `trace_call_bpf` (kprobes), not a trampoline or a raw tracepoint.
+    pub fn is_kprobe(self) -> bool {
+        matches!(self, Mode::Kprobe | Mode::KprobePair)
+    }
 }
 
 /// What the `disable_if` predicates look at.
