@@ -281,6 +281,12 @@ pub const PINNED: Metric = gauge(
     &[],
     "1 when the counters and probe links are pinned below --pin-path (counts survive a restart and the probes count while the agent is down), 0 when not (no BPF filesystem, no permission, or --no-pin).",
 );
+pub const KERNEL_PREEMPTION: Metric = gauge(
+    "cgwatch_kernel_preemption",
+    false,
+    &["model"],
+    "The running kernel's preemption model (none, voluntary, full, lazy, rt; unknown when neither debugfs's sched/preempt, a preempt= boot parameter nor /boot/config-<release> says); always 1. Under full, lazy and rt the kernel can preempt a running probe and skip its other runs meanwhile (cgwatch_probe_skipped_runs_total), and --seccomp-mode auto counts seccomp verdicts from kprobes, which run with preemption off.",
+);
 pub const BUILD_INFO: Metric =
     gauge("cgwatch_build_info", false, &["version", "kernel"], "cgwatch version and running kernel; always 1.");
 
@@ -321,6 +327,7 @@ pub const ALL: &[Metric] = &[
     MAP_CAPACITY,
     CGROUPS_NOT_SHOWN,
     PINNED,
+    KERNEL_PREEMPTION,
     BUILD_INFO,
 ];
 

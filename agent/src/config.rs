@@ -16,7 +16,8 @@ pub const DEFAULT_PORT: u16 = 19120;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SeccompMode {
     /// The fast path where it attaches (fexit on `__seccomp_filter`, else a kprobe / kretprobe
-    /// pair on it: only tasks with a filter pay), else the syscall tracepoints.
+    /// pair on it: only tasks with a filter pay), else the syscall tracepoints. On a kernel that
+    /// preempts running programs (preempt=full, lazy, rt) the kprobe pair first.
     Auto,
     /// The fast path only (fexit, else the kprobe pair), no tracepoint fallback.
     Fexit,

@@ -13,6 +13,7 @@ pub mod maps;
 pub mod memory;
 pub mod names;
 pub mod pins;
+pub mod preemption;
 pub mod privileges;
 pub mod probes;
 pub mod signals;

@@ -24,6 +24,7 @@ use cgwatch::{
     events::{self, Sink},
     memory,
     pins::{self, Pins},
+    preemption,
     privileges,
     probes::{self, MapSizes, ProbeContext},
     signals, tasks,
@@ -117,7 +118,7 @@ async fn run(config: Config) -> Result<()> {
             return Ok(());
         }
     };
-    let Started { probes: loaded, layout, pinned } = loaded;
+    let Started { probes: loaded, layout, pinned, preemption } = loaded;
     let readable = || loaded.as_ref().map_or(true, |l| l.maps.readable());
     match privileges::drop_after_attach(readable) {
         Ok(kept) => info!("start-up done: capabilities dropped, kept {kept:?}"),
@@ -188,6 +189,7 @@ async fn run(config: Config) -> Result<()> {
         kernel_release: probes::kernel_release(),
         pinned,
         skipped,
+        preemption,
     });
 
     let wake_resolver = Arc::new(Notify::new());
@@ -241,6 +243,7 @@ struct Started {
     probes: Result<probes::LoadedProbes, Vec<probes::ProbeStatus>>,
     layout: Arc<Layout>,
     pinned: bool,
+    preemption: Option<preemption::Detected>,
 }
 
 /// Finds the cgroup hierarchies (without them there is nothing to report: an error), then reads
@@ -262,7 +265,8 @@ fn load_probes(config: &Config, loader: EbpfLoader<'static>) -> Result<Started> 
             }
         }
     };
-    let loaded = attach_probes(config, &layout, pins.as_ref(), loader);
+    let preemption = preemption::detect(&config.sysfs, &config.procfs, &config.rootfs, &probes::kernel_release());
+    let loaded = attach_probes(config, &layout, pins.as_ref(), loader, preemption.as_ref());
     // (When none could load, attach_probes said why once.)
     for s in loaded.as_ref().map(|l| l.status.as_slice()).unwrap_or_default() {
         match (s.attached, s.mode) {
@@ -278,7 +282,7 @@ fn load_probes(config: &Config, loader: EbpfLoader<'static>) -> Result<Started> 
     // freed small allocations in the heap: handed back here.
     memory::release_free_heap();
     let pinned = pins.is_some() && loaded.is_ok();
-    Ok(Started { probes: loaded, layout, pinned })
+    Ok(Started { probes: loaded, layout, pinned, preemption })
 }
 
 fn attach_probes(
@@ -286,6 +290,7 @@ fn attach_probes(
     layout: &Layout,
     pins: Option<&Pins>,
     loader: EbpfLoader<'static>,
+    preemption: Option<&preemption::Detected>,
 ) -> Result<probes::LoadedProbes, Vec<probes::ProbeStatus>> {
     let failed = |e: anyhow::Error| {
         let reason = format!("{e:#}");
@@ -302,11 +307,26 @@ fn attach_probes(
     if probes::task_state::supported(kernel_version) {
         kernel.flags |= config_flags::HAS_TASK_STORAGE;
     }
+    // A kernel that preempts running programs skips their runs meanwhile; kprobes run with
+    // preemption off.
+    let kprobes = config.sysfs.join("bus/event_source/devices/kprobe").exists();
+    let prefer_kprobes = kprobes && preemption.is_some_and(|p| p.model.preempts_programs());
+    match preemption {
+        Some(p) if prefer_kprobes => {
+            info!("kernel preemption {} (from {}): seccomp verdicts from kprobes where the mode is auto", p.model, p.source)
+        }
+        Some(p) => info!("kernel preemption {} (from {})", p.model, p.source),
+        None => info!(
+            "kernel preemption model unknown (no {}, preempt= or /boot/config-<release>): fexit preferred",
+            config.sysfs.join("kernel/debug/sched/preempt").display()
+        ),
+    }
     let ctx = ProbeContext {
         kernel,
         kernel_version,
         seccomp_mode: config.seccomp_mode,
         probe_mode: config.probe_mode,
+        prefer_kprobes,
     };
     let sizes = MapSizes::for_max_cgroups(config.max_cgroups);
     probes::load(loader, &config.sysfs.join("kernel/btf/vmlinux"), &ctx, sizes, config.events_config(), pins)

@@ -250,8 +250,21 @@ fn auto_uses_the_fast_path_or_the_tracepoints_never_both() {
     let m = agent.scrape();
     let attached = |probe: &str| m.get("cgwatch_probe_attached", &[("probe", probe)]) == Some(1.0);
     assert_ne!(attached("seccomp_filter"), attached("seccomp_sys_exit"), "{:?}", m.find("cgwatch_probe_attached", &[]));
-    if std::env::var_os("CGWATCH_VM").is_some() && !std::env::var("CGWATCH_AGENT_ARGS").unwrap_or_default().contains("seccomp-mode") {
+    let vm = std::env::var_os("CGWATCH_VM").is_some();
+    if vm && !std::env::var("CGWATCH_AGENT_ARGS").unwrap_or_default().contains("seccomp-mode") {
         assert!(attached("seccomp_filter"), "the VM kernels take the fast path");
+    }
+    // On a kernel that preempts running programs, the fast path is the kprobe pair (kprobes run
+    // with preemption off), not fexit. The VM's init mounts debugfs, as systemd does: there the
+    // model is known.
+    let model = m.find("cgwatch_kernel_preemption", &[]);
+    assert_eq!(model.len(), 1, "{model:?}");
+    let model = model[0].labels["model"].as_str();
+    assert!(!vm || model != "unknown");
+    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    if attached("seccomp_filter") && kprobes && ["full", "lazy", "rt"].contains(&model) {
+        let fast = m.find("cgwatch_probe_attached", &[("probe", "seccomp_filter")]);
+        assert_eq!(fast[0].labels["mode"], "kprobe", "preemption {model}");
     }
     assert_counts(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 9.0)], &m, "cg: violations");
     // A fast path that fell back is not a blind spot: the README's alert

@@ -247,6 +247,8 @@ mount -t tmpfs tmp /tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "+memory +cpu +pids" > /sys/fs/cgroup/cgroup.subtree_control
 mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+# As systemd does on a host: sched/preempt tells the agent the preemption model.
+mount -t debugfs nodev /sys/kernel/debug 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
 ip link set lo up
 mode=$(sed -n 's/.*cgwatch.mode=\([a-z_]*\).*/\1/p' /proc/cmdline)

@@ -1,6 +1,7 @@
 //! The agent's own health: `cgwatch_probe_attached{probe,mode}`, `cgwatch_probe_skipped_runs_total{probe}`,
 //! `cgwatch_events_lost_total{reason}`, `cgwatch_map_entries{map}` / `cgwatch_map_capacity{map}`,
-//! `cgwatch_cgroups_not_shown`, `cgwatch_pinned`, `cgwatch_build_info{version,kernel}`.
+//! `cgwatch_cgroups_not_shown`, `cgwatch_pinned`, `cgwatch_kernel_preemption{model}`,
+//! `cgwatch_build_info{version,kernel}`.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -10,6 +11,7 @@ use crate::{
     cgroups::Registry,
     encoding::Encoder,
     maps::{KernelMaps, LOST_REASONS},
+    preemption::Detected,
     probes::{ProbeStatus, SkippedRuns},
 };
 
@@ -24,6 +26,8 @@ pub struct AgentCollector {
     pub pinned: bool,
     /// The attached programs, whose skipped runs are read at each scrape.
     pub skipped: SkippedRuns,
+    /// The kernel's preemption model, where the agent could tell it.
+    pub preemption: Option<Detected>,
 }
 
 impl Collector for AgentCollector {
@@ -54,6 +58,8 @@ impl Collector for AgentCollector {
         }
         single_gauge(encoder, &catalog::CGROUPS_NOT_SHOWN, self.registry.not_shown() as i64);
         single_gauge(encoder, &catalog::PINNED, i64::from(self.pinned));
+        let model = self.preemption.as_ref().map_or("unknown", |p| p.model.as_str());
+        gauge_family(encoder, &catalog::KERNEL_PREEMPTION, &BTreeMap::from([(vec![("model", model.to_string())], 1i64)]));
         let build = BTreeMap::from([(
             vec![
                 ("version", env!("CARGO_PKG_VERSION").to_string()),

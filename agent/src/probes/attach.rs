@@ -644,6 +644,7 @@ mod tests {
             kernel_version: kernel_version(),
             seccomp_mode: SeccompMode::Auto,
             probe_mode: ProbeMode::Auto,
+            prefer_kprobes: false,
         };
         let btf = aya::Btf::parse_file(btf_path, aya::Endianness::default()).unwrap();
         let mut ebpf = EbpfLoader::new()

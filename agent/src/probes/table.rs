@@ -50,6 +50,9 @@ pub struct ProbeContext {
     pub kernel_version: (u32, u32),
     pub seccomp_mode: SeccompMode,
     pub probe_mode: ProbeMode,
+    /// The kernel preempts running programs (`crate::preemption`) and has kprobes: in
+    /// `--seccomp-mode auto` the function probes take their kprobe rows, not fexit.
+    pub prefer_kprobes: bool,
 }
 
 /// One way to attach one probe. Rows of the same probe are tried in order until one attaches.
@@ -179,9 +182,15 @@ fn seccomp_filter_args_3(c: &ProbeContext) -> bool {
     c.kernel.seccomp_filter_args == 3 && matches!(c.kernel.seccomp_filter_recheck_arg, 0 | 2) && unless_kprobe_mode(c)
 }
 
-/// fexit rows of function probes: not in `--seccomp-mode kprobe`, which asks for the kprobes.
+/// fexit rows of function probes: not in `--seccomp-mode kprobe`, which asks for the kprobes,
+/// nor in `auto` on a kernel that preempts running programs (a preempted fexit program makes the
+/// kernel skip its other runs on that CPU; kprobes run with preemption off).
 fn unless_kprobe_mode(c: &ProbeContext) -> bool {
-    c.seccomp_mode != SeccompMode::Kprobe
+    match c.seccomp_mode {
+        SeccompMode::Kprobe => false,
+        SeccompMode::Auto => !c.prefer_kprobes,
+        _ => true,
+    }
 }
 
 /// Oldest kernel with fexit (BPF trampolines).
@@ -408,6 +417,7 @@ mod tests {
             kernel_version: (6, 18),
             seccomp_mode: SeccompMode::Signals,
             probe_mode: ProbeMode::Auto,
+            prefer_kprobes: false,
         };
         let disabled = |ctx: &ProbeContext| -> Vec<&str> {
             PROBES.iter().filter(|r| (r[0].disable_if)(ctx).is_some()).map(|r| r[0].probe).collect()
@@ -457,6 +467,12 @@ mod tests {
         ctx.kernel.seccomp_filter_args = 0;
         assert_eq!(fitting(&ctx), ["seccomp_filter_kprobe"]);
         ctx.kernel.seccomp_filter_args = 3;
+        // auto on a kernel that preempts running programs: the kprobes.
+        ctx.prefer_kprobes = true;
+        assert_eq!(fitting(&ctx), ["seccomp_filter_kprobe"]);
+        ctx.seccomp_mode = SeccompMode::Fexit;
+        assert_eq!(fitting(&ctx), ["seccomp_filter_fexit3", "seccomp_filter_kprobe"]);
+        ctx.prefer_kprobes = false;
         ctx.seccomp_mode = SeccompMode::Kprobe;
         assert_eq!(fitting(&ctx), ["seccomp_filter_kprobe"]);
         assert_eq!(disabled(&ctx), ["oom_kill_process", "seccomp_sys_enter", "seccomp_sys_exit"]);
