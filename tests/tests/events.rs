@@ -210,7 +210,10 @@ fn a_storm_is_rate_limited_in_the_kernel_and_counted_exactly() {
     let written = of_type(&events, "seccomp").len() as u64;
     let suppressed = m.get("cgwatch_events_suppressed_total", &labels).unwrap_or(0.0) as u64;
     let bound = BURST + (RATE as f64 * secs).ceil() as u64;
-    eprintln!("storm of {n} denials in {secs:.2} s: {written} events written (bound {bound}), {suppressed} suppressed");
+    cgwatch_tests::note(&format!(
+        "storm of {n} denials in {secs:.2} s: {counted} counted, {written} events written (bound {bound}), {suppressed} suppressed, {} skipped runs",
+        skipped_runs(&m)
+    ));
     assert!(written <= bound, "{written} events written in {secs:.2} s: more than burst + rate x duration = {bound}");
     assert!(written >= BURST.min(n), "the burst goes through: {written}");
     assert_eq!(written + suppressed, counted, "every denial counted is an event written or one suppressed");

@@ -263,7 +263,7 @@ echo "VMTEST kernel $(uname -r) mode $mode"
 cgwatch --no-pin --listen 127.0.0.1:19120 $args > /tmp/agent.log 2>&1 &
 agent=$!
 for i in $(seq 1 120); do wget -qO /tmp/m http://127.0.0.1:19120/metrics 2>/dev/null && break; sleep 0.5; done
-grep '^cgwatch_probe_attached' /tmp/m | sed 's/^/VMPROBE /'
+grep -E '^cgwatch_(probe_attached|kernel_preemption)' /tmp/m | sed 's/^/VMPROBE /'
 grep 'probe seccomp_filter' /tmp/agent.log | sed 's/^/VMLOG /'
 kill $agent; wait $agent
 grep -q . /proc/$agent/status 2>/dev/null && echo "VMTEST agent $agent still running"
