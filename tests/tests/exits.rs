@@ -1,6 +1,6 @@
 //! Process and container exits, by reason, and OOM kills in the victim's cgroup.
 
-use cgwatch_tests::{Agent, TestCgroup};
+use cgwatch_tests::{Agent, TestCgroup, assert_counted, assert_counts};
 
 const P: &str = "cgwatch_process_exits_total";
 const C: &str = "cgwatch_container_exits_total";
@@ -20,10 +20,9 @@ fn exit_codes_and_signals_are_classified() {
         .into_iter()
         .map(|s| (s.labels["reason"].as_str(), s.labels["signal"].as_str(), s.value))
         .collect();
-    assert_eq!(
-        got,
-        vec![("error", "", 2.0), ("signal", "SIGKILL", 1.0), ("signal", "SIGSEGV", 1.0), ("success", "", 1.0)]
-    );
+    let want = [("error", "", 2.0), ("signal", "SIGKILL", 1.0), ("signal", "SIGSEGV", 1.0), ("success", "", 1.0)];
+    let owned = |v: &[(&str, &str, f64)]| v.iter().map(|(r, s, n)| (r.to_string(), s.to_string(), *n)).collect();
+    assert_counts(owned(&got), owned(&want), &m, "exits");
     assert!(m.find(C, &[("cgroup", &cg.rel)]).is_empty(), "no PID-namespace init exited");
 }
 
@@ -39,7 +38,7 @@ fn pid_namespace_init_exit_is_a_container_exit() {
     assert_eq!(containers[0].labels["reason"], "error");
     assert_eq!(containers[0].value, 1.0);
     // unshare itself and the namespace's PID 1 both exited with 7.
-    assert_eq!(m.get(P, &[("cgroup", &cg.rel), ("reason", "error")]), Some(2.0));
+    assert_counted(m.get(P, &[("cgroup", &cg.rel), ("reason", "error")]).unwrap_or(0.0), 2.0, &m, "exits and OOM kills");
 }
 
 #[test]
@@ -50,19 +49,13 @@ fn oom_kill_in_a_memory_limited_cgroup() {
     let status = cg.run(&["alloc", "--mb", "256"]);
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
     let m = agent.scrape();
-    assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)]), Some(1.0));
+    assert_counted(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)]).unwrap_or(0.0), 1.0, &m, "exits and OOM kills");
     // Its own limit fired (where the kernel tells the agent the victim while it holds its memory).
     let (limit, limit_cgroup) = if cgwatch_tests::oom_limit_known(&m) { ("own", cg.rel.as_str()) } else { ("unknown", "") };
-    assert_eq!(
-        m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", limit), ("limit_cgroup", limit_cgroup)]),
-        Some(1.0),
-        "{:?}",
-        m.find("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)])
-    );
+    assert_counted(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", limit), ("limit_cgroup", limit_cgroup)]).unwrap_or(0.0), 1.0, &m, &format!("{:?}", m.find("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)])));
     let exits = m.find(P, &[("cgroup", &cg.rel)]);
-    assert_eq!(exits.len(), 1, "{exits:?}");
-    assert_eq!(exits[0].labels["reason"], "oom_kill");
-    assert_eq!(exits[0].value, 1.0);
+    let exits = exits.iter().map(|s| (s.labels["reason"].clone(), s.labels["signal"].clone(), s.value)).collect();
+    assert_counts(exits, vec![("oom_kill".into(), "".into(), 1.0)], &m, "exits");
     // Cgroup resources come from a sample taken every --sample-interval (500ms here).
     let limit = |m: &cgwatch_tests::Metrics| m.get("cgwatch_cgroup_memory_limit_bytes", &[("cgroup", &cg.rel)]);
     let m = agent.scrape_until(std::time::Duration::from_secs(5), |m| limit(m).is_some());
@@ -87,27 +80,19 @@ fn oom_kill_is_counted_in_the_victims_cgroup_not_the_triggering_one() {
     // The parent's limit fired, not the victim's own (it has none): limit="ancestor" names it.
     let (limit, limit_cgroup) =
         if cgwatch_tests::oom_limit_known(&m) { ("ancestor", parent.rel.as_str()) } else { ("unknown", "") };
-    assert_eq!(
-        m.get("cgwatch_oom_kills_total", &[("cgroup", &big.rel), ("limit", limit), ("limit_cgroup", limit_cgroup)]),
-        Some(1.0),
-        "{:?}",
-        m.find("cgwatch_oom_kills_total", &[("cgroup", &big.rel)])
-    );
-    assert_eq!(m.get(P, &[("cgroup", &big.rel), ("reason", "oom_kill")]), Some(1.0));
+    assert_counted(m.get("cgwatch_oom_kills_total", &[("cgroup", &big.rel), ("limit", limit), ("limit_cgroup", limit_cgroup)]).unwrap_or(0.0), 1.0, &m, &format!("{:?}", m.find("cgwatch_oom_kills_total", &[("cgroup", &big.rel)])));
+    assert_counted(m.get(P, &[("cgroup", &big.rel), ("reason", "oom_kill")]).unwrap_or(0.0), 1.0, &m, "exits and OOM kills");
     if trigger.success() {
         // The usual case: the trigger completes once the victim is gone, and nothing is
         // counted in its cgroup.
         assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &small.rel)]), None);
-        assert_eq!(m.get(P, &[("cgroup", &small.rel), ("reason", "success")]), Some(1.0));
+        assert_counted(m.get(P, &[("cgroup", &small.rel), ("reason", "success")]).unwrap_or(0.0), 1.0, &m, "exits and OOM kills");
     } else {
         // Under emulation the kernel sometimes kills the trigger too, in a second OOM after the
         // victim: then that second kill, and only it, is counted in the trigger's cgroup.
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&trigger), Some(libc::SIGKILL));
-        assert_eq!(
-            m.get("cgwatch_oom_kills_total", &[("cgroup", &small.rel), ("limit", limit), ("limit_cgroup", limit_cgroup)]),
-            Some(1.0)
-        );
-        assert_eq!(m.get(P, &[("cgroup", &small.rel), ("reason", "oom_kill")]), Some(1.0));
+        assert_counted(m.get("cgwatch_oom_kills_total", &[("cgroup", &small.rel), ("limit", limit), ("limit_cgroup", limit_cgroup)]).unwrap_or(0.0), 1.0, &m, "exits and OOM kills");
+        assert_counted(m.get(P, &[("cgroup", &small.rel), ("reason", "oom_kill")]).unwrap_or(0.0), 1.0, &m, "exits and OOM kills");
     }
 }
 
@@ -132,10 +117,10 @@ fn oom_group_counts_every_killed_task_once() {
     }
     let m = agent.scrape();
     // Three tasks killed as a group: three OOM kills, three oom_kill exits, none twice.
-    assert_eq!(m.sum("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)]), 3.0, "{:?}", m.find("cgwatch_oom_kills_total", &[]));
-    assert_eq!(m.get(P, &[("cgroup", &cg.rel), ("reason", "oom_kill")]), Some(3.0), "{:?}", m.find(P, &[("cgroup", &cg.rel)]));
+    assert_counted(m.sum("cgwatch_oom_kills_total", &[("cgroup", &cg.rel)]), 3.0, &m, &format!("{:?}", m.find("cgwatch_oom_kills_total", &[])));
+    assert_counted(m.get(P, &[("cgroup", &cg.rel), ("reason", "oom_kill")]).unwrap_or(0.0), 3.0, &m, &format!("{:?}", m.find(P, &[("cgroup", &cg.rel)])));
     if cgwatch_tests::oom_limit_known(&m) {
-        assert_eq!(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", "own")]), Some(3.0));
+        assert_counted(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", "own")]).unwrap_or(0.0), 3.0, &m, "exits and OOM kills");
     }
 }
 
@@ -155,11 +140,6 @@ fn a_global_oom_is_a_host_limit() {
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
     let m = agent.scrape();
     let limit = if cgwatch_tests::oom_limit_known(&m) { "host" } else { "unknown" };
-    assert_eq!(
-        m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", limit), ("limit_cgroup", "")]),
-        Some(1.0),
-        "{:?}",
-        m.find("cgwatch_oom_kills_total", &[])
-    );
-    assert_eq!(m.get(P, &[("cgroup", &cg.rel), ("reason", "oom_kill")]), Some(1.0));
+    assert_counted(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", limit), ("limit_cgroup", "")]).unwrap_or(0.0), 1.0, &m, &format!("{:?}", m.find("cgwatch_oom_kills_total", &[])));
+    assert_counted(m.get(P, &[("cgroup", &cg.rel), ("reason", "oom_kill")]).unwrap_or(0.0), 1.0, &m, "exits and OOM kills");
 }

@@ -1,7 +1,8 @@
-//! The eBPF programs: the probe table (`table`), loading and attaching them (`attach`), where they
+//! The eBPF programs: the probe table (`table`), loading them (`attach`) and attaching each probe (`attacher`), where they
 //! keep per-thread state (`task_state`), kprobe symbols (`symbols`), the runs the kernel skipped (`skipped`), and the running kernel's version. The maps they count in are read by `crate::maps`.
 
 pub mod attach;
+mod attacher;
 pub mod skipped;
 pub mod symbols;
 pub mod table;
