@@ -231,7 +231,7 @@ pub const PROBE_SKIPPED_RUNS: Metric = counter(
     "cgwatch_probe_skipped_runs",
     false,
     &["probe"],
-    "Runs of the probe's programs that the kernel skipped because the same program was already running on that CPU (the programs' recursion_misses): each may be an event (a denial, an exit, an OOM kill) not counted, in any cgroup. 0 where the kernel does not preempt a running program; on kernels that do (preempt=full or lazy) counts can be short by up to this many. Not read on kernels before 5.12 (6.7 for kprobes), nor for a reused program the agent cannot open without CAP_SYS_ADMIN (no series then).",
+    "Runs of the probe's programs that the kernel skipped because the same program was already running on that CPU (the programs' recursion_misses): each may be an event (a denial, an exit, an OOM kill) not counted, in any cgroup. 0 where the kernel does not preempt a running program; on kernels that do (preempt=full, lazy or rt) counts can be short by up to this many. Not counted by kernels before 5.12 (6.7 for kprobes; no series then). A kretprobe's own misses (its instances ran out) are not program runs and not in this counter.",
 );
 pub const EVENTS_LOST: Metric = counter(
     "cgwatch_events_lost",
@@ -285,7 +285,7 @@ pub const KERNEL_PREEMPTION: Metric = gauge(
     "cgwatch_kernel_preemption",
     false,
     &["model"],
-    "The running kernel's preemption model (none, voluntary, full, lazy, rt; unknown when neither debugfs's sched/preempt, a preempt= boot parameter nor /boot/config-<release> says); always 1. Under full, lazy and rt the kernel can preempt a running probe and skip its other runs meanwhile (cgwatch_probe_skipped_runs_total), and --seccomp-mode auto counts seccomp verdicts from kprobes, which run with preemption off.",
+    "The running kernel's preemption model (none, voluntary, full, lazy, rt; unknown when neither debugfs's sched/preempt, a preempt= boot parameter nor /boot/config-<release> says); always 1. Under full, lazy and rt the kernel can preempt a running probe and skip its other runs meanwhile (cgwatch_probe_skipped_runs_total), and --seccomp-mode auto counts seccomp verdicts from kprobes, which run with preemption off and skip far less.",
 );
 pub const BUILD_INFO: Metric =
     gauge("cgwatch_build_info", false, &["version", "kernel"], "cgwatch version and running kernel; always 1.");

@@ -170,7 +170,7 @@ impl Pins {
             return Err(PinError::NotBpffs(root.to_path_buf()));
         }
         let dir = root.join(format!("layout-{LAYOUT}"));
-        for sub in [dir.join("maps"), dir.join("links")] {
+        for sub in [dir.join("maps"), dir.join("links"), dir.join("programs")] {
             fs::create_dir_all(&sub).map_err(io_err(&sub))?;
         }
         for entry in fs::read_dir(root).map_err(io_err(root))?.flatten() {
@@ -194,6 +194,12 @@ impl Pins {
 
     fn links_dir(&self) -> PathBuf {
         self.dir.join("links")
+    }
+
+    /// Where the program of a pinned link is pinned, beside it (its skipped runs are read
+    /// through it after a restart).
+    pub fn program_path(&self, probe: &str, fingerprint: u64) -> PathBuf {
+        self.dir.join("programs").join(format!("{probe}-{fingerprint:016x}"))
     }
 
     /// Checks the pinned maps against the shapes this agent will load: a pin of another size is
@@ -243,16 +249,22 @@ impl Pins {
     }
 
     /// Unpins `probe`'s links other than `keep` (their programs detach). Returns how many.
+    /// (Their programs' pins go too; the count is of links.)
     pub fn detach_others(&self, probe: &str, keep: Option<&Path>) -> usize {
+        let keep = keep.and_then(Path::file_name);
+        let _ = self.remove_others(&self.dir.join("programs"), probe, keep);
+        self.remove_others(&self.links_dir(), probe, keep)
+    }
+
+    fn remove_others(&self, dir: &Path, probe: &str, keep: Option<&std::ffi::OsStr>) -> usize {
         let prefix = format!("{probe}-");
-        let Ok(entries) = fs::read_dir(self.links_dir()) else { return 0 };
+        let Ok(entries) = fs::read_dir(dir) else { return 0 };
         let mut n = 0;
         for e in entries.flatten() {
-            let p = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
             // "<probe>-<16 hex>": another probe's name may start with this one's.
             let is_ours = name.strip_prefix(&prefix).is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-            if is_ours && Some(p.as_path()) != keep && fs::remove_file(&p).is_ok() {
+            if is_ours && Some(e.file_name().as_os_str()) != keep && fs::remove_file(e.path()).is_ok() {
                 n += 1;
             }
         }

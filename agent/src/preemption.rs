@@ -3,7 +3,8 @@
 //! A tracing program preempted mid-run keeps its per-CPU guard, and the kernel skips every other
 //! run of it on that CPU until the preempted task resumes (`cgwatch_probe_skipped_runs_total`).
 //! `none` and `voluntary` never preempt kernel code there; `full`, `lazy` and `rt` do. Kprobe
-//! programs run with preemption off, so `--seccomp-mode auto` prefers them where the model
+//! programs run with preemption off (they skip only while a preempted bpf() map operation holds
+//! the CPU's `bpf_prog_active`), so `--seccomp-mode auto` prefers them where the model
 //! preempts.
 
 use std::{fmt, path::Path};

@@ -105,3 +105,30 @@ fn a_resized_map_keeps_its_counts() {
     let m = agent.scrape();
     assert_eq!(counts(&m, &cg).0, Some(8.0));
 }
+
+/// After a restart that keeps the running probes, their skipped runs are still read without
+/// CAP_SYS_ADMIN (the DaemonSet's and the systemd unit's capability sets, where the kernel will
+/// not open a program by id): through the programs pinned beside their links.
+#[test]
+fn a_restarted_agent_without_cap_sys_admin_still_reads_its_probes_skipped_runs() {
+    let pins = PinDir::new("skipped");
+    let pin = pins.arg();
+    let probes = |m: &Metrics| -> Vec<String> {
+        m.find("cgwatch_probe_skipped_runs_total", &[]).iter().map(|s| s.labels["probe"].clone()).collect()
+    };
+    let first = Agent::start(&["--pin-path", &pin]);
+    let want = probes(&first.scrape());
+    assert!(!want.is_empty());
+    first.stop(libc::SIGTERM);
+    // uid 0, its capabilities bounded to the unit's set.
+    let set = "-all,+bpf,+perfmon,+dac_read_search";
+    let (inh, bnd) = (format!("--inh-caps={set}"), format!("--bounding-set={set}"));
+    let second = Agent::start_wrapped(&["setpriv", &inh, &bnd], &["--pin-path", &pin]);
+    let effective = cgwatch_tests::proc_caps(second.pid(), "CapEff:");
+    const CAP_SYS_ADMIN: u32 = 21;
+    assert_eq!(effective & (1 << CAP_SYS_ADMIN), 0, "{effective:x}");
+    let m = second.scrape();
+    assert!(second.log().contains("probes kept running from before this start"), "{}", second.log());
+    assert_eq!(probes(&m), want, "{}", second.log());
+    assert!(!second.log().contains("skipped runs are not reported"), "{}", second.log());
+}

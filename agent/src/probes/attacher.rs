@@ -15,7 +15,7 @@ use log::{debug, info, warn};
 use super::{
     Mode, ProbeContext, ProbeSpec,
     attach::{ProbeStatus, link_names},
-    skipped::SkippedRuns,
+    skipped::{self, SkippedRuns},
     table::KRETPROBE_OF,
 };
 use crate::{config::ProbeMode, pins::{self, Pins}};
@@ -181,11 +181,15 @@ impl Attacher<'_> {
         if links.len() != names.len() {
             return false;
         }
-        // The running programs are the earlier agent's: opened by id, through a second handle on
-        // each link.
+        // The running programs are the earlier agent's: opened through their pins beside the
+        // links (an agent before those pins: by id, through a second handle on each link).
         for n in names {
-            if let Some(info) = pins.existing_link(n, fp).and_then(|l| FdLink::from(l).info().ok()) {
-                self.skipped.add_by_id(probe, row.mode.is_kprobe(), info.program_id());
+            if self.skipped.add_pinned(probe, row.mode.is_kprobe(), &pins.program_path(n, fp)) {
+                continue;
+            }
+            match pins.existing_link(n, fp).map(|l| FdLink::from(l).info()) {
+                Some(Ok(info)) => self.skipped.add_by_id(probe, row.mode.is_kprobe(), info.program_id()),
+                _ => warn!("probe {probe}: cannot read its running link {n}: its skipped runs are not reported"),
             }
         }
         debug!("probe {probe}: kept the pinned link of an earlier agent");
@@ -242,7 +246,15 @@ impl Attacher<'_> {
             let path = pins.link_path(link_name, fp);
             let _ = std::fs::remove_file(&path);
             match link.pin(&path) {
-                Ok(pinned) => self.pinned_links.push(pinned),
+                Ok(pinned) => {
+                    self.pinned_links.push(pinned);
+                    let path = pins.program_path(link_name, fp);
+                    let _ = std::fs::remove_file(&path);
+                    let pinned = ebpf.program(name).and_then(|p| p.fd().ok()).map(|fd| skipped::pin_program(fd, &path));
+                    if !matches!(pinned, Some(Ok(()))) {
+                        warn!("probe {link_name}: cannot pin its program at {}: after a restart its skipped runs need CAP_SYS_ADMIN", path.display());
+                    }
+                }
                 Err(e) => {
                     // The link was dropped with the failed pin: attach again, unpinned.
                     warn!("probe {link_name}: cannot pin its link at {} ({e}); it detaches when the agent stops", path.display());

@@ -4,17 +4,25 @@
 //! running program (`preempt=full` or `lazy`, the only model of some kernels since 7.x), the
 //! guard stays taken while the preempted task waits, and every run of that program on that CPU
 //! meanwhile is skipped: a denial, an exit or an OOM kill not counted. The kernel counts those
-//! skips per program (5.12+ for trampolines and raw tracepoints, 6.7+ for kprobes); the agent
+//! skips per program (5.12+ for trampolines, 6.7+ for kprobes; raw tracepoints have the guard
+//! only since 6.1 and read 0 before); the agent
 //! reads them at scrape time, so that a short count is said, not silent.
 
 use std::{
+    ffi::CString,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::{
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
 };
 
 use aya_obj::generated::bpf_prog_info;
 use log::warn;
 
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
@@ -28,8 +36,9 @@ pub struct SkippedRuns {
     uncounted: Vec<&'static str>,
 }
 
-/// The first kernel that counts a program's skipped runs: 5.12 for trampolines and raw
-/// tracepoints, 6.7 for kprobes (`trace_call_bpf`).
+/// The first kernel that counts a program's skipped runs: 5.12 for trampolines (raw
+/// tracepoints: 6.1 brought the guard, and its count; before, 0 is right), 6.7 for kprobes
+/// (`trace_call_bpf`).
 fn counted_since(kprobe: bool) -> (u32, u32) {
     if kprobe { (6, 7) } else { (5, 12) }
 }
@@ -52,8 +61,24 @@ impl SkippedRuns {
         false
     }
 
-    /// Adds the running program of a link an earlier agent pinned (needs CAP_SYS_ADMIN to open
-    /// by id; without it that probe's skips are not read, said once here).
+    /// Adds the running program an earlier agent pinned at `path` beside its link (opening a pin
+    /// needs no CAP_SYS_ADMIN). False when there is none to open.
+    pub fn add_pinned(&mut self, probe: &'static str, kprobe: bool, path: &Path) -> bool {
+        if !self.counts(probe, kprobe) {
+            return true;
+        }
+        match open_pinned(path) {
+            Ok(fd) => {
+                self.programs.push((probe, fd));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Adds the running program of a link an earlier agent pinned without its program, by the
+    /// link's program id (needs CAP_SYS_ADMIN; without it that probe's skips are not read, said
+    /// once here).
     pub fn add_by_id(&mut self, probe: &'static str, kprobe: bool, id: u32) {
         if !self.counts(probe, kprobe) {
             return;
@@ -68,17 +93,18 @@ impl SkippedRuns {
     }
 
     /// Skipped runs per probe (summed over its programs), every probe with a readable program.
+    /// A probe one of whose programs cannot be read has no entry (no series, rather than a
+    /// short one).
     pub fn read(&self) -> Vec<(&'static str, u64)> {
-        let mut out: Vec<(&'static str, u64)> = Vec::new();
+        let mut out: Vec<(&'static str, Option<u64>)> = Vec::new();
         for (probe, fd) in &self.programs {
-            // A program whose info cannot be read (it cannot happen while the fd is open) adds 0.
-            let n = misses(fd).unwrap_or(0);
+            let n = misses(fd).ok();
             match out.iter_mut().find(|(p, _)| p == probe) {
-                Some((_, sum)) => *sum += n,
+                Some((_, sum)) => *sum = sum.zip(n).map(|(a, b)| a + b),
                 None => out.push((probe, n)),
             }
         }
-        out
+        out.into_iter().filter_map(|(p, n)| n.map(|n| (p, n))).collect()
     }
 
     pub fn unreadable(&self) -> &[&'static str] {
@@ -114,6 +140,35 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // the kernel reads and writes no more than that size.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, (attr as *mut T).cast::<libc::c_void>(), size_of::<T>()) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// `union bpf_attr` for BPF_OBJ_PIN and BPF_OBJ_GET.
+#[repr(C)]
+#[derive(Default)]
+struct ObjPath {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// Pins a program at `path` on bpffs, beside its link: a restarted agent that keeps the link
+/// reads the program's skipped runs through it.
+pub fn pin_program(fd: impl AsFd, path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    let mut attr = ObjPath { pathname: c.as_ptr() as u64, bpf_fd: fd.as_fd().as_raw_fd() as u32, ..Default::default() };
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    let mut attr = ObjPath { pathname: c.as_ptr() as u64, ..Default::default() };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn fd_by_id(id: u32) -> io::Result<OwnedFd> {
