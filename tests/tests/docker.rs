@@ -49,6 +49,26 @@ fn a_syscall_denied_by_dockers_default_profile_is_counted_under_the_container() 
     assert_eq!(m.get("cgwatch_container_exits_total", &exit), Some(1.0));
 }
 
+/// Why Docker may not see an OOM kill here: containerd loads a container's cgroups from every
+/// v1 hierarchy in /proc/self/cgroup, and fails ("cannot find cgroup mount destination", no OOM
+/// watch, `OOMKilled` false) when one is mounted nowhere on the host: made by a systemd inside
+/// another container (a `systemd` test's left behind, seen after a killed run).
+fn unwatched_hierarchies() -> String {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let missing: Vec<String> = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .filter(|c| !c.is_empty())
+        .filter(|c| !mounts.lines().any(|m| m.contains(" - cgroup ") && c.split(',').all(|s| m.contains(s))))
+        .map(str::to_string)
+        .collect();
+    if missing.is_empty() {
+        return String::new();
+    }
+    format!(": v1 cgroup hierarchies {missing:?} are mounted nowhere on this host, so Docker cannot watch OOM events (a container running systemd made them; remove it)")
+}
+
 #[test]
 fn a_container_over_its_memory_limit_is_oom_killed_once() {
     let _use = shared();
@@ -59,7 +79,7 @@ fn a_container_over_its_memory_limit_is_oom_killed_once() {
         &["/cgwatch-workload", "alloc", "--mb", "256"],
     );
     assert_eq!(c.wait(), 137, "killed by SIGKILL");
-    assert_eq!(c.inspect("{{.State.OOMKilled}}"), "true", "docker saw the OOM kill");
+    assert_eq!(c.inspect("{{.State.OOMKilled}}"), "true", "docker saw the OOM kill{}", unwatched_hierarchies());
     let l = ctr_labels(&c);
     let m = agent.scrape_until(WAIT, |m| m.get("cgwatch_container_exits_total", &l).is_some());
     let cgroup = c.cgroup();
