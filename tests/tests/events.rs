@@ -81,20 +81,25 @@ fn each_verdict_kill_and_failure_is_one_event_with_its_process() {
     assert_eq!(child.wait_with_output().unwrap().status.signal(), Some(libc::SIGSYS));
     let events = log.wait_for(&kill.rel, WAIT, |e| e.len() >= 2);
     let (seccomp, exit) = (of_type(&events, "seccomp"), of_type(&events, "exit"));
-    assert_eq!((seccomp.len(), exit.len()), (1, 1), "{events:?}");
+    // On a kernel that preempts running programs the exit probe's run may be skipped: said.
+    let skipped = exit.is_empty() && seccomp.len() == 1 && skipped_runs(&agent.scrape()) > 0.0;
+    if skipped {
+        cgwatch_tests::note("ev-kill: no exit event, skipped runs reported (a preemptible kernel)");
+    } else {
+        assert_eq!((seccomp.len(), exit.len()), (1, 1), "{events:?}");
+    }
     assert_process(seccomp[0], pid);
     let syscall = killed_syscall(&m, !kills_raise_signals());
     assert_eq!((&seccomp[0]["syscall"], &seccomp[0]["action"]), (&json!(syscall), &json!("kill_process")));
-    assert_process(exit[0], pid);
-    // Before 5.17 a kill raises no signal, and the thread that counts the group's exit may get
-    // there before the killed thread: the counter is then moved to seccomp_kill afterwards, the
-    // event (already written) says what was known, a SIGSYS (docs/kernels.md).
-    let reasons: &[&str] = if kills_raise_signals() { &["seccomp_kill"] } else { &["seccomp_kill", "signal"] };
-    assert!(reasons.iter().any(|r| exit[0]["reason"] == *r), "{:?}", exit[0]);
-    assert_eq!(
-        (&exit[0]["signal"], &exit[0]["exit_code"], &exit[0]["scope"]),
-        (&json!("SIGSYS"), &Value::Null, &json!("process"))
-    );
+    for exit in exit.iter().take(usize::from(!skipped)) {
+        assert_process(exit, pid);
+        // Before 5.17 a kill raises no signal, and the thread that counts the group's exit may get
+        // there before the killed thread: the counter is then moved to seccomp_kill afterwards, the
+        // event (already written) says what was known, a SIGSYS (docs/kernels.md).
+        let reasons: &[&str] = if kills_raise_signals() { &["seccomp_kill"] } else { &["seccomp_kill", "signal"] };
+        assert!(reasons.iter().any(|r| exit["reason"] == *r), "{exit:?}");
+        assert_eq!((&exit["signal"], &exit["exit_code"], &exit["scope"]), (&json!("SIGSYS"), &Value::Null, &json!("process")));
+    }
 
     // A failed process: its exit code, and how long it ran.
     let fail = TestCgroup::new("ev-fail");
