@@ -15,7 +15,7 @@ use log::{debug, info, warn};
 use super::{
     Mode, ProbeContext, ProbeSpec,
     attach::{ProbeStatus, link_names},
-    skipped::{self, SkippedRuns},
+    skipped::SkippedRuns,
     table::KRETPROBE_OF,
 };
 use crate::{config::ProbeMode, pins::{self, Pins}};
@@ -250,7 +250,7 @@ impl Attacher<'_> {
                     self.pinned_links.push(pinned);
                     let path = pins.program_path(link_name, fp);
                     let _ = std::fs::remove_file(&path);
-                    let pinned = ebpf.program(name).and_then(|p| p.fd().ok()).map(|fd| skipped::pin_program(fd, &path));
+                    let pinned = ebpf.program_mut(name).map(|p| p.pin(&path));
                     if !matches!(pinned, Some(Ok(()))) {
                         warn!("probe {link_name}: cannot pin its program at {}: after a restart its skipped runs need CAP_SYS_ADMIN", path.display());
                     }

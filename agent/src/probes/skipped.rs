@@ -12,7 +12,7 @@ use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
@@ -21,7 +21,6 @@ use std::{
 use aya_obj::generated::bpf_prog_info;
 use log::warn;
 
-const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -142,7 +141,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
-/// `union bpf_attr` for BPF_OBJ_PIN and BPF_OBJ_GET.
+/// `union bpf_attr` for BPF_OBJ_GET (programs are pinned by aya's `Program::pin`).
 #[repr(C)]
 #[derive(Default)]
 struct ObjPath {
@@ -153,14 +152,6 @@ struct ObjPath {
 
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-}
-
-/// Pins a program at `path` on bpffs, beside its link: a restarted agent that keeps the link
-/// reads the program's skipped runs through it.
-pub fn pin_program(fd: impl AsFd, path: &Path) -> io::Result<()> {
-    let c = c_path(path)?;
-    let mut attr = ObjPath { pathname: c.as_ptr() as u64, bpf_fd: fd.as_fd().as_raw_fd() as u32, ..Default::default() };
-    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
 
 fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
