@@ -881,7 +881,8 @@ pub fn assert_counted(counted: f64, expected: f64, m: &Metrics, what: &str) {
     let skipped = skipped_runs(m);
     assert!(
         counted < expected && expected - counted <= skipped,
-        "{what}: counted {counted}, expected {expected} ({skipped} skipped runs reported)"
+        "{what}: counted {counted}, expected {expected} ({skipped} skipped runs reported){}",
+        kernel_misses()
     );
     note(&format!("{what}: counted {counted} of {expected}, {skipped} skipped runs reported (a preemptible kernel)"));
 }
@@ -896,6 +897,17 @@ pub fn note(line: &str) {
     {
         let _ = writeln!(console, "VMNOTE {line}");
     }
+}
+
+/// What the kernel says it missed, for a failure message: the kprobes' and kretprobes' misses
+/// (`kprobe_profile`: name, hits, misses; a kretprobe misses when its instances run out), where
+/// tracefs is mounted.
+pub fn kernel_misses() -> String {
+    ["/sys/kernel/tracing/kprobe_profile", "/sys/kernel/debug/tracing/kprobe_profile"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| format!("; kprobe_profile (probe, hits, misses): {}", t.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .unwrap_or_default()
 }
 
 /// Counts by (label, label) are `want`; or, only where the agent reports skipped runs, off by
@@ -917,7 +929,8 @@ pub fn assert_counts(got: Vec<(String, String, f64)>, want: Vec<(String, String,
     let total = |v: &[(String, String, f64)]| v.iter().map(|(_, _, n)| n).sum::<f64>();
     assert!(
         skipped > 0.0 && total(&got) <= total(&want) && off <= 2.0 * skipped,
-        "{what}: counted {got:?}, expected {want:?} ({skipped} skipped runs reported)"
+        "{what}: counted {got:?}, expected {want:?} ({skipped} skipped runs reported){}",
+        kernel_misses()
     );
     note(&format!("{what}: counted {got:?}, expected {want:?}, {skipped} skipped runs reported (a preemptible kernel)"));
 }

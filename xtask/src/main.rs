@@ -67,6 +67,13 @@ enum Task {
         /// Only this mode: auto, tracepoint, raw_tp or kprobe (see vm::MODES).
         #[arg(long)]
         mode: Option<String>,
+        /// Only these tests, as TEST_BINARY[:FILTER] (e.g. `seccomp:parallel_threads`), to chase
+        /// a flaky scenario; a test failing in any repetition is reported FAILED.
+        #[arg(long)]
+        only: Option<String>,
+        /// Run the `--only` tests this many times in each boot.
+        #[arg(long, default_value_t = 1, requires = "only")]
+        repeat: u32,
     },
     /// Run the cargo-fuzz targets in fuzz/ (every parser of outside text), each for SECONDS,
     /// from the checked-in corpus and regression inputs; fails on any crash, naming the input.
@@ -244,10 +251,11 @@ fn main() -> Result<()> {
                 .arg(root.join("target/bench-report.md"))
                 .args(args))?;
         }
-        Task::VmTest { kernel, mode } => {
+        Task::VmTest { kernel, mode, only, repeat } => {
             build(&root)?;
             ensure_apt_tools(&[("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("cpio", "cpio")])?;
-            vm::vm_test(&root, kernel.as_deref(), mode.as_deref())?;
+            let only = only.as_deref().map(|o| vm::Only::parse(o, repeat)).transpose()?;
+            vm::vm_test(&root, kernel.as_deref(), mode.as_deref(), only.as_ref())?;
         }
         Task::Fuzz { seconds, targets } => fuzz::fuzz(&root, seconds, &targets)?,
         Task::Test { no_vm, no_fuzz, fuzz_seconds, args } => {
@@ -295,7 +303,7 @@ fn main() -> Result<()> {
                 Ok(())
             } else {
                 ensure_apt_tools(&[("qemu-system-x86_64", "qemu-system-x86"), ("cpio", "cpio")])?;
-                vm::vm_test(&root, None, None)
+                vm::vm_test(&root, None, None, None)
             };
             host.context("host tests failed")?;
             fuzzed.context("fuzzing failed")?;

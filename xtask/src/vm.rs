@@ -252,6 +252,9 @@ mount -t debugfs nodev /sys/kernel/debug 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
 ip link set lo up
 mode=$(sed -n 's/.*cgwatch.mode=\([a-z_]*\).*/\1/p' /proc/cmdline)
+only=$(sed -n 's/.*cgwatch.only=\([a-z_]*\).*/\1/p' /proc/cmdline)
+filter=$(sed -n 's/.*cgwatch.filter=\([a-z_0-9]*\).*/\1/p' /proc/cmdline)
+repeat=$(sed -n 's/.*cgwatch.repeat=\([0-9]*\).*/\1/p' /proc/cmdline)
 case "$mode" in
   auto) args="" ;;
   tracepoint) args="--seccomp-mode tracepoint" ;;
@@ -267,12 +270,20 @@ grep -E '^cgwatch_(probe_attached|kernel_preemption)' /tmp/m | sed 's/^/VMPROBE 
 grep 'probe seccomp_filter' /tmp/agent.log | sed 's/^/VMLOG /'
 kill $agent; wait $agent
 grep -q . /proc/$agent/status 2>/dev/null && echo "VMTEST agent $agent still running"
+if [ -n "$only" ]; then
+  # `cargo xtask vm-test --only BIN:FILTER --repeat N`: one scenario, again and again.
+  for i in $(seq 1 "${repeat:-1}"); do
+    echo "VMTEST repetition $i"
+    /tests/$only --test-threads=2 $filter 2>&1 | sed "s|^|VMOUT $only |"
+  done
+else
 # The global OOM runs alone: the kernel may kill more than its victim (an agent of a test
 # running beside it was seen killed too).
 for t in /tests/*; do
   "$t" --test-threads=2 --skip a_global_oom_is_a_host_limit 2>&1 | sed "s|^|VMOUT $(basename $t) |"
 done
 /tests/exits --exact a_global_oom_is_a_host_limit 2>&1 | sed "s|^|VMOUT exits |"
+fi
 dmesg | grep -iE "kill|oom|segfault|traps:" | sed 's/^/VMDMESG /'
 echo "VMTEST done"
 poweroff -f
@@ -311,6 +322,7 @@ fn boot(
     vmlinuz: &Path,
     initrd: &Path,
     mode: &str,
+    only: Option<&Only>,
     log: &Path,
     timeout: Duration,
 ) -> Result<String> {
@@ -330,7 +342,8 @@ fn boot(
         // task panics, which ends the boot at once instead of at the timeout.
         .arg(format!(
             "console=ttyS0 panic=-1 loglevel=4 softlockup_panic=1 softlockup_all_cpu_backtrace=1 \
-             hung_task_panic=1 cgwatch.mode={mode}"
+             hung_task_panic=1 cgwatch.mode={mode}{}",
+            only.map(Only::cmdline).unwrap_or_default()
         ))
         .stdin(Stdio::null())
         .stdout(fs::File::create(log)?)
@@ -460,7 +473,11 @@ fn parse(log: &str) -> Outcome {
             if let Some(t) = text.strip_prefix("test ")
                 && let Some((name, result)) = t.split_once(" ... ")
             {
-                o.tests.insert(format!("{bin}::{name}"), result.trim().to_string());
+                // Repeated (`--only`): a failure in any repetition stays.
+                let r = o.tests.entry(format!("{bin}::{name}")).or_insert_with(|| result.trim().to_string());
+                if result.trim() != "ok" {
+                    *r = result.trim().to_string();
+                }
             }
         }
     }
@@ -482,7 +499,29 @@ struct Row {
     tests: BTreeMap<String, String>,
 }
 
-pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -> Result<()> {
+/// `--only BIN[:FILTER] --repeat N`: a subset of the tests, repeated in each boot.
+pub struct Only {
+    binary: String,
+    filter: String,
+    repeat: u32,
+}
+
+impl Only {
+    pub fn parse(spec: &str, repeat: u32) -> Result<Only> {
+        let (binary, filter) = spec.split_once(':').unwrap_or((spec, ""));
+        let word = |s: &str| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !TESTS.contains(&binary) || !word(filter) {
+            bail!("--only {spec}: expected TEST_BINARY[:FILTER], a binary of {TESTS:?} and a filter of [a-z0-9_]");
+        }
+        Ok(Only { binary: binary.into(), filter: filter.into(), repeat: repeat.max(1) })
+    }
+
+    fn cmdline(&self) -> String {
+        format!(" cgwatch.only={} cgwatch.filter={} cgwatch.repeat={}", self.binary, self.filter, self.repeat)
+    }
+}
+
+pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>, only: Option<&Only>) -> Result<()> {
     let tests = test_binaries(root)?;
     let work = root.join("target/vm");
     fs::create_dir_all(&work)?;
@@ -505,7 +544,7 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>) -
             let o = loop {
                 attempts += 1;
                 eprintln!("xtask: booting {} ({suite}), mode {mode}, attempt {attempts}", vmlinuz.display());
-                let text = boot(&qemu, &vmlinuz, &initrd, mode, &log, VM_TIMEOUT)?;
+                let text = boot(&qemu, &vmlinuz, &initrd, mode, only, &log, VM_TIMEOUT)?;
                 // A run that outlasts VM_TIMEOUT hung: a crash too.
                 let crashed = text.contains("Kernel panic") || !text.contains("VMTEST done");
                 if crashed {
