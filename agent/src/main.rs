@@ -125,7 +125,7 @@ async fn run(config: Config) -> Result<()> {
         Err(e) => warn!("cannot drop capabilities after attaching ({e}): the agent keeps them"),
     }
     let (status, maps, cgroup_events, event_ring, starts, _kept, skipped) = match loaded {
-        Ok(probes::LoadedProbes { ebpf, status, maps, events, event_ring, starts, kernel_log, pinned_links, reused, skipped }) => {
+        Ok(probes::LoadedProbes { ebpf, status, maps, events, event_ring, starts, kernel_log, pinned_links, reused, skipped, kretprobes }) => {
             if reused > 0 {
                 info!("{reused} probes kept running from before this start: no event was missed");
             }
@@ -135,7 +135,7 @@ async fn run(config: Config) -> Result<()> {
             if let Some(log) = kernel_log {
                 tokio::spawn(tasks::kernel_log(log));
             }
-            (status, Some(Arc::new(maps)), Some(events), Some(event_ring), Some(starts), Some((ebpf, pinned_links)), skipped)
+            (status, Some(Arc::new(maps)), Some(events), Some(event_ring), Some(starts), Some((ebpf, pinned_links, kretprobes)), skipped)
         }
         Err(failed) => (failed, None, None, None, None, None, probes::SkippedRuns::default()),
     };

@@ -227,9 +227,15 @@ fn a_storm_is_rate_limited_in_the_kernel_and_counted_exactly() {
     let said: u64 = events.iter().map(|e| e["suppressed"].as_u64().unwrap()).sum();
     assert!(said <= suppressed && (said > 0 || written == counted), "events say {said} suppressed of {suppressed}");
     assert!(storm_running > 0, "events were written while the storm ran");
+    // Its one denial is counted and is one event; on a kernel that preempts running programs,
+    // the storm's preempted run can make the kernel skip it: then neither, and said.
+    let quiet_counted = m.get("cgwatch_seccomp_violations_total", &[("cgroup", &quiet.rel)]).unwrap_or(0.0);
+    assert_counted(quiet_counted, 1.0, &m, "the quiet cgroup's denial");
     let quiet_events = log.of(&quiet.rel);
-    assert_eq!(quiet_events.len(), 1, "{quiet_events:?}");
-    assert_eq!((&quiet_events[0]["syscall"], &quiet_events[0]["suppressed"]), (&json!("getppid"), &json!(0)));
+    assert_eq!(quiet_events.len() as f64, quiet_counted, "{quiet_events:?}");
+    if let Some(e) = quiet_events.first() {
+        assert_eq!((&e["syscall"], &e["suppressed"]), (&json!("getppid"), &json!(0)));
+    }
     assert_eq!(m.sum("cgwatch_events_dropped_total", &[]), 0.0);
     assert_eq!(m.sum("cgwatch_events_lost_total", &[]), 0.0);
 }

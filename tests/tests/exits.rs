@@ -133,11 +133,12 @@ fn a_global_oom_is_a_host_limit() {
     }
     let agent = Agent::start(&[]);
     let cg = TestCgroup::new("globaloom");
-    // No limit anywhere: touch nearly all of the VM's 2 GiB (one allocation must stay under
-    // RAM + swap, or the overcommit heuristic refuses it), as the OOM killer's first choice.
-    let script = "echo 1000 > /proc/self/oom_score_adj && exec cgwatch-workload alloc --mb 1960";
+    // No limit anywhere: touch more than the VM's 2 GiB, 64 MiB at a time (no single allocation
+    // the overcommit heuristic could refuse), as the OOM killer's first choice.
+    let script = "echo 1000 > /proc/self/oom_score_adj && exec cgwatch-workload alloc --mb 4096 --chunk-mb 64";
     let status = cg.run(&["exec", "--", "sh", "-c", script]);
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    let dmesg = || String::from_utf8_lossy(&std::process::Command::new("dmesg").output().map(|o| o.stdout).unwrap_or_default()).lines().rev().take(15).collect::<Vec<_>>().join("\n");
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "{status}; the kernel's last lines:\n{}", dmesg());
     let m = agent.scrape();
     let limit = if cgwatch_tests::oom_limit_known(&m) { "host" } else { "unknown" };
     assert_counted(m.get("cgwatch_oom_kills_total", &[("cgroup", &cg.rel), ("limit", limit), ("limit_cgroup", "")]).unwrap_or(0.0), 1.0, &m, &format!("{:?}", m.find("cgwatch_oom_kills_total", &[])));

@@ -182,6 +182,40 @@ fn parallel_threads_denied_concurrently_are_all_counted() {
     assert_eq!(m.sum("cgwatch_events_lost_total", &[]), 0.0);
 }
 
+/// Threads waiting inside a filter (here for a USER_NOTIF supervisor; a tracer or preemption do
+/// the same) each hold one instance of the kprobe pair's return probe until they return. With the
+/// kernel's default (as many as CPUs without CONFIG_PREEMPTION, as Debian's 5.10; 10 on the
+/// others here) two dozen waiting threads would hide every other verdict's return.
+#[test]
+fn verdicts_are_counted_while_threads_wait_inside_a_filter() {
+    use std::io::BufRead as _;
+    const WAITING: u32 = 24;
+    let agent = Agent::start(&[]);
+    let held = TestCgroup::new("notif-held");
+    let busy = TestCgroup::new("notif-busy");
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    let threads = WAITING.to_string();
+    let mut holder = held
+        .workload(&["user-notif", "--notify", "error", "--threads", &threads, "--release", release.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("held {WAITING}"));
+    let status = busy.run(&["seccomp", "--action", "errno", "--threads", "4", "--count", "2500"]);
+    std::fs::write(&release, b"").unwrap();
+    assert!(status.success(), "{status}");
+    assert!(holder.wait().unwrap().success());
+    let m = agent.scrape_until(Duration::from_secs(5), |m| m.sum(V, &[("cgroup", &busy.rel)]) >= 10_000.0);
+    assert_counts(violations(&m, &busy), vec![("getppid".into(), "errno".into(), 10_000.0)], &m, "busy: violations");
+    let s = m.find("cgwatch_seccomp_action_observable", &[("action", "user_notif")]);
+    let label = if s.first().is_some_and(|s| s.value == 1.0) { "user_notif" } else { "errno" };
+    let m = agent.scrape_until(Duration::from_secs(5), |m| m.sum(V, &[("cgroup", &held.rel)]) >= f64::from(WAITING));
+    assert_counts(violations(&m, &held), vec![("getppid".into(), label.into(), f64::from(WAITING))], &m, "held: violations");
+}
+
 #[test]
 fn seccomp_mode_signals_counts_traps_but_not_errno() {
     let agent = Agent::start(&["--seccomp-mode", "signals"]);

@@ -57,8 +57,8 @@ enum Task {
     },
     /// Build, then run the seccomp and exit integration tests on Debian's 5.10, 6.1 and 6.12
     /// cloud kernels and sid's (unstable: the newest Debian ships, looked up on every run) under
-    /// qemu (TCG), in each agent mode; prints a kernel x mode x scenario table and the release each
-    /// run booted.
+    /// qemu (TCG), in each agent mode (sid in auto and tracepoint only, unless `--kernel sid`);
+    /// prints a kernel x mode x scenario table and the release each run booted.
     VmTest {
         /// Only this kernel (suite or version: bullseye / 5.10, bookworm / 6.1, trixie / 6.12,
         /// sid).

@@ -10,7 +10,7 @@ use aya::{
     programs::links::PinnedLink,
 };
 use aya_log::EbpfLogger;
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use agent_common::EventsConfig;
 
@@ -97,6 +97,8 @@ pub struct LoadedProbes {
     pub reused: usize,
     /// The attached programs, to read the runs the kernel skipped.
     pub skipped: SkippedRuns,
+    /// Kretprobes made in tracefs: they detach when dropped, unless pinned.
+    pub kretprobes: Vec<super::kretprobe::Kretprobe>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
@@ -233,7 +235,13 @@ pub fn load(
         pinned_links: Vec::new(),
         reused: 0,
         skipped: SkippedRuns::default(),
+        kretprobes: Vec::new(),
     };
+    // Kretprobe events of earlier agents whose links are gone.
+    let swept = super::kretprobe::sweep();
+    if swept > 0 {
+        debug!("removed {swept} kretprobe event(s) of earlier agents from tracefs");
+    }
     let mut status: Vec<ProbeStatus> = Vec::with_capacity(PROBES.len());
     for rows in &PROBES {
         let st = attacher.attach_one(&mut ebpf, rows, ctx, &status);
@@ -249,7 +257,8 @@ pub fn load(
     }
     fast_path_fell_back(&mut status);
     verdict_hooks_unavailable(&mut status, ctx.seccomp_mode);
-    let Attacher { pinned_links, reused, skipped, .. } = attacher;
+    let Attacher { pinned_links, reused, skipped, kretprobes, .. } = attacher;
+    let kretprobes = kretprobes.into_iter().map(|(_, k)| k).collect();
     // Attached: the BTF is freed before the ring buffers are mapped, so that the two do not add
     // up.
     drop(btf);
@@ -280,7 +289,7 @@ pub fn load(
             None
         }
     };
-    Ok(LoadedProbes { ebpf, status, maps, events: cgroup_events, event_ring, starts, kernel_log, pinned_links, reused, skipped })
+    Ok(LoadedProbes { ebpf, status, maps, events: cgroup_events, event_ring, starts, kernel_log, pinned_links, reused, skipped, kretprobes })
 }
 
 /// The bytes of the kernel layout handed to the programs (part of their links' fingerprint).

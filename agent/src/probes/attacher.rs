@@ -6,7 +6,7 @@ use std::{os::fd::AsFd, path::Path};
 use aya::{
     Ebpf,
     programs::{
-        BtfTracePoint, FExit, KProbe, RawTracePoint,
+        BtfTracePoint, FExit, KProbe, ProbeKind, RawTracePoint,
         links::{FdLink, PinnedLink},
     },
 };
@@ -15,7 +15,9 @@ use log::{debug, info, warn};
 use super::{
     Mode, ProbeContext, ProbeSpec,
     attach::{ProbeStatus, link_names},
+    kretprobe::{self, Kretprobe},
     skipped::SkippedRuns,
+    sys,
     table::KRETPROBE_OF,
 };
 use crate::{config::ProbeMode, pins::{self, Pins}};
@@ -30,6 +32,8 @@ pub(super) struct Attacher<'a> {
     pub(super) pinned_links: Vec<PinnedLink>,
     pub(super) reused: usize,
     pub(super) skipped: SkippedRuns,
+    /// Kretprobes made in tracefs (`kretprobe`), by link name.
+    pub(super) kretprobes: Vec<(String, Kretprobe)>,
 }
 
 /// How one program is to be attached once loaded.
@@ -129,6 +133,7 @@ impl Attacher<'_> {
             if let Some(p) = self.pins {
                 let _ = std::fs::remove_file(p.link_path(&ret_name, fp));
             }
+            self.kretprobes.retain(|(n, _)| *n != ret_name);
             unload(ebpf, &ret);
             return Err(e);
         }
@@ -220,6 +225,10 @@ impl Attacher<'_> {
             }
             Hook::Kprobe(function) => {
                 let p: &mut KProbe = program.try_into().map_err(|e| format!("{e}"))?;
+                if matches!(p.kind(), ProbeKind::Return) && self.attach_kretprobe(p, function, link_name)? {
+                    return self.pin_kretprobe(ebpf, name, link_name, fp);
+                }
+                let p: &mut KProbe = ebpf.program_mut(name).ok_or("program missing")?.try_into().map_err(|e| format!("{e}"))?;
                 let id = match p.attach(function, 0) {
                     Ok(id) => id,
                     // A static function the compiler cloned is listed only as the clone.
@@ -248,12 +257,7 @@ impl Attacher<'_> {
             match link.pin(&path) {
                 Ok(pinned) => {
                     self.pinned_links.push(pinned);
-                    let path = pins.program_path(link_name, fp);
-                    let _ = std::fs::remove_file(&path);
-                    let pinned = ebpf.program_mut(name).map(|p| p.pin(&path));
-                    if !matches!(pinned, Some(Ok(()))) {
-                        warn!("probe {link_name}: cannot pin its program at {}: after a restart its skipped runs need CAP_SYS_ADMIN", path.display());
-                    }
+                    pin_program(ebpf, pins, name, link_name, fp);
                 }
                 Err(e) => {
                     // The link was dropped with the failed pin: attach again, unpinned.
@@ -261,6 +265,48 @@ impl Attacher<'_> {
                     return self.attach_unpinned(ebpf, name, hook);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A kretprobe made in tracefs with room for every call in flight (`kretprobe`); false where
+    /// it cannot be (no tracefs: then aya's, with the kernel's default instances, said).
+    fn attach_kretprobe(&mut self, p: &KProbe, function: &str, link_name: &str) -> Result<bool, String> {
+        let prog = p.fd().map_err(|e| format!("{e}"))?.as_fd().try_clone_to_owned().map_err(|e| format!("{e}"))?;
+        let perf_link = aya::features().bpf_perf_link();
+        let made = kretprobe::attach(prog.as_fd(), function, perf_link).or_else(|e| match kprobe_clone(function) {
+            Ok(Some(clone)) => kretprobe::attach(prog.as_fd(), &clone, perf_link),
+            _ => Err(e),
+        });
+        match made {
+            Ok(k) => {
+                debug!("probe {link_name}: kretprobe {} with {} instances", k.event(), kretprobe::MAXACTIVE);
+                self.kretprobes.push((link_name.to_string(), k));
+                Ok(true)
+            }
+            Err(e) => {
+                warn!(
+                    "probe {link_name}: cannot make its kretprobe in tracefs ({e}): made with the kernel's default instances \
+                     (the CPU count, or 10 on a preemptible kernel), so threads waiting in {function} beyond those hide the \
+                     returns of the others"
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    /// Pins the link of the kretprobe just made, where there is a pin directory and a link.
+    fn pin_kretprobe(&mut self, ebpf: &mut Ebpf, name: &str, link_name: &str, fp: u64) -> Result<(), String> {
+        let Some(pins) = self.pins else { return Ok(()) };
+        let Some(link) = self.kretprobes.last().and_then(|(_, k)| k.link()) else { return Ok(()) };
+        let path = pins.link_path(link_name, fp);
+        let _ = std::fs::remove_file(&path);
+        match sys::pin(link, &path).map_err(|e| e.to_string()).and_then(|()| PinnedLink::from_pin(&path).map_err(|e| e.to_string())) {
+            Ok(pinned) => {
+                self.pinned_links.push(pinned);
+                pin_program(ebpf, pins, name, link_name, fp);
+            }
+            Err(e) => warn!("probe {link_name}: cannot pin its link at {} ({e}); it detaches when the agent stops", path.display()),
         }
         Ok(())
     }
@@ -289,6 +335,17 @@ impl Attacher<'_> {
                 info!("probe {name}: replaced {n} pinned link(s) of an earlier agent");
             }
         }
+    }
+}
+
+/// Pins an attached program beside its link, so that a restarted agent without CAP_SYS_ADMIN can
+/// open it (to read its skipped runs).
+fn pin_program(ebpf: &mut Ebpf, pins: &Pins, name: &str, link_name: &str, fp: u64) {
+    let path = pins.program_path(link_name, fp);
+    let _ = std::fs::remove_file(&path);
+    let pinned = ebpf.program_mut(name).map(|p| p.pin(&path));
+    if !matches!(pinned, Some(Ok(()))) {
+        warn!("probe {link_name}: cannot pin its program at {}: after a restart its skipped runs need CAP_SYS_ADMIN", path.display());
     }
 }
 

@@ -1,10 +1,12 @@
 //! The eBPF programs: the probe table (`table`), loading them (`attach`) and attaching each probe (`attacher`), where they
-//! keep per-thread state (`task_state`), kprobe symbols (`symbols`), the runs the kernel skipped (`skipped`), and the running kernel's version. The maps they count in are read by `crate::maps`.
+//! keep per-thread state (`task_state`), kprobe symbols (`symbols`), kretprobes with room for every call (`kretprobe`), the runs the kernel skipped (`skipped`), the raw bpf(2) calls aya lacks (`sys`), and the running kernel's version. The maps they count in are read by `crate::maps`.
 
 pub mod attach;
 mod attacher;
+pub mod kretprobe;
 pub mod skipped;
 pub mod symbols;
+mod sys;
 pub mod table;
 pub mod task_state;
 

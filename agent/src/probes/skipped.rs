@@ -9,21 +9,15 @@
 //! reads them at scrape time, so that a short count is said, not silent.
 
 use std::{
-    ffi::CString,
     io,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::ffi::OsStrExt as _,
-    },
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
 };
 
 use aya_obj::generated::bpf_prog_info;
 use log::warn;
 
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+use super::sys::{BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_GET_FD_BY_ID, bpf, open_pinned};
 
 /// The programs of the attached probes, by probe.
 #[derive(Debug, Default)]
@@ -134,39 +128,12 @@ struct GetInfoByFd {
     info: u64,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a #[repr(C)] prefix of `union bpf_attr` for `cmd`, valid for its size;
-    // the kernel reads and writes no more than that size.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, (attr as *mut T).cast::<libc::c_void>(), size_of::<T>()) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
-}
-
-/// `union bpf_attr` for BPF_OBJ_GET (programs are pinned by aya's `Program::pin`).
-#[repr(C)]
-#[derive(Default)]
-struct ObjPath {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-}
-
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-}
-
-fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
-    let c = c_path(path)?;
-    let mut attr = ObjPath { pathname: c.as_ptr() as u64, ..Default::default() };
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 fn fd_by_id(id: u32) -> io::Result<OwnedFd> {
     let mut attr = GetFdById { id, ..Default::default() };
-    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
-    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).map(|fd| {
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    })
 }
 
 /// The program's `recursion_misses` (0 on kernels before 5.12, which do not count them).

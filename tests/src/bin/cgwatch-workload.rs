@@ -113,6 +113,11 @@ enum What {
         mb: usize,
         #[arg(long, default_value_t = 0)]
         hold: u64,
+        /// Allocate in pieces of this many MiB (each one touched before the next), so that no
+        /// single allocation can be refused by the overcommit heuristic: only the OOM killer
+        /// stops it.
+        #[arg(long)]
+        chunk_mb: Option<usize>,
     },
     /// Burn SECS seconds of CPU time (not wall time), print "ready", then sleep HOLD seconds.
     Spin {
@@ -149,6 +154,13 @@ enum What {
         notify: Notify,
         #[arg(long, default_value_t = 1)]
         count: u64,
+        /// Instead: THREADS threads call getppid once each and wait inside the filter; once all
+        /// are waiting the supervisor prints `held THREADS` and replies (EPERM) only when the
+        /// file RELEASE exists.
+        #[arg(long, requires = "release")]
+        threads: Option<u32>,
+        #[arg(long)]
+        release: Option<std::path::PathBuf>,
     },
     /// Fork a child that installs a filter answering getppid with SECCOMP_RET_TRACE (and a second
     /// one denying getpgrp with EPERM) and calls getppid COUNT times, checking each result, while
@@ -336,6 +348,53 @@ fn user_notif(notify: Notify, count: u64) -> Result<()> {
         };
         if !ok {
             bail!("call {i}: getppid returned {r} (errno {errno:?})");
+        }
+    }
+    supervisor.join().map_err(|_| anyhow::anyhow!("the supervisor panicked"))??;
+    Ok(())
+}
+
+/// `threads` threads waiting inside the filter at once, until `release` exists.
+fn user_notif_held(threads: u32, release: &std::path::Path) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<libc::c_int>();
+    let release = release.to_path_buf();
+    let supervisor = std::thread::spawn(move || -> Result<()> {
+        let fd = rx.recv().context("no listener")?;
+        let mut held = Vec::new();
+        for _ in 0..threads {
+            let mut req = SeccompNotif::default();
+            if unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV, &mut req) } != 0 {
+                bail!("SECCOMP_IOCTL_NOTIF_RECV: {}", std::io::Error::last_os_error());
+            }
+            held.push(req.id);
+        }
+        println!("held {threads}");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        while !release.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for id in held {
+            let resp = SeccompNotifResp { id, val: 0, error: -libc::EPERM, flags: 0 };
+            if unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) } != 0 {
+                bail!("SECCOMP_IOCTL_NOTIF_SEND: {}", std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    });
+    // The threads started after the filter inherit it; the supervisor, started before, does not.
+    tx.send(install_user_notif_filter()?).context("handing the listener over")?;
+    let callers: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let r = getppid_raw();
+                (r, std::io::Error::last_os_error().raw_os_error())
+            })
+        })
+        .collect();
+    for c in callers {
+        let (r, errno) = c.join().map_err(|_| anyhow::anyhow!("a caller panicked"))?;
+        if r != -1 || errno != Some(libc::EPERM) {
+            bail!("getppid returned {r} (errno {errno:?})");
         }
     }
     supervisor.join().map_err(|_| anyhow::anyhow!("the supervisor panicked"))??;
@@ -578,13 +637,22 @@ fn main() -> Result<()> {
                 None => Ok(()),
             }
         }
-        What::Alloc { mb, hold } => {
-            let mut v: Vec<u8> = Vec::with_capacity(mb << 20);
-            // Touch every page so it is charged.
-            for i in (0..(mb << 20)).step_by(4096) {
-                v.spare_capacity_mut()[i].write(1);
+        What::Alloc { mb, hold, chunk_mb } => {
+            let chunk = chunk_mb.unwrap_or(mb).clamp(1, mb.max(1));
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            let mut left = mb;
+            while left > 0 {
+                let n = chunk.min(left);
+                let mut v: Vec<u8> = Vec::with_capacity(n << 20);
+                // Touch every page so it is charged.
+                for i in (0..(n << 20)).step_by(4096) {
+                    v.spare_capacity_mut()[i].write(1);
+                }
+                unsafe { v.set_len(n << 20) };
+                held.push(v);
+                left -= n;
             }
-            unsafe { v.set_len(mb << 20) };
+            let v = held;
             println!("ready");
             std::io::stdout().flush()?;
             std::thread::sleep(Duration::from_secs(hold));
@@ -646,7 +714,8 @@ fn main() -> Result<()> {
             println!("{eperm}");
             Ok(())
         }
-        What::UserNotif { notify, count } => user_notif(notify, count),
+        What::UserNotif { threads: Some(threads), release: Some(release), .. } => user_notif_held(threads, &release),
+        What::UserNotif { notify, count, .. } => user_notif(notify, count),
         What::Traced { tracer, count } => {
             let stops = traced(tracer, count)?;
             if stops != count {
