@@ -67,9 +67,11 @@ fn the_daemonset_runs_on_every_node_with_the_least_it_needs() {
     for r in ["requests", "limits"] {
         assert!(c["resources"][r]["memory"].as_str().is_some(), "{r}");
     }
-    // Host paths are read-only, but for the BPF filesystem (pinned maps).
+    // Host paths are read-only, but for the BPF filesystem (pinned maps) and tracefs (the
+    // kretprobe with room for every waiting thread).
     for m in c["volumeMounts"].as_sequence().unwrap() {
-        assert_eq!(m["readOnly"].as_bool().unwrap_or(false), m["mountPath"] != "/sys/fs/bpf", "{m:?}");
+        let writable = ["/sys/fs/bpf", "/sys/kernel/tracing"].contains(&m["mountPath"].as_str().unwrap());
+        assert_eq!(m["readOnly"].as_bool().unwrap_or(false), !writable, "{m:?}");
     }
     // The privileged variant differs only in that.
     let p = deploy::daemonset("deploy/kubernetes/privileged");

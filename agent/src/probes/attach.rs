@@ -258,6 +258,8 @@ pub fn load(
     fast_path_fell_back(&mut status);
     verdict_hooks_unavailable(&mut status, ctx.seccomp_mode);
     let Attacher { pinned_links, reused, skipped, kretprobes, .. } = attacher;
+    // And those whose links were retired just now.
+    super::kretprobe::sweep();
     let kretprobes = kretprobes.into_iter().map(|(_, k)| k).collect();
     // Attached: the BTF is freed before the ring buffers are mapped, so that the two do not add
     // up.

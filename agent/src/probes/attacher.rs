@@ -421,7 +421,7 @@ mod tests {
         let bogus: Vec<ProbeSpec> =
             PROBES[0].iter().map(|row| ProbeSpec { hook: "cgwatch_no_such_tracepoint", ..*row }).collect();
         let mut attacher =
-            Attacher { btf: &btf, pins: None, context: 0, pinned_links: Vec::new(), reused: 0, skipped: SkippedRuns::default() };
+            Attacher { btf: &btf, pins: None, context: 0, pinned_links: Vec::new(), reused: 0, skipped: SkippedRuns::default(), kretprobes: Vec::new() };
         let status = attacher.attach_one(&mut ebpf, &bogus, &ctx, &[]);
         assert!(!status.attached);
         assert_eq!(status.mode, "tp_btf");

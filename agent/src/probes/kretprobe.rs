@@ -93,18 +93,24 @@ pub fn attach(prog: BorrowedFd<'_>, function: &str, link: bool) -> Result<Kretpr
     Ok(probe)
 }
 
-/// Removes the agent's events that nothing uses any more (earlier agents', whose links went):
-/// an event in use refuses (EBUSY) and stays. Returns how many went.
+/// Removes the events of agents that are gone, where nothing uses them any more (a pinned link
+/// does: the kernel refuses, EBUSY, and the event stays). A running agent's are left alone, even
+/// in the instant between making one and attaching to it. Returns how many went.
 pub fn sweep() -> usize {
     let Some(tracefs) = tracefs() else { return 0 };
     let Ok(text) = fs::read_to_string(tracefs.join("kprobe_events")) else { return 0 };
-    let mine = format!("_{}_", std::process::id());
     text.lines()
         .filter_map(|l| l.split_whitespace().next()?.split_once(&format!(":{GROUP}/")).map(|(_, name)| name))
-        // This agent's own are in use or about to be.
-        .filter(|name| !name.contains(&mine))
+        .filter(|name| maker(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()))
         .filter(|name| remove_event(&tracefs, name).is_ok())
         .count()
+}
+
+/// The pid of the agent that made an event (`event_name`).
+fn maker(event: &str) -> Option<u32> {
+    let mut parts = event.rsplitn(3, '_');
+    parts.next()?;
+    parts.next()?.parse().ok()
 }
 
 fn remove_event(tracefs: &Path, event: &str) -> io::Result<()> {
@@ -135,5 +141,7 @@ mod tests {
         assert!(a.len() <= 64 && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{a}");
         let long = event_name(&"x".repeat(200));
         assert!(long.len() <= 64, "{long}");
+        assert_eq!(maker(&a), Some(std::process::id()));
+        assert_eq!(maker("__seccomp_filter"), None);
     }
 }
