@@ -171,8 +171,8 @@ pub struct KernelConfig {
     pub cgroup_root_hierarchy_id: u32,
     /// `kernfs_node.id`.
     pub kernfs_node_id: u32,
-    /// `pt_regs.orig_ax` (x86_64), the syscall number.
-    pub pt_regs_orig_ax: u32,
+    /// The syscall number's field in `struct pt_regs`: `orig_ax` on x86_64, `syscallno` on arm64.
+    pub pt_regs_syscall_nr: u32,
     /// `kernel_siginfo.si_code`.
     pub siginfo_code: u32,
     /// `kernel_siginfo._sifields._sigsys._syscall`.
@@ -264,7 +264,7 @@ const _: () = assert!(size_of::<OomKey>() == 24);
 pub struct SeccompKey {
     /// cgroup v2 id (inode of the cgroup directory).
     pub cgroup_id: u64,
-    /// Syscall number (x86_64 table); negative when unknown.
+    /// Syscall number (the native table: x86_64 or arm64); negative when unknown.
     pub syscall_nr: i32,
     /// `action::*`.
     pub action: u32,

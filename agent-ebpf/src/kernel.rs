@@ -28,7 +28,7 @@ pub(crate) static KCONFIG: KernelConfig = KernelConfig {
     cgroup_root: 0,
     cgroup_root_hierarchy_id: 0,
     kernfs_node_id: 0,
-    pt_regs_orig_ax: 0,
+    pt_regs_syscall_nr: 0,
     siginfo_code: 0,
     siginfo_syscall: 0,
     css_set_memcg: 0,

@@ -42,6 +42,15 @@ pub struct KernelBtf {
     btf: Btf,
 }
 
+/// The field of `struct pt_regs` that holds the syscall number at the syscall tracepoints (and
+/// after a seccomp verdict changed it): `orig_ax` (unsigned long) on x86_64, `syscallno` (s32,
+/// before a u32 of padding) on arm64. The probes read a u64 there and keep its low 32 bits,
+/// which is the number on both (little-endian).
+#[cfg(not(target_arch = "aarch64"))]
+const PT_REGS_SYSCALL_NR: &str = "orig_ax";
+#[cfg(target_arch = "aarch64")]
+const PT_REGS_SYSCALL_NR: &str = "syscallno";
+
 impl KernelBtf {
     /// Maps `<sysfs>/kernel/btf/vmlinux`. Kernels before 6.16 cannot map it: there a copy in
     /// memory (a memfd) is mapped instead, and failing that the file is parsed into the heap.
@@ -339,7 +348,7 @@ impl KernelBtf {
             cgroup_root: self.offset("cgroup", &["root"])?,
             cgroup_root_hierarchy_id: self.offset("cgroup_root", &["hierarchy_id"])?,
             kernfs_node_id: self.offset("kernfs_node", &["id"])?,
-            pt_regs_orig_ax: self.offset("pt_regs", &["orig_ax"])?,
+            pt_regs_syscall_nr: self.offset("pt_regs", &[PT_REGS_SYSCALL_NR])?,
             siginfo_code: self.offset("kernel_siginfo", &["si_code"])?,
             siginfo_syscall: self.offset("kernel_siginfo", &["_sifields", "_sigsys", "_syscall"])?,
             task_sighand: self.offset("task_struct", &["sighand"])?,
@@ -369,7 +378,10 @@ mod tests {
         assert_eq!(cfg.siginfo_code, 8);
         assert_eq!(cfg.siginfo_syscall, 24);
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(cfg.pt_regs_orig_ax, 120);
+        assert_eq!(cfg.pt_regs_syscall_nr, 120);
+        // arm64: struct pt_regs { regs[31], sp, pc, pstate, orig_x0 272, syscallno 280, … }.
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(cfg.pt_regs_syscall_nr, 280);
         assert_eq!(cfg.upid_size, 16);
         // struct k_sigaction { struct sigaction sa { sa_handler, sa_flags, sa_restorer, sa_mask } }
         // on x86_64, sigset_t one word: the handler first, four words per signal.

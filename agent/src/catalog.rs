@@ -78,7 +78,7 @@ pub const SECCOMP_VIOLATIONS: Metric = counter(
     "cgwatch_seccomp_violations",
     true,
     &["syscall", "action"],
-    "Syscalls denied by a seccomp filter, by cgroup, syscall (x86_64 name, syscall_NR when unknown) and action (errno, trap, kill_process, kill_thread, log: a LOG verdict of complain mode, the syscall ran; trace: a TRACE verdict that stopped at a tracer; user_notif: a USER_NOTIF verdict the syscall did not run after; see cgwatch_seccomp_action_observable for which actions this kernel lets cgwatch tell apart).",
+    "Syscalls denied by a seccomp filter, by cgroup, syscall (name in the host architecture's table, x86_64 or arm64; syscall_NR when unknown) and action (errno, trap, kill_process, kill_thread, log: a LOG verdict of complain mode, the syscall ran; trace: a TRACE verdict that stopped at a tracer; user_notif: a USER_NOTIF verdict the syscall did not run after; see cgwatch_seccomp_action_observable for which actions this kernel lets cgwatch tell apart).",
 );
 pub const OOM_KILLS: Metric = counter(
     "cgwatch_oom_kills",

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-/// Name of an x86_64 syscall number, or `syscall_<nr>` when unknown (`syscall_unknown` when the
+/// Name of a syscall number in the table of the architecture the agent is built for (x86_64, arm64), or `syscall_<nr>` when unknown (`syscall_unknown` when the
 /// probe could not read it).
 pub fn syscall_name(nr: i32) -> Cow<'static, str> {
     if nr < 0 {

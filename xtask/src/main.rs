@@ -28,8 +28,13 @@ struct Cli {
 enum Task {
     /// Compile the eBPF programs (agent-ebpf) with the same aya-build path the agent uses.
     BuildEbpf,
-    /// Build everything in release mode: target/release/cgwatch with the programs embedded.
-    Build,
+    /// Build everything in release mode: target/release/cgwatch with the programs embedded
+    /// (with `--target aarch64-unknown-linux-gnu`: cross-built for arm64, in
+    /// target/aarch64-unknown-linux-gnu/release, installing the cross toolchain when missing).
+    Build {
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Build, then run target/release/cgwatch with ARGS.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -60,11 +65,15 @@ enum Task {
     /// qemu (TCG), in each agent mode (sid in auto and tracepoint only, unless `--kernel sid`);
     /// prints a kernel x mode x scenario table and the release each run booted.
     VmTest {
+        /// The architecture to boot: x86_64 (the default) or arm64 (cross-built, under
+        /// qemu-system-aarch64; Debian's 5.10 and 6.1 arm64 kernels, in auto, tracepoint and kprobe).
+        #[arg(long, default_value = "x86_64")]
+        arch: String,
         /// Only this kernel (suite or version: bullseye / 5.10, bookworm / 6.1, trixie / 6.12,
         /// sid).
         #[arg(long)]
         kernel: Option<String>,
-        /// Only this mode: auto, tracepoint, raw_tp or kprobe (see vm::MODES).
+        /// Only this mode: auto, tracepoint, raw_tp or kprobe (see vm::arch: arm64 has no raw_tp runs).
         #[arg(long)]
         mode: Option<String>,
         /// Only these tests, as TEST_BINARY[:FILTER] (e.g. `seccomp:parallel_threads`), to chase
@@ -86,7 +95,7 @@ enum Task {
     },
     /// Build, then run every test: unit and integration tests on this kernel (needs root and a
     /// BTF kernel), the fuzz targets (`fuzz`, fuzz::DEFAULT_SECONDS each), then the VM matrix
-    /// (`vm-test`: 5.10, 6.1, 6.12, sid x vm::MODES).
+    /// (`vm-test`: 5.10, 6.1, 6.12, sid x the modes of vm::arch::X86_64).
     Test {
         /// Skip the VM matrix (also skipped when a test filter is given).
         #[arg(long)]
@@ -211,6 +220,57 @@ fn build(root: &Path) -> Result<()> {
     run(cargo(root).args(["build", "--release", "--bins"]))
 }
 
+/// Cargo for `triple` (the host's when `None`): the cross linker and `--target` after the
+/// subcommand are the caller's; the linker is named here.
+pub fn cargo_for(root: &Path, triple: Option<&str>) -> CargoFor {
+    CargoFor { cmd: cargo(root), triple: triple.map(str::to_string) }
+}
+
+/// A cargo command that puts `--target` after its subcommand.
+pub struct CargoFor {
+    cmd: Command,
+    triple: Option<String>,
+}
+
+impl CargoFor {
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(mut self, args: I) -> Command {
+        self.cmd.args(args);
+        if let Some(t) = &self.triple {
+            let linker = format!("CARGO_TARGET_{}_LINKER", t.to_uppercase().replace('-', "_"));
+            let gcc = format!("{}-gcc", cross_prefix(t));
+            self.cmd.arg("--target").arg(t).env(linker, gcc);
+        }
+        self.cmd
+    }
+}
+
+/// The GNU triple of Debian's cross tools for a Rust target (`aarch64-linux-gnu`).
+fn cross_prefix(triple: &str) -> String {
+    triple.replace("-unknown-", "-")
+}
+
+/// Builds for another architecture: the rustup target, Debian's cross gcc and libc, then the
+/// agent and the workload.
+fn cross_build(root: &Path, triple: &str) -> Result<()> {
+    ensure_toolchain()?;
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == triple) {
+        run(Command::new("rustup").args(["target", "add", triple]))?;
+    }
+    let prefix = cross_prefix(triple);
+    let debian_arch = match triple.split('-').next() {
+        Some("aarch64") => "arm64",
+        _ => bail!("--target {triple}: only aarch64-unknown-linux-gnu is supported"),
+    };
+    let gcc = format!("{prefix}-gcc");
+    ensure_apt_tools(&[(gcc.as_str(), format!("gcc-{prefix}").as_str())])?;
+    // The cross libc is only a Recommends of the cross gcc.
+    if !Path::new(&format!("/usr/{prefix}/lib/libc.so.6")).exists() {
+        ensure_apt_tools(&[("/nonexistent", format!("libc6-dev-{debian_arch}-cross").as_str())])?;
+    }
+    run(&mut cargo_for(root, Some(triple)).args(["build", "--release", "--bins"]))
+}
+
 fn main() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().task {
@@ -221,9 +281,13 @@ fn main() -> Result<()> {
             run(cargo(&root).args(["build", "--release", "-p", "cgwatch", "--lib"]))?;
             eprintln!("xtask: eBPF object embedded in the cgwatch library (target/release/build/cgwatch-*/out/agent)");
         }
-        Task::Build => {
+        Task::Build { target: None } => {
             build(&root)?;
             eprintln!("xtask: built {}", root.join("target/release/cgwatch").display());
+        }
+        Task::Build { target: Some(triple) } => {
+            cross_build(&root, &triple)?;
+            eprintln!("xtask: built {}", root.join("target").join(&triple).join("release/cgwatch").display());
         }
         Task::Run { args } => {
             build(&root)?;
@@ -251,11 +315,15 @@ fn main() -> Result<()> {
                 .arg(root.join("target/bench-report.md"))
                 .args(args))?;
         }
-        Task::VmTest { kernel, mode, only, repeat } => {
-            build(&root)?;
+        Task::VmTest { arch, kernel, mode, only, repeat } => {
+            let arch = vm::arch::by_name(&arch).with_context(|| format!("--arch {arch}: x86_64 or arm64"))?;
+            match arch.triple {
+                None => build(&root)?,
+                Some(triple) => cross_build(&root, triple)?,
+            }
             ensure_apt_tools(&[("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("cpio", "cpio")])?;
             let only = only.as_deref().map(|o| vm::Only::parse(o, repeat)).transpose()?;
-            vm::vm_test(&root, kernel.as_deref(), mode.as_deref(), only.as_ref())?;
+            vm::vm_test(&root, arch, kernel.as_deref(), mode.as_deref(), only.as_ref())?;
         }
         Task::Fuzz { seconds, targets } => fuzz::fuzz(&root, seconds, &targets)?,
         Task::Test { no_vm, no_fuzz, fuzz_seconds, args } => {
@@ -303,7 +371,7 @@ fn main() -> Result<()> {
                 Ok(())
             } else {
                 ensure_apt_tools(&[("qemu-system-x86_64", "qemu-system-x86"), ("cpio", "cpio")])?;
-                vm::vm_test(&root, None, None, None)
+                vm::vm_test(&root, &vm::arch::X86_64, None, None, None)
             };
             host.context("host tests failed")?;
             fuzzed.context("fuzzing failed")?;

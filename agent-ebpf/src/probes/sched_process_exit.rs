@@ -113,7 +113,7 @@ fn try_sched_process_exit(task: u64, group_dead: Option<u64>, regs: u64) -> Resu
             }
         }
         let nr = if regs != 0 {
-            kernel::read::<u64>(regs, kconfig!(pt_regs_orig_ax)).unwrap_or(u64::MAX) as i32
+            kernel::read::<u64>(regs, kconfig!(pt_regs_syscall_nr)).unwrap_or(u64::MAX) as i32
         } else {
             -1
         };

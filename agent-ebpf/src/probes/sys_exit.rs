@@ -63,7 +63,7 @@ fn try_sys_exit(regs: u64, ret: i64) -> Result<(), i64> {
             return Ok(());
         }
     }
-    let nr = kernel::read::<u64>(regs, kconfig!(pt_regs_orig_ax))? as i32;
+    let nr = kernel::read::<u64>(regs, kconfig!(pt_regs_syscall_nr))? as i32;
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     maps::count_seccomp(&SeccompKey { cgroup_id, syscall_nr: nr, action: action::ERRNO }, PROBE);
     // Only with the stream on (a constant: with it off, the verifier drops all of this): the

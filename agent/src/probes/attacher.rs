@@ -284,6 +284,11 @@ impl Attacher<'_> {
                 self.kretprobes.push((link_name.to_string(), k));
                 Ok(true)
             }
+            // Where the kernel has no kprobes at all, the fallback fails too, and says why.
+            Err(e) if !Path::new("/sys/bus/event_source/devices/kprobe").exists() => {
+                debug!("probe {link_name}: no kretprobe in tracefs: {e}");
+                Ok(false)
+            }
             Err(e) => {
                 warn!(
                     "probe {link_name}: cannot make its kretprobe in tracefs ({e}): made with the kernel's default instances \

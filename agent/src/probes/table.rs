@@ -193,8 +193,13 @@ fn unless_kprobe_mode(c: &ProbeContext) -> bool {
     }
 }
 
-/// Oldest kernel with fexit (BPF trampolines).
+/// Oldest kernel with fexit on a kernel function: BPF trampolines came in 5.5 on x86_64; arm64
+/// got them in 6.0, but attaching one to a kernel function also needs ftrace direct calls,
+/// which arm64 has since 6.4 (Debian's arm64 6.1 answers ENOTSUPP).
+#[cfg(not(target_arch = "aarch64"))]
 const FEXIT_MIN_KERNEL: (u32, u32) = (5, 5);
+#[cfg(target_arch = "aarch64")]
+const FEXIT_MIN_KERNEL: (u32, u32) = (6, 4);
 
 /// The fast path for ERRNO verdicts: fexit on `__seccomp_filter`, one program per parameter
 /// count (the return value's slot follows the parameters), else a kprobe / kretprobe pair on it

@@ -58,7 +58,8 @@ enum TracerDoes {
     Allow,
     /// Skips it: syscall number -1, return value -EPERM.
     Skip,
-    /// Turns it into getpgrp, which the child's second filter denies with EPERM on the recheck.
+    /// Turns it into getpgrp (getpgid on arm64, which has no getpgrp), which the child's second
+    /// filter denies with EPERM on the recheck.
     Redirect,
 }
 
@@ -220,7 +221,7 @@ fn install_filter(action: Action) -> Result<()> {
         [(libc::SYS_getppid, vec![])].into_iter().collect(),
         SeccompAction::Allow,
         on_match,
-        TargetArch::x86_64,
+        TARGET_ARCH,
     )
     .context("building the filter")?;
     let program: BpfProgram = filter.try_into().context("compiling the filter")?;
@@ -403,7 +404,7 @@ fn user_notif_held(threads: u32, release: &std::path::Path) -> Result<()> {
 
 /// A filter with one rule: `nr` gets `on_match`, every other syscall `otherwise`.
 fn install_one_rule(nr: i64, on_match: SeccompAction, otherwise: SeccompAction) -> Result<()> {
-    let filter = SeccompFilter::new([(nr, vec![])].into_iter().collect(), otherwise, on_match, TargetArch::x86_64)
+    let filter = SeccompFilter::new([(nr, vec![])].into_iter().collect(), otherwise, on_match, TARGET_ARCH)
         .context("building the filter")?;
     let program: BpfProgram = filter.try_into().context("compiling the filter")?;
     seccompiler::apply_filter(&program).context("installing the filter")
@@ -438,7 +439,7 @@ fn traced_child(tracer: TracerDoes, count: u64) -> i32 {
     }
     // The later filter runs first; the kernel takes the verdict of highest precedence (ERRNO over
     // TRACE), so getpgrp is denied on the recheck after a redirect, and getppid traced.
-    if install_one_rule(libc::SYS_getpgrp, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow).is_err()
+    if install_one_rule(SYS_REDIRECT, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow).is_err()
         || install_one_rule(libc::SYS_getppid, SeccompAction::Trace(0), SeccompAction::Allow).is_err()
     {
         return 2;
@@ -501,18 +502,10 @@ fn traced(tracer: TracerDoes, count: u64) -> Result<u64> {
         if status >> 8 == libc::SIGTRAP | (libc::PTRACE_EVENT_SECCOMP << 8) {
             stops += 1;
             if tracer != TracerDoes::Allow {
-                let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-                if unsafe { libc::ptrace(libc::PTRACE_GETREGS, child, 0, &mut regs) } != 0 {
-                    bail!("PTRACE_GETREGS: {}", std::io::Error::last_os_error());
-                }
                 if tracer == TracerDoes::Skip {
-                    regs.orig_rax = u64::MAX;
-                    regs.rax = (-libc::EPERM) as u64;
+                    set_syscall(child, -1, Some(-i64::from(libc::EPERM)))?;
                 } else {
-                    regs.orig_rax = libc::SYS_getpgrp as u64;
-                }
-                if unsafe { libc::ptrace(libc::PTRACE_SETREGS, child, 0, &regs) } != 0 {
-                    bail!("PTRACE_SETREGS: {}", std::io::Error::last_os_error());
+                    set_syscall(child, SYS_REDIRECT, None)?;
                 }
             }
         } else if libc::WIFSTOPPED(status) {
@@ -520,6 +513,59 @@ fn traced(tracer: TracerDoes, count: u64) -> Result<u64> {
             signal = libc::WSTOPSIG(status);
         }
     }
+}
+
+/// The filters' architecture: the one this is built for.
+#[cfg(target_arch = "x86_64")]
+const TARGET_ARCH: TargetArch = TargetArch::x86_64;
+#[cfg(target_arch = "aarch64")]
+const TARGET_ARCH: TargetArch = TargetArch::aarch64;
+
+/// The syscall a tracer turns a traced one into, which a second filter denies.
+#[cfg(target_arch = "x86_64")]
+const SYS_REDIRECT: libc::c_long = libc::SYS_getpgrp;
+#[cfg(target_arch = "aarch64")]
+const SYS_REDIRECT: libc::c_long = libc::SYS_getpgid;
+
+/// At a seccomp stop: makes the tracee's syscall `nr` (-1 skips it), with return value `ret`.
+#[cfg(target_arch = "x86_64")]
+fn set_syscall(child: libc::pid_t, nr: libc::c_long, ret: Option<i64>) -> Result<()> {
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    if unsafe { libc::ptrace(libc::PTRACE_GETREGS, child, 0, &mut regs) } != 0 {
+        bail!("PTRACE_GETREGS: {}", std::io::Error::last_os_error());
+    }
+    regs.orig_rax = nr as u64;
+    if let Some(ret) = ret {
+        regs.rax = ret as u64;
+    }
+    if unsafe { libc::ptrace(libc::PTRACE_SETREGS, child, 0, &regs) } != 0 {
+        bail!("PTRACE_SETREGS: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// At a seccomp stop: makes the tracee's syscall `nr` (-1 skips it), with return value `ret`.
+/// arm64 has no PTRACE_GETREGS: the registers are a regset (NT_PRSTATUS, x0 the return value)
+/// and the syscall number its own (NT_ARM_SYSTEM_CALL).
+#[cfg(target_arch = "aarch64")]
+fn set_syscall(child: libc::pid_t, nr: libc::c_long, ret: Option<i64>) -> Result<()> {
+    const NT_ARM_SYSTEM_CALL: libc::c_int = 0x404;
+    let regset = |request, kind: libc::c_int, data: *mut libc::c_void, len: usize| {
+        let mut iov = libc::iovec { iov_base: data, iov_len: len };
+        if unsafe { libc::ptrace(request, child, kind as usize, &mut iov) } != 0 {
+            bail!("ptrace regset {kind:#x}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if let Some(ret) = ret {
+        let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        let len = size_of::<libc::user_regs_struct>();
+        regset(libc::PTRACE_GETREGSET, libc::NT_PRSTATUS, (&raw mut regs).cast(), len)?;
+        regs.regs[0] = ret as u64;
+        regset(libc::PTRACE_SETREGSET, libc::NT_PRSTATUS, (&raw mut regs).cast(), len)?;
+    }
+    let mut nr = nr as i32;
+    regset(libc::PTRACE_SETREGSET, NT_ARM_SYSTEM_CALL, (&raw mut nr).cast(), size_of::<i32>())
 }
 
 /// Sends itself `sig` with kill(2), with its default action and unblocked, and returns only if

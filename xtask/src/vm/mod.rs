@@ -18,33 +18,26 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{output, run};
 
-/// Debian suites and the kernel each ships: a release's kernel version, or, for `sid`
-/// (unstable), the label `sid`: its kernel moves with every upload, so each run prints the
-/// release it booted (`uname -r`) and the package version.
-pub const KERNELS: [(&str, &str); 4] = [("bullseye", "5.10"), ("bookworm", "6.1"), ("trixie", "6.12"), ("sid", "sid")];
+pub mod arch;
+pub use arch::Arch;
+
+// Debian suites and the kernel each ships (`Arch::kernels`): a release's kernel version, or, for
+// `sid` (unstable), the label `sid`: its kernel moves with every upload, so each run prints the
+// release it booted (`uname -r`) and the package version.
 /// Suites whose kernel moves: looked up on every run (`fetch_kernel`), the cached kernel replaced
 /// when the suite has a newer one.
 const ROLLING: [&str; 1] = ["sid"];
-/// Agent configurations: `auto` (the seccomp fast path, fexit, on these kernels), `tracepoint`
-/// (`--seccomp-mode tracepoint`: the syscall tracepoints, tp_btf), `raw_tp` (the same with
-/// `--probe-mode raw_tp`: every tracepoint probe raw) and `kprobe` (`--seccomp-mode kprobe`: the
-/// kprobe / kretprobe fast path).
-pub const MODES: [&str; 4] = ["auto", "tracepoint", "raw_tp", "kprobe"];
+// Agent configurations (`Arch::modes`): `auto` (the seccomp fast path, fexit, on the x86_64
+// kernels), `tracepoint` (`--seccomp-mode tracepoint`: the syscall tracepoints, tp_btf), `raw_tp`
+// (the same with `--probe-mode raw_tp`: every tracepoint probe raw) and `kprobe`
+// (`--seccomp-mode kprobe`: the kprobe / kretprobe fast path).
 /// The modes a rolling suite runs in the whole matrix (`cargo xtask test`, or `vm-test` without
 /// `--kernel`): `auto` (which takes the kprobe pair on sid's preemptible kernel) and `tracepoint`;
 /// `--kernel sid` runs all four. The other two cost about 6 minutes of CI's 90.
 const ROLLING_MODES: [&str; 2] = ["auto", "tracepoint"];
-/// qemu CPU model (`CGWATCH_VM_CPU` overrides it).
-const DEFAULT_CPU: &str = "max";
+// qemu CPU model: `Arch::cpu` (`CGWATCH_VM_CPU` overrides it).
 /// qemu accelerator (`CGWATCH_VM_ACCEL` overrides it): TCG, since nested KVM is broken here.
 const DEFAULT_ACCEL: &str = "tcg";
-/// How long one boot may take. With the four test binaries a healthy 5.10 run powered off at
-/// 167 s of guest time on a 2-CPU host shared with other VMs and builds, and the boot before it,
-/// under heavier load, was still in its last binary at the former 240 s bound; a kernel that locks
-/// up or hangs panics at once (`softlockup_panic`, `hung_task_panic`), so this bounds only a
-/// silent hang. At 420 s, with three more seccomp tests (2026-12-03) and a load average of 6 on
-/// the 2-CPU host, a healthy 6.12 run timed out twice in its last binary.
-const VM_TIMEOUT: Duration = Duration::from_secs(600);
 /// Boots per kernel and mode when the kernel panics under emulation.
 const MAX_BOOTS: u32 = 5;
 /// Integration-test binaries that run inside the VMs (the others need the host's tools;
@@ -73,15 +66,23 @@ fn apt_options(dir: &Path) -> Vec<String> {
 /// A private apt configuration for one Debian suite (`bookworm-backports`, `trixie`, ...) in the
 /// cache, with its package lists updated: the options every apt command on it takes. The host's
 /// apt sources and state are not touched.
-fn private_apt(suite: &str) -> Result<Vec<String>> {
-    let dir = cache_dir().join("apt").join(suite);
+fn private_apt(suite: &str, arch: &Arch) -> Result<Vec<String>> {
+    let dir = cache_dir().join("apt").join(arch.suite_dir(suite));
     fs::create_dir_all(dir.join("lists/partial"))?;
     fs::create_dir_all(dir.join("cache/archives/partial"))?;
     fs::write(
         dir.join("sources.list"),
-        format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {suite} main\n"),
+        format!(
+            "deb [arch={} signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {suite} main\n",
+            arch.debian
+        ),
     )?;
-    let opts = apt_options(&dir);
+    let mut opts = apt_options(&dir);
+    if !arch.is_host() {
+        // Another architecture's packages, without `dpkg --add-architecture` on the host.
+        opts.push(format!("-oAPT::Architecture={}", arch.debian));
+        opts.push(format!("-oAPT::Architectures::={}", arch.debian));
+    }
     run(Command::new("apt-get").args(&opts).arg("-qq").arg("update"))?;
     Ok(opts)
 }
@@ -126,24 +127,25 @@ fn cached(vmlinuz: PathBuf) -> Kernel {
     Kernel { vmlinuz, package }
 }
 
-/// The versioned image package behind the suite's `linux-image-cloud-amd64`. It is not always the
-/// first dependency: sid's metapackage depends on `linux-base-cloud-amd64` first.
-fn cloud_image(opts: &[String], suite: &str) -> Result<String> {
-    let depends = output(Command::new("apt-cache").args(opts).args(["depends", "linux-image-cloud-amd64"]))?;
+/// The versioned image package behind the suite's `linux-image-cloud-<arch>`. It is not always
+/// the first dependency: sid's metapackage depends on `linux-base-cloud-amd64` first.
+fn cloud_image(opts: &[String], suite: &str, arch: &Arch) -> Result<String> {
+    let meta = format!("linux-image-cloud-{}", arch.debian);
+    let depends = output(Command::new("apt-cache").args(opts).args(["depends", &meta]))?;
     depends
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-"))
         .map(str::to_string)
-        .with_context(|| format!("no kernel image behind linux-image-cloud-amd64 in {suite}: {depends}"))
+        .with_context(|| format!("no kernel image behind {meta} in {suite}: {depends}"))
 }
 
 /// The vmlinuz of the suite's cloud kernel, downloaded once. A rolling suite (`ROLLING`) is looked
 /// up on every run and its cached kernel replaced when the suite has a newer one; when the lookup
 /// or the download fails, the cached kernel is used, with a warning (apt-get update itself only
 /// warns when the archive cannot be reached, and the lists it had are used).
-pub fn fetch_kernel(suite: &str) -> Result<Kernel> {
-    let boot = cache_dir().join("boot").join(suite);
+pub fn fetch_kernel(suite: &str, arch: &Arch) -> Result<Kernel> {
+    let boot = cache_dir().join("boot").join(arch.suite_dir(suite));
     let old = cached_kernel(&boot);
     let rolling = ROLLING.contains(&suite);
     if let Some(found) = &old
@@ -151,8 +153,8 @@ pub fn fetch_kernel(suite: &str) -> Result<Kernel> {
     {
         return Ok(cached(found.clone()));
     }
-    let fetched = private_apt(suite)
-        .and_then(|opts| cloud_image(&opts, suite).map(|image| (opts, image)))
+    let fetched = private_apt(suite, arch)
+        .and_then(|opts| cloud_image(&opts, suite, arch).map(|image| (opts, image)))
         .and_then(|(opts, image)| download_kernel(suite, &opts, &image, &boot));
     let dest = match (fetched, old.clone()) {
         (Ok(dest), _) => dest,
@@ -227,6 +229,53 @@ fn download_kernel(suite: &str, opts: &[String], image: &str, boot: &Path) -> Re
     Ok(dest)
 }
 
+/// A static busybox for the VM: the host's for x86_64, else Debian's `busybox-static` of that
+/// architecture (bookworm's, downloaded once into the cache).
+fn busybox(arch: &Arch) -> Result<PathBuf> {
+    if arch.is_host() {
+        return ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .context("busybox-static missing");
+    }
+    let dir = cache_dir().join("busybox").join(arch.debian);
+    let bin = dir.join("bin/busybox");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let opts = private_apt("bookworm", arch)?;
+    let debs = cache_dir().join("debs");
+    fs::create_dir_all(&debs)?;
+    run(Command::new("apt-get").args(&opts).args(["-qq", "download", "busybox-static"]).current_dir(&debs))?;
+    let deb = fs::read_dir(&debs)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("busybox-static_") && n.to_string_lossy().ends_with(&format!("_{}.deb", arch.debian))))
+        .context("downloaded busybox-static .deb not found")?;
+    let tmp = cache_dir().join("busybox").join(format!("{}.tmp", arch.debian));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&tmp, &dir)?;
+    Ok(bin)
+}
+
+/// Copies a cross-built `bin` and the cross libc's libraries it may need (a fixed set: the
+/// host's `ldd` cannot read it) into the initramfs tree, the loader where PT_INTERP names it.
+fn install_cross(root: &Path, bin: &Path, dest: &str, libs: &Path, arch: &Arch) -> Result<()> {
+    fs::copy(bin, root.join(dest.trim_start_matches('/'))).with_context(|| format!("copy {}", bin.display()))?;
+    let triple_dir = root.join("lib").join(format!("{}-linux-gnu", arch.triple.and_then(|t| t.split('-').next()).unwrap_or("")));
+    let loader = root.join("lib").join(arch.cross_loader);
+    if !loader.exists() {
+        fs::copy(libs.join(arch.cross_loader), &loader).with_context(|| format!("copy {}", arch.cross_loader))?;
+        for lib in arch.cross_needed {
+            fs::copy(libs.join(lib), triple_dir.join(lib)).with_context(|| format!("copy {lib} from {}", libs.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Copies `bin` and the shared libraries it needs into the initramfs tree.
 fn install_with_libs(root: &Path, bin: &Path, dest: &str) -> Result<()> {
     fs::copy(bin, root.join(dest.trim_start_matches('/'))).with_context(|| format!("copy {}", bin.display()))?;
@@ -294,20 +343,24 @@ poweroff -f
 "#;
 
 /// Builds an initramfs (uncompressed newc cpio) with the binaries under test.
-fn build_initramfs(work: &Path, root_dir: &Path, tests: &BTreeMap<String, PathBuf>) -> Result<PathBuf> {
+fn build_initramfs(work: &Path, root_dir: &Path, tests: &BTreeMap<String, PathBuf>, arch: &Arch) -> Result<PathBuf> {
     let root = work.join("initramfs");
     let _ = fs::remove_dir_all(&root);
-    for d in ["bin", "proc", "sys", "dev", "tmp", "tests", "lib64", "lib/x86_64-linux-gnu"] {
+    for d in ["bin", "proc", "sys", "dev", "tmp", "tests", "lib64", "lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu"] {
         fs::create_dir_all(root.join(d))?;
     }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).context("busybox-static missing")?;
-    fs::copy(busybox, root.join("bin/busybox"))?;
+    fs::copy(busybox(arch)?, root.join("bin/busybox"))?;
     fs::write(root.join("init"), INIT)?;
     run(Command::new("chmod").args(["+x"]).arg(root.join("init")))?;
-    install_with_libs(&root, &root_dir.join("target/release/cgwatch"), "/bin/cgwatch")?;
-    install_with_libs(&root, &root_dir.join("target/release/cgwatch-workload"), "/bin/cgwatch-workload")?;
+    let bins = arch.release_dir(root_dir);
+    let install = |bin: &Path, dest: &str| match arch.cross_libs {
+        None => install_with_libs(&root, bin, dest),
+        Some(libs) => install_cross(&root, bin, dest, Path::new(libs), arch),
+    };
+    install(&bins.join("cgwatch"), "/bin/cgwatch")?;
+    install(&bins.join("cgwatch-workload"), "/bin/cgwatch-workload")?;
     for (name, exe) in tests {
-        install_with_libs(&root, exe, &format!("/tests/{name}"))?;
+        install(exe, &format!("/tests/{name}"))?;
     }
     let cpio = work.join("initramfs.cpio");
     let status = Command::new("sh")
@@ -321,8 +374,10 @@ fn build_initramfs(work: &Path, root_dir: &Path, tests: &BTreeMap<String, PathBu
 }
 
 /// Boots `vmlinuz` with the initramfs and returns the serial console output.
+#[allow(clippy::too_many_arguments)]
 fn boot(
     qemu: &Qemu,
+    arch: &Arch,
     vmlinuz: &Path,
     initrd: &Path,
     mode: &str,
@@ -330,12 +385,13 @@ fn boot(
     log: &Path,
     timeout: Duration,
 ) -> Result<String> {
-    let cpu = std::env::var("CGWATCH_VM_CPU").unwrap_or_else(|_| DEFAULT_CPU.into());
+    let cpu = std::env::var("CGWATCH_VM_CPU").unwrap_or_else(|_| arch.cpu.into());
     let accel = std::env::var("CGWATCH_VM_ACCEL").unwrap_or_else(|_| DEFAULT_ACCEL.into());
     let mut child = Command::new(&qemu.bin)
         .args(qemu.data.iter().flat_map(|d| [Path::new("-L"), d.as_path()]))
         // No sound card: without `-audio none` qemu probes audio drivers and loads the system
         // qemu's modules, which abort a newer qemu unpacked beside it.
+        .args(arch.machine)
         .args(["-accel", &accel, "-cpu", &cpu, "-smp", "2", "-m", "2048", "-nographic", "-no-reboot", "-audio", "none"])
         .arg("-kernel")
         .arg(vmlinuz)
@@ -345,15 +401,16 @@ fn boot(
         // Warnings reach the console (a soft lockup's stacks, on every CPU), and a lockup or a hung
         // task panics, which ends the boot at once instead of at the timeout.
         .arg(format!(
-            "console=ttyS0 panic=-1 loglevel=4 softlockup_panic=1 softlockup_all_cpu_backtrace=1 \
+            "console={} panic=-1 loglevel=4 softlockup_panic=1 softlockup_all_cpu_backtrace=1 \
              hung_task_panic=1 cgwatch.mode={mode}{}",
+            arch.console,
             only.map(Only::cmdline).unwrap_or_default()
         ))
         .stdin(Stdio::null())
         .stdout(fs::File::create(log)?)
         .stderr(Stdio::null())
         .spawn()
-        .context("qemu-system-x86_64 missing (apt-get install qemu-system-x86)")?;
+        .with_context(|| format!("{} missing", qemu.bin.display()))?;
     let start = Instant::now();
     loop {
         if child.try_wait()?.is_some() {
@@ -387,12 +444,12 @@ fn qemu_version(bin: &Path) -> Option<(u32, u32)> {
 /// `$CGWATCH_VM_QEMU_DATA`, colon-separated), else the system's if it is at least `MIN_QEMU`,
 /// else, on Debian 12, qemu from bookworm-backports unpacked into the cache (private apt
 /// configuration; the system's packages are not touched).
-pub fn qemu() -> Result<Qemu> {
+pub fn qemu(arch: &Arch) -> Result<Qemu> {
     if let Some(q) = std::env::var_os("CGWATCH_VM_QEMU") {
         let data = std::env::var("CGWATCH_VM_QEMU_DATA").unwrap_or_default();
         return Ok(Qemu { bin: PathBuf::from(q), data: data.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect() });
     }
-    let system = Qemu { bin: PathBuf::from("qemu-system-x86_64"), data: Vec::new() };
+    let system = Qemu { bin: PathBuf::from(arch.qemu), data: Vec::new() };
     if qemu_version(&system.bin).is_some_and(|v| v >= MIN_QEMU) {
         return Ok(system);
     }
@@ -401,16 +458,15 @@ pub fn qemu() -> Result<Qemu> {
         eprintln!("xtask: warning: qemu older than {}.{}: its TCG is known to lock up guests", MIN_QEMU.0, MIN_QEMU.1);
         return Ok(system);
     }
-    let root = cache_dir().join("qemu-bpo");
-    let bin = root.join("usr/bin/qemu-system-x86_64");
+    let root = cache_dir().join(if arch.is_host() { "qemu-bpo".to_string() } else { format!("qemu-bpo-{}", arch.debian) });
+    let bin = root.join("usr/bin").join(arch.qemu);
     if !bin.exists() {
         eprintln!("xtask: fetching qemu from bookworm-backports (the system's qemu 7.2 TCG locks up guests)");
-        let opts = private_apt("bookworm-backports")?;
+        let opts = private_apt("bookworm-backports", &arch::X86_64)?;
         let debs = cache_dir().join("apt/bookworm-backports/debs");
         let _ = fs::remove_dir_all(&debs);
         fs::create_dir_all(&debs)?;
-        let pkgs = ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios"];
-        run(Command::new("apt-get").args(&opts).args(["-qq", "download"]).args(pkgs).current_dir(&debs))?;
+        run(Command::new("apt-get").args(&opts).args(["-qq", "download"]).args(arch.qemu_packages).current_dir(&debs))?;
         let tmp = cache_dir().join("qemu-bpo.tmp");
         let _ = fs::remove_dir_all(&tmp);
         for deb in fs::read_dir(&debs)? {
@@ -420,9 +476,9 @@ pub fn qemu() -> Result<Qemu> {
         fs::rename(&tmp, &root)?;
     }
     if qemu_version(&bin).is_none() {
-        bail!("{} does not run (missing shared libraries? apt-get install qemu-system-x86 brings them)", bin.display());
+        bail!("{} does not run (missing shared libraries? apt-get install {} brings them)", bin.display(), arch.qemu_packages[0]);
     }
-    Ok(Qemu { bin, data: vec![root.join("usr/share/qemu"), root.join("usr/share/seabios")] })
+    Ok(Qemu { bin, data: arch.qemu_data.iter().map(|d| root.join(d)).collect() })
 }
 
 /// A qemu binary and the firmware directories it needs (`-L`).
@@ -432,10 +488,9 @@ pub struct Qemu {
 }
 
 /// Test binaries by name, built by `cargo test --no-run`.
-fn test_binaries(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
+fn test_binaries(root: &Path, arch: &Arch) -> Result<BTreeMap<String, PathBuf>> {
     let json = output(
-        Command::new("cargo")
-            .current_dir(root)
+        &mut crate::cargo_for(root, arch.triple)
             .args(["test", "--release", "-p", "cgwatch-tests", "--no-run", "--message-format=json"]),
     )?;
     let mut out = BTreeMap::new();
@@ -488,7 +543,7 @@ fn parse(log: &str) -> Outcome {
     o
 }
 
-/// One cell of the printed matrix: a kernel (its label in `KERNELS`, the release it booted and
+/// One cell of the printed matrix: a kernel (its label in `Arch::kernels`, the release it booted and
 /// its package version) in one mode.
 struct Row {
     label: String,
@@ -525,21 +580,23 @@ impl Only {
     }
 }
 
-pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>, only: Option<&Only>) -> Result<()> {
-    let tests = test_binaries(root)?;
-    let work = root.join("target/vm");
+pub fn vm_test(root: &Path, arch: &Arch, only_suite: Option<&str>, only_mode: Option<&str>, only: Option<&Only>) -> Result<()> {
+    let tests = test_binaries(root, arch)?;
+    let work = root.join(if arch.is_host() { "target/vm".to_string() } else { format!("target/vm-{}", arch.name) });
     fs::create_dir_all(&work)?;
-    let initrd = build_initramfs(&work, root, &tests)?;
-    let qemu = qemu()?;
+    let initrd = build_initramfs(&work, root, &tests, arch)?;
+    let qemu = qemu(arch)?;
     eprintln!("xtask: {} (version {:?})", qemu.bin.display(), qemu_version(&qemu.bin));
     let mut rows: Vec<Row> = Vec::new();
     let mut failed = 0;
     let matrix_start = Instant::now();
-    for (suite, version) in KERNELS.iter().filter(|(s, v)| only_suite.is_none_or(|o| o == *s || o == *v)) {
-        let Kernel { vmlinuz, package } = fetch_kernel(suite)?;
+    for (suite, version) in arch.kernels.iter().filter(|(s, v)| only_suite.is_none_or(|o| o == *s || o == *v)) {
+        let Kernel { vmlinuz, package } = fetch_kernel(suite, arch)?;
+        let version = arch.label(version);
         eprintln!("xtask: {suite}: {} (package version {package})", vmlinuz.display());
         let rolling_subset = only_suite.is_none() && ROLLING.contains(suite);
-        for mode in MODES
+        for mode in arch
+            .modes
             .iter()
             .filter(|m| only_mode.is_none_or(|o| o == **m))
             .filter(|m| !rolling_subset || ROLLING_MODES.contains(m))
@@ -553,8 +610,8 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>, o
             let o = loop {
                 attempts += 1;
                 eprintln!("xtask: booting {} ({suite}), mode {mode}, attempt {attempts}", vmlinuz.display());
-                let text = boot(&qemu, &vmlinuz, &initrd, mode, only, &log, VM_TIMEOUT)?;
-                // A run that outlasts VM_TIMEOUT hung: a crash too.
+                let text = boot(&qemu, arch, &vmlinuz, &initrd, mode, only, &log, arch.timeout)?;
+                // A run that outlasts the timeout hung: a crash too.
                 let crashed = text.contains("Kernel panic") || !text.contains("VMTEST done");
                 if crashed {
                     let _ = fs::copy(&log, work.join(format!("{suite}-{mode}.panic{attempts}.log")));
@@ -580,7 +637,7 @@ pub fn vm_test(root: &Path, only_suite: Option<&str>, only_mode: Option<&str>, o
                 println!("| {name} | {result} |");
             }
             rows.push(Row {
-                label: version.to_string(),
+                label: version.clone(),
                 release: o.kernel,
                 package: package.clone(),
                 mode: mode.to_string(),
