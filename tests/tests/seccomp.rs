@@ -448,7 +448,17 @@ fn a_trace_verdict_that_stops_at_a_tracer_is_counted_once() {
         } else {
             // The syscall tracepoints see a skipped syscall.
             assert!(got.iter().all(|(_, action, _)| action == "errno"), "{tracer}: {got:?}");
-            assert_eq!(got.iter().map(|g| g.2).sum::<f64>(), count as f64, "{tracer}: {got:?}");
+            let counted = got.iter().map(|g| g.2).sum::<f64>();
+            // Known limit (docs/kernels.md): where BTF does not describe __seccomp_filter
+            // (Debian's 5.10 arm64), the kprobe pair cannot tell the kernel's recheck after a
+            // tracer from the outer call, and a TRACE the tracer turned into a denied syscall is
+            // two errno.
+            let nested_unseen = *tracer == "redirect"
+                && fast_path_wanted()
+                && std::env::var_os("CGWATCH_VM").is_some()
+                && !cgwatch_tests::btf_names_recheck_after_trace();
+            let want = if nested_unseen { 2 * count } else { count };
+            assert_eq!(counted, want as f64, "{tracer}: {got:?}");
         }
     }
 }
