@@ -80,6 +80,11 @@ async fn run(config: Config) -> Result<()> {
     if config.unpin {
         let n = pins::unpin(&config.pin_path).context("removing the pins")?;
         eprintln!("cgwatch: removed {n} pins below {}", config.pin_path.display());
+        // The kretprobes' tracefs events go once the kernel has released their links.
+        let events = probes::kretprobe::sweep_waiting(std::time::Duration::from_secs(2));
+        if events > 0 {
+            eprintln!("cgwatch: removed {events} kretprobe events from tracefs");
+        }
         return Ok(());
     }
     privileges::check()?;

@@ -3,7 +3,7 @@
 use std::{os::unix::process::ExitStatusExt as _, time::Duration};
 
 use cgwatch_tests::{
-    Agent, Metrics, TestCgroup, assert_counted, assert_counts, killed_syscall, kills_raise_signals, workload_bin,
+    Agent, Metrics, PinDir, TestCgroup, assert_counted, assert_counts, killed_syscall, kills_raise_signals, workload_bin,
 };
 
 const V: &str = "cgwatch_seccomp_violations_total";
@@ -214,6 +214,40 @@ fn verdicts_are_counted_while_threads_wait_inside_a_filter() {
     let label = if s.first().is_some_and(|s| s.value == 1.0) { "user_notif" } else { "errno" };
     let m = agent.scrape_until(Duration::from_secs(5), |m| m.sum(V, &[("cgroup", &held.rel)]) >= f64::from(WAITING));
     assert_counts(violations(&m, &held), vec![("getppid".into(), label.into(), f64::from(WAITING))], &m, "held: violations");
+}
+
+/// The kprobe pair's kretprobe is made in tracefs with room for every waiting thread, and
+/// leaves nothing there: its event goes with the agent, or, where its link is pinned (perf links,
+/// 5.15+), stays for the next agent until `cgwatch --unpin`.
+#[test]
+fn the_kretprobe_has_4096_instances_and_leaves_no_event_behind() {
+    let Some(tracefs) = cgwatch::probes::kretprobe::tracefs() else {
+        eprintln!("skipped: no tracefs with kprobe_events here");
+        return;
+    };
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        eprintln!("skipped: no kprobes here");
+        return;
+    }
+    let pins = PinDir::new("kretprobe");
+    let agent = Agent::start(&["--seccomp-mode", "kprobe", "--pin-path", &pins.arg()]);
+    let tag = format!("_{}_", agent.pid());
+    let events = || -> Vec<String> {
+        let text = std::fs::read_to_string(tracefs.join("kprobe_events")).unwrap();
+        text.lines().filter(|l| l.contains(":cgwatch/") && l.contains(&tag)).map(str::to_string).collect()
+    };
+    let made = events();
+    assert_eq!(made.len(), 1, "{made:?}\n{}", agent.log());
+    assert!(made[0].starts_with("r4096:cgwatch/__seccomp_filter_") && made[0].ends_with(" __seccomp_filter"), "{made:?}");
+    let cg = TestCgroup::new("kretprobe");
+    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "5"]).success());
+    let m = agent.scrape();
+    assert_counts(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 5.0)], &m, "cg: violations");
+    agent.stop(libc::SIGTERM);
+    let pinned = cgwatch::probes::kernel_version() >= (5, 15);
+    assert_eq!(events().len(), usize::from(pinned), "after the agent stopped (links pinned: {pinned})");
+    drop(pins); // cgwatch --unpin
+    assert_eq!(events(), Vec::<String>::new(), "after cgwatch --unpin");
 }
 
 #[test]

@@ -258,8 +258,9 @@ pub fn load(
     fast_path_fell_back(&mut status);
     verdict_hooks_unavailable(&mut status, ctx.seccomp_mode);
     let Attacher { pinned_links, reused, skipped, kretprobes, .. } = attacher;
-    // And those whose links were retired just now.
-    super::kretprobe::sweep();
+    // And those whose links were retired just now (released by the kernel a moment later): a
+    // pinned link an earlier agent left running keeps its event, so this waits a little only.
+    super::kretprobe::sweep_waiting(std::time::Duration::from_millis(200));
     let kretprobes = kretprobes.into_iter().map(|(_, k)| k).collect();
     // Attached: the BTF is freed before the ring buffers are mapped, so that the two do not add
     // up.

@@ -120,7 +120,10 @@ impl Attacher<'_> {
         let hook = Hook::Kprobe(row.hook);
         let ret_tag = self.load(ebpf, &ret, row, &hook)?;
         let entry_tag = self.load(ebpf, row.program, row, &hook)?;
-        let fp = self.fingerprint(row, &[entry_tag, ret_tag]);
+        // How the kretprobe is made is part of what runs: an earlier agent's, made with the
+        // kernel's default instances, is replaced rather than kept.
+        let made = u64::from(kretprobe::MAXACTIVE) << 1 | u64::from(kretprobe::tracefs().is_some());
+        let fp = self.fingerprint(row, &[entry_tag, ret_tag, made]);
         let [entry_name, ret_name] = link_names(row.probe);
         if self.reuse(row, fp, &[&entry_name, &ret_name]) {
             unload(ebpf, row.program);
@@ -128,11 +131,15 @@ impl Attacher<'_> {
             return Ok(());
         }
         // The return side first: an entry probe alone would only fill its map.
+        let pinned = self.pinned_links.len();
         self.attach(ebpf, &ret, &hook, &ret_name, fp)?;
         if let Err(e) = self.attach(ebpf, row.program, &hook, &entry_name, fp) {
             if let Some(p) = self.pins {
                 let _ = std::fs::remove_file(p.link_path(&ret_name, fp));
+                let _ = std::fs::remove_file(p.program_path(&ret_name, fp));
             }
+            // Every handle on the return side's link goes, so that it detaches.
+            self.pinned_links.truncate(pinned);
             self.kretprobes.retain(|(n, _)| *n != ret_name);
             unload(ebpf, &ret);
             return Err(e);
@@ -292,7 +299,7 @@ impl Attacher<'_> {
             Err(e) => {
                 warn!(
                     "probe {link_name}: cannot make its kretprobe in tracefs ({e}): made with the kernel's default instances \
-                     (the CPU count, or 10 on a preemptible kernel), so threads waiting in {function} beyond those hide the \
+                     (the CPU count, or max(10, 2 x CPUs) on a preemptible kernel), so threads waiting in {function} beyond those hide the \
                      returns of the others"
                 );
                 Ok(false)

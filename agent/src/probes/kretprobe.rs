@@ -97,13 +97,35 @@ pub fn attach(prog: BorrowedFd<'_>, function: &str, link: bool) -> Result<Kretpr
 /// does: the kernel refuses, EBUSY, and the event stays). A running agent's are left alone, even
 /// in the instant between making one and attaching to it. Returns how many went.
 pub fn sweep() -> usize {
-    let Some(tracefs) = tracefs() else { return 0 };
-    let Ok(text) = fs::read_to_string(tracefs.join("kprobe_events")) else { return 0 };
-    text.lines()
+    sweep_once().0
+}
+
+/// `sweep`, again for up to `wait` while some are still busy: a link whose pin was just removed
+/// is released by the kernel a little later (in a worker since 6.5), and its event with it.
+pub fn sweep_waiting(wait: std::time::Duration) -> usize {
+    let deadline = std::time::Instant::now() + wait;
+    let mut removed = 0;
+    loop {
+        let (n, busy) = sweep_once();
+        removed += n;
+        if busy == 0 || std::time::Instant::now() >= deadline {
+            return removed;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// How many events of gone agents went, and how many are still in use.
+fn sweep_once() -> (usize, usize) {
+    let Some(tracefs) = tracefs() else { return (0, 0) };
+    let Ok(text) = fs::read_to_string(tracefs.join("kprobe_events")) else { return (0, 0) };
+    let gone: Vec<&str> = text
+        .lines()
         .filter_map(|l| l.split_whitespace().next()?.split_once(&format!(":{GROUP}/")).map(|(_, name)| name))
         .filter(|name| maker(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()))
-        .filter(|name| remove_event(&tracefs, name).is_ok())
-        .count()
+        .collect();
+    let removed = gone.iter().filter(|name| remove_event(&tracefs, name).is_ok()).count();
+    (removed, gone.len() - removed)
 }
 
 /// The pid of the agent that made an event (`event_name`).
