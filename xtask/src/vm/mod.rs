@@ -303,6 +303,9 @@ mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
 # As systemd does on a host: sched/preempt tells the agent the preemption model.
 mount -t debugfs nodev /sys/kernel/debug 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+# The kernel prints audit records (seccomp's type=1326) through printk_ratelimit, 10 per 5 s;
+# since 6.17 a raised burst counts only from the next interval, so it is raised before any test.
+echo 100000 > /proc/sys/kernel/printk_ratelimit_burst
 ip link set lo up
 mode=$(sed -n 's/.*cgwatch.mode=\([a-z_]*\).*/\1/p' /proc/cmdline)
 only=$(sed -n 's/.*cgwatch.only=\([a-z_]*\).*/\1/p' /proc/cmdline)
