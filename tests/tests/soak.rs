@@ -89,7 +89,7 @@ fn ten_minutes_of_mixed_load_counts_exactly_without_growing() {
     assert_eq!(get("cgwatch_process_exits_total", &[("cgroup", &forker.rel), ("reason", "success")]), forks + fork_runs);
     assert_eq!(m.sum("cgwatch_oom_kills_total", &[("cgroup", &oom.rel)]), ooms, "OOM kills");
     assert_eq!(get("cgwatch_process_exits_total", &[("cgroup", &oom.rel), ("reason", "oom_kill")]), ooms);
-    assert_eq!(m.sum("cgwatch_events_lost_total", &[]), 0.0, "nothing lost");
+    assert_eq!(m.sum("cgwatch_events_lost_total", &[]), 0.0, "nothing lost: {:?}", m.find("cgwatch_events_lost_total", &[]));
     // RSS: the median of the first minute after warm-up against the median of the last minute
     // (a scrape's buffers and the registry's turnover move single samples by +-1 MiB, 7 % of the
     // agent's RSS: ten samples were not enough to tell a trend from that).
