@@ -902,13 +902,7 @@ pub fn note(line: &str) {
 /// Whether fexit attaches to kernel functions on this kernel: x86_64 since 5.5 (every kernel
 /// tested), arm64 only since 6.4 (ftrace direct calls; Debian's arm64 6.1 answers ENOTSUPP).
 pub fn fexit_on_kernel_functions() -> bool {
-    if cfg!(target_arch = "aarch64") {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mut v = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
-        (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 4)
-    } else {
-        true
-    }
+    !cfg!(target_arch = "aarch64") || cgwatch::probes::kernel_version() >= (6, 4)
 }
 
 /// Whether the kernel's BTF names `__seccomp_filter`'s `recheck_after_trace` parameter (the TRACE

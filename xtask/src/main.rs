@@ -249,23 +249,22 @@ fn cross_prefix(triple: &str) -> String {
     triple.replace("-unknown-", "-")
 }
 
-/// Builds for another architecture: the rustup target, Debian's cross gcc and libc, then the
-/// agent and the workload.
-fn cross_build(root: &Path, triple: &str) -> Result<()> {
+/// Builds the agent and the workload for `arch`: the host's as `build`; another one with its
+/// rustup target and Debian's cross gcc and libc, installed when missing.
+fn cross_build(root: &Path, arch: &vm::Arch) -> Result<()> {
     ensure_toolchain()?;
+    let Some(triple) = arch.triple else { return build(root) };
     let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     if !installed.lines().any(|l| l.trim() == triple) {
         run(Command::new("rustup").args(["target", "add", triple]))?;
     }
     let prefix = cross_prefix(triple);
-    let debian_arch = match triple.split('-').next() {
-        Some("aarch64") => "arm64",
-        _ => bail!("--target {triple}: only aarch64-unknown-linux-gnu is supported"),
-    };
+    let debian_arch = arch.debian;
     let gcc = format!("{prefix}-gcc");
     ensure_apt_tools(&[(gcc.as_str(), format!("gcc-{prefix}").as_str())])?;
-    // The cross libc is only a Recommends of the cross gcc.
-    if !Path::new(&format!("/usr/{prefix}/lib/libc.so.6")).exists() {
+    // The cross libc's headers are only a Recommends of the cross gcc (its runtime, libc.so.6,
+    // comes in as a dependency: not enough to compile ring's C).
+    if !Path::new(&format!("/usr/{prefix}/include/stdio.h")).exists() {
         ensure_apt_tools(&[("/nonexistent", format!("libc6-dev-{debian_arch}-cross").as_str())])?;
     }
     run(&mut cargo_for(root, Some(triple)).args(["build", "--release", "--bins"]))
@@ -286,7 +285,8 @@ fn main() -> Result<()> {
             eprintln!("xtask: built {}", root.join("target/release/cgwatch").display());
         }
         Task::Build { target: Some(triple) } => {
-            cross_build(&root, &triple)?;
+            let arch = vm::arch::by_name(&triple).filter(|a| a.triple.is_some()).with_context(|| format!("--target {triple}: only aarch64-unknown-linux-gnu is supported"))?;
+            cross_build(&root, arch)?;
             eprintln!("xtask: built {}", root.join("target").join(&triple).join("release/cgwatch").display());
         }
         Task::Run { args } => {
@@ -317,10 +317,7 @@ fn main() -> Result<()> {
         }
         Task::VmTest { arch, kernel, mode, only, repeat } => {
             let arch = vm::arch::by_name(&arch).with_context(|| format!("--arch {arch}: x86_64 or arm64"))?;
-            match arch.triple {
-                None => build(&root)?,
-                Some(triple) => cross_build(&root, triple)?,
-            }
+            cross_build(&root, arch)?;
             ensure_apt_tools(&[("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("cpio", "cpio")])?;
             let only = only.as_deref().map(|o| vm::Only::parse(o, repeat)).transpose()?;
             vm::vm_test(&root, arch, kernel.as_deref(), mode.as_deref(), only.as_ref())?;

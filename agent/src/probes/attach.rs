@@ -236,12 +236,8 @@ pub fn load(
         reused: 0,
         skipped: SkippedRuns::default(),
         kretprobes: Vec::new(),
+        retired: 0,
     };
-    // Kretprobe events of earlier agents whose links are gone.
-    let swept = super::kretprobe::sweep();
-    if swept > 0 {
-        debug!("removed {swept} kretprobe event(s) of earlier agents from tracefs");
-    }
     let mut status: Vec<ProbeStatus> = Vec::with_capacity(PROBES.len());
     for rows in &PROBES {
         let st = attacher.attach_one(&mut ebpf, rows, ctx, &status);
@@ -250,17 +246,22 @@ pub fn load(
         {
             // Not wanted (or failing) now: a link an earlier agent pinned for it goes.
             for name in link_names(rows[0].probe) {
-                p.detach_others(&name, None);
+                attacher.retired += p.detach_others(&name, None);
             }
         }
         status.push(st);
     }
     fast_path_fell_back(&mut status);
     verdict_hooks_unavailable(&mut status, ctx.seccomp_mode);
-    let Attacher { pinned_links, reused, skipped, kretprobes, .. } = attacher;
-    // And those whose links were retired just now (released by the kernel a moment later): a
-    // pinned link an earlier agent left running keeps its event, so this waits a little only.
-    super::kretprobe::sweep_waiting(std::time::Duration::from_millis(200));
+    let Attacher { pinned_links, reused, skipped, kretprobes, retired, .. } = attacher;
+    // Kretprobe events of earlier agents whose links are gone, and of those retired just now
+    // (released by the kernel a moment later: waited for only then; a link kept running keeps
+    // its event).
+    let wait = if retired > 0 { std::time::Duration::from_millis(200) } else { std::time::Duration::ZERO };
+    let swept = super::kretprobe::sweep_waiting(wait);
+    if swept > 0 {
+        debug!("removed {swept} kretprobe event(s) of earlier agents from tracefs");
+    }
     let kretprobes = kretprobes.into_iter().map(|(_, k)| k).collect();
     // Attached: the BTF is freed before the ring buffers are mapped, so that the two do not add
     // up.

@@ -34,6 +34,8 @@ pub(super) struct Attacher<'a> {
     pub(super) skipped: SkippedRuns,
     /// Kretprobes made in tracefs (`kretprobe`), by link name.
     pub(super) kretprobes: Vec<(String, Kretprobe)>,
+    /// Pinned links of earlier agents this start detached.
+    pub(super) retired: usize,
 }
 
 /// How one program is to be attached once loaded.
@@ -339,10 +341,11 @@ impl Attacher<'_> {
     }
 
     /// Detaches the links earlier agents pinned for these probes with other programs.
-    fn retire_others(&self, keep: &[(String, u64)]) {
+    fn retire_others(&mut self, keep: &[(String, u64)]) {
         let Some(pins) = self.pins else { return };
         for (name, fp) in keep {
             let n = pins.detach_others(name, Some(&pins.link_path(name, *fp)));
+            self.retired += n;
             if n > 0 {
                 info!("probe {name}: replaced {n} pinned link(s) of an earlier agent");
             }
@@ -433,7 +436,7 @@ mod tests {
         let bogus: Vec<ProbeSpec> =
             PROBES[0].iter().map(|row| ProbeSpec { hook: "cgwatch_no_such_tracepoint", ..*row }).collect();
         let mut attacher =
-            Attacher { btf: &btf, pins: None, context: 0, pinned_links: Vec::new(), reused: 0, skipped: SkippedRuns::default(), kretprobes: Vec::new() };
+            Attacher { btf: &btf, pins: None, context: 0, pinned_links: Vec::new(), reused: 0, skipped: SkippedRuns::default(), kretprobes: Vec::new(), retired: 0 };
         let status = attacher.attach_one(&mut ebpf, &bogus, &ctx, &[]);
         assert!(!status.attached);
         assert_eq!(status.mode, "tp_btf");

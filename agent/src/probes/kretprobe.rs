@@ -95,13 +95,9 @@ pub fn attach(prog: BorrowedFd<'_>, function: &str, link: bool) -> Result<Kretpr
 
 /// Removes the events of agents that are gone, where nothing uses them any more (a pinned link
 /// does: the kernel refuses, EBUSY, and the event stays). A running agent's are left alone, even
-/// in the instant between making one and attaching to it. Returns how many went.
-pub fn sweep() -> usize {
-    sweep_once().0
-}
-
-/// `sweep`, again for up to `wait` while some are still busy: a link whose pin was just removed
-/// is released by the kernel a little later (in a worker since 6.5), and its event with it.
+/// in the instant between making one and attaching to it. Tried again for up to `wait` while
+/// some are still busy: a link whose pin was just removed is released by the kernel a little
+/// later (in a worker since 6.5), and its event with it. Returns how many went.
 pub fn sweep_waiting(wait: std::time::Duration) -> usize {
     let deadline = std::time::Instant::now() + wait;
     let mut removed = 0;

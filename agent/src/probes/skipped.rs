@@ -10,14 +10,14 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     path::Path,
 };
 
 use aya_obj::generated::bpf_prog_info;
 use log::warn;
 
-use super::sys::{BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_GET_FD_BY_ID, bpf, open_pinned};
+use super::sys::{BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_GET_FD_BY_ID, bpf, open_pinned, owned};
 
 /// The programs of the attached probes, by probe.
 #[derive(Debug, Default)]
@@ -130,10 +130,7 @@ struct GetInfoByFd {
 
 fn fd_by_id(id: u32) -> io::Result<OwnedFd> {
     let mut attr = GetFdById { id, ..Default::default() };
-    bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).map(|fd| {
-        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-        unsafe { OwnedFd::from_raw_fd(fd as i32) }
-    })
+    bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).map(owned)
 }
 
 /// The program's `recursion_misses` (0 on kernels before 5.12, which do not count them).

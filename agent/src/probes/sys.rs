@@ -30,7 +30,7 @@ pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long
 }
 
 /// A file descriptor the kernel just returned.
-fn owned(fd: libc::c_long) -> OwnedFd {
+pub(super) fn owned(fd: libc::c_long) -> OwnedFd {
     // SAFETY: a new file descriptor from the kernel, which nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }

@@ -245,20 +245,27 @@ fn busybox(arch: &Arch) -> Result<PathBuf> {
         return Ok(bin);
     }
     let opts = private_apt("bookworm", arch)?;
-    let debs = cache_dir().join("debs");
+    unpack_packages(&opts, &["busybox-static"], &dir)?;
+    Ok(bin)
+}
+
+/// Downloads `packages` with the private apt options `opts` and unpacks them all into `dest`
+/// (replaced as a whole: an interrupted unpack leaves no half tree there).
+fn unpack_packages(opts: &[String], packages: &[&str], dest: &Path) -> Result<()> {
+    let name = dest.file_name().context("unpack destination without a name")?.to_string_lossy().into_owned();
+    let debs = cache_dir().join("apt-debs").join(&name);
+    let _ = fs::remove_dir_all(&debs);
     fs::create_dir_all(&debs)?;
-    run(Command::new("apt-get").args(&opts).args(["-qq", "download", "busybox-static"]).current_dir(&debs))?;
-    let deb = fs::read_dir(&debs)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("busybox-static_") && n.to_string_lossy().ends_with(&format!("_{}.deb", arch.debian))))
-        .context("downloaded busybox-static .deb not found")?;
-    let tmp = cache_dir().join("busybox").join(format!("{}.tmp", arch.debian));
+    run(Command::new("apt-get").args(opts).args(["-qq", "download"]).args(packages).current_dir(&debs))?;
+    let tmp = dest.with_file_name(format!("{name}.tmp"));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&tmp, &dir)?;
-    Ok(bin)
+    for deb in fs::read_dir(&debs)? {
+        run(Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(&tmp))?;
+    }
+    let _ = fs::remove_dir_all(dest);
+    fs::rename(&tmp, dest)?;
+    Ok(())
 }
 
 /// Copies a cross-built `bin` and the cross libc's libraries it may need (a fixed set: the
@@ -466,17 +473,7 @@ pub fn qemu(arch: &Arch) -> Result<Qemu> {
     if !bin.exists() {
         eprintln!("xtask: fetching qemu from bookworm-backports (the system's qemu 7.2 TCG locks up guests)");
         let opts = private_apt("bookworm-backports", &arch::X86_64)?;
-        let debs = cache_dir().join("apt/bookworm-backports/debs");
-        let _ = fs::remove_dir_all(&debs);
-        fs::create_dir_all(&debs)?;
-        run(Command::new("apt-get").args(&opts).args(["-qq", "download"]).args(arch.qemu_packages).current_dir(&debs))?;
-        let tmp = cache_dir().join("qemu-bpo.tmp");
-        let _ = fs::remove_dir_all(&tmp);
-        for deb in fs::read_dir(&debs)? {
-            run(Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(&tmp))?;
-        }
-        let _ = fs::remove_dir_all(&root);
-        fs::rename(&tmp, &root)?;
+        unpack_packages(&opts, arch.qemu_packages, &root)?;
     }
     if qemu_version(&bin).is_none() {
         bail!("{} does not run (missing shared libraries? apt-get install {} brings them)", bin.display(), arch.qemu_packages[0]);
