@@ -118,10 +118,14 @@ pub fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)>
 
 /// The image `cargo xtask image` built (asserted to exist).
 pub fn image() -> String {
-    let image = format!("localhost/cgwatch:{}", env!("CARGO_PKG_VERSION"));
-    let ok = Command::new("podman").args(["image", "exists", &image]).status().expect("podman");
+    image_named(&format!("localhost/cgwatch:{}", env!("CARGO_PKG_VERSION")))
+}
+
+/// `image`, asserted to exist (`cargo xtask test` builds them: for x86_64 and `--arch arm64`).
+pub fn image_named(image: &str) -> String {
+    let ok = Command::new("podman").args(["image", "exists", image]).status().expect("podman");
     assert!(ok.success(), "{image} is not built: run `cargo xtask image` (cargo xtask test does)");
-    image
+    image.to_string()
 }
 
 /// A Pod with the DaemonSet's pod template, for `podman kube play`: podman 4.3 ignores

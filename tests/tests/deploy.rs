@@ -208,3 +208,51 @@ fn the_image_is_small_and_runs_the_agent() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("cgwatch {}", env!("CARGO_PKG_VERSION")));
 }
+
+/// The arm64 image (`cargo xtask image --arch arm64`): an arm64 platform, and in it a static
+/// arm64 agent that runs (here under qemu-user; the arm64 VM run of `cargo xtask test` runs it
+/// against an arm64 kernel).
+#[test]
+fn the_arm64_image_holds_a_static_arm64_agent_that_runs() {
+    use object::{Object as _, elf};
+    let image = deploy::image_named(&format!("localhost/cgwatch:{}-arm64", env!("CARGO_PKG_VERSION")));
+    let platform = run_ok(Command::new("podman").args(["image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", &image]));
+    assert_eq!(platform.trim(), "linux/arm64", "{image}");
+    let size: u64 = run_ok(Command::new("podman").args(["image", "inspect", "--format", "{{.Size}}", &image])).trim().parse().unwrap();
+    assert!(size < 20 << 20, "{image} is {size} bytes");
+    // The binary, out of the image's layers.
+    let mounted = run_ok(Command::new("podman").args(["image", "mount", &image]));
+    let bin = tempfile::tempdir().unwrap();
+    let copy = std::fs::copy(std::path::Path::new(mounted.trim()).join("cgwatch"), bin.path().join("cgwatch"));
+    run_ok(Command::new("podman").args(["image", "unmount", &image]));
+    copy.unwrap();
+    let data = std::fs::read(bin.path().join("cgwatch")).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    assert_eq!(file.architecture(), object::Architecture::Aarch64);
+    let object::File::Elf64(elf_file) = &file else { panic!("not a 64-bit ELF") };
+    use object::read::elf::ProgramHeader as _;
+    let endian = elf_file.endian();
+    let interp = elf_file.elf_program_headers().iter().any(|p| p.p_type(endian) == elf::PT_INTERP);
+    assert!(!interp, "the arm64 agent names a dynamic loader: not static");
+    // Both images in one manifest list, as docs/deploy.md makes it for a mixed cluster.
+    let list = format!("localhost/cgwatch-test-manifest-{}:{}", std::process::id(), env!("CARGO_PKG_VERSION"));
+    run_ok(Command::new("podman").args(["manifest", "create", &list]));
+    let added: Vec<String> = [deploy::image(), image.clone()]
+        .iter()
+        .map(|i| run_ok(Command::new("podman").args(["manifest", "add", &list, &format!("containers-storage:{i}")])))
+        .collect();
+    let inspect = Command::new("podman").args(["manifest", "inspect", &list]).output().unwrap();
+    run_ok(Command::new("podman").args(["manifest", "rm", &list]));
+    assert_eq!(added.len(), 2);
+    let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let platforms: BTreeSet<String> = inspect["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap()))
+        .collect();
+    assert_eq!(platforms, BTreeSet::from(["linux/amd64".to_string(), "linux/arm64".to_string()]));
+    let qemu = which("qemu-aarch64-static").expect("qemu-aarch64-static: apt-get install qemu-user-static (cargo xtask test does)");
+    let said = run_ok(Command::new(qemu).arg(bin.path().join("cgwatch")).arg("--version"));
+    assert_eq!(said.trim(), format!("cgwatch {}", env!("CARGO_PKG_VERSION")));
+}

@@ -41,11 +41,15 @@ enum Task {
         args: Vec<OsString>,
     },
     /// Build the static agent and the container image localhost/cgwatch:<version> with podman
-    /// (deploy/image/Containerfile, FROM scratch: nothing is pulled); prints its size.
+    /// (deploy/image/Containerfile, FROM scratch: nothing is pulled); prints its size. With
+    /// `--arch arm64`: localhost/cgwatch:<version>-arm64, for linux/arm64 (cross-built).
     Image {
         /// Extra tags for the image (e.g. registry.example.com/cgwatch:0.1.0, to push).
         #[arg(long)]
         tag: Vec<String>,
+        /// x86_64 or arm64.
+        #[arg(long, default_value = "x86_64")]
+        arch: String,
     },
     /// Build, then install the binary (/usr/local/bin/cgwatch), the hardened systemd unit and
     /// its environment file (kept when it exists); on a live systemd host, enable and start it.
@@ -83,6 +87,10 @@ enum Task {
         /// Run the `--only` tests this many times in each boot.
         #[arg(long, default_value_t = 1, requires = "only")]
         repeat: u32,
+        /// Test the image's agent (the static musl binary `cargo xtask image --arch ARCH` puts in
+        /// it; built first) instead of the glibc build.
+        #[arg(long)]
+        image_agent: bool,
     },
     /// Run the cargo-fuzz targets in fuzz/ (every parser of outside text), each for SECONDS,
     /// from the checked-in corpus and regression inputs; fails on any crash, naming the input.
@@ -258,16 +266,20 @@ fn cross_build(root: &Path, arch: &vm::Arch) -> Result<()> {
     if !installed.lines().any(|l| l.trim() == triple) {
         run(Command::new("rustup").args(["target", "add", triple]))?;
     }
-    let prefix = cross_prefix(triple);
-    let debian_arch = arch.debian;
+    ensure_cross_gcc(&cross_prefix(triple), arch.debian)?;
+    run(&mut cargo_for(root, Some(triple)).args(["build", "--release", "--bins"]))
+}
+
+/// Debian's cross gcc `<prefix>-gcc` and the cross libc's headers for `debian_arch`, installed
+/// when missing: the headers are only a Recommends of the gcc (its runtime, libc.so.6, comes in
+/// as a dependency: not enough to compile ring's C, for glibc or musl).
+pub fn ensure_cross_gcc(prefix: &str, debian_arch: &str) -> Result<()> {
     let gcc = format!("{prefix}-gcc");
     ensure_apt_tools(&[(gcc.as_str(), format!("gcc-{prefix}").as_str())])?;
-    // The cross libc's headers are only a Recommends of the cross gcc (its runtime, libc.so.6,
-    // comes in as a dependency: not enough to compile ring's C).
     if !Path::new(&format!("/usr/{prefix}/include/stdio.h")).exists() {
         ensure_apt_tools(&[("/nonexistent", format!("libc6-dev-{debian_arch}-cross").as_str())])?;
     }
-    run(&mut cargo_for(root, Some(triple)).args(["build", "--release", "--bins"]))
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -293,8 +305,8 @@ fn main() -> Result<()> {
             build(&root)?;
             run(Command::new(root.join("target/release/cgwatch")).args(args))?;
         }
-        Task::Image { tag } => {
-            let built = ship::image(&root, &tag)?;
+        Task::Image { tag, arch } => {
+            let built = ship::image(&root, ship::image_arch(&arch)?, &tag)?;
             eprintln!("xtask: built {built}");
         }
         Task::Install { root: dest } => {
@@ -315,12 +327,13 @@ fn main() -> Result<()> {
                 .arg(root.join("target/bench-report.md"))
                 .args(args))?;
         }
-        Task::VmTest { arch, kernel, mode, only, repeat } => {
+        Task::VmTest { arch, kernel, mode, only, repeat, image_agent } => {
             let arch = vm::arch::by_name(&arch).with_context(|| format!("--arch {arch}: x86_64 or arm64"))?;
             cross_build(&root, arch)?;
+            let agent = if image_agent { Some(ship::image_agent(&root, ship::image_arch(arch.name)?)?) } else { None };
             ensure_apt_tools(&[("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("cpio", "cpio")])?;
             let only = only.as_deref().map(|o| vm::Only::parse(o, repeat)).transpose()?;
-            vm::vm_test(&root, arch, kernel.as_deref(), mode.as_deref(), only.as_ref())?;
+            vm::vm_test(&root, arch, kernel.as_deref(), mode.as_deref(), only.as_ref(), agent.as_deref())?;
         }
         Task::Fuzz { seconds, targets } => fuzz::fuzz(&root, seconds, &targets)?,
         Task::Test { no_vm, no_fuzz, fuzz_seconds, args } => {
@@ -348,10 +361,15 @@ fn main() -> Result<()> {
                 // The TLS and basic auth tests make certificates and bcrypt hashes.
                 ("openssl", "openssl"),
                 ("htpasswd", "apache2-utils"),
+                // The deploy test runs the arm64 image's binary.
+                ("qemu-aarch64-static", "qemu-user-static"),
             ])?;
             // The deploy tests run the image (podman kube play) and validate the manifests
             // against the Kubernetes schema offline.
-            ship::image(&root, &[])?;
+            ship::image(&root, &ship::IMAGE_ARCHES[0], &[])?;
+            // And the arm64 image (cross-built; its binary runs under qemu-user in the deploy
+            // test, and in the arm64 VM below).
+            let arm64_agent = ship::image_agent(&root, ship::image_arch("arm64")?)?;
             let validate = ship::kubernetes_validate()?;
             let systemd_rootfs = ship::systemd_rootfs()?;
             // --no-fail-fast: one run shows every failing test binary, not only the first.
@@ -368,7 +386,13 @@ fn main() -> Result<()> {
                 Ok(())
             } else {
                 ensure_apt_tools(&[("qemu-system-x86_64", "qemu-system-x86"), ("cpio", "cpio")])?;
-                vm::vm_test(&root, &vm::arch::X86_64, None, None, None)
+                let x86 = vm::vm_test(&root, &vm::arch::X86_64, None, None, None, None);
+                // One arm64 run, the image's agent on bookworm's 6.1 in `auto` (the kprobe pair:
+                // the fast path of arm64 kernels before 6.4); the whole arm64 matrix
+                // (`cargo xtask vm-test --arch arm64`, about 25 minutes) does not fit CI's time.
+                let arm64 = cross_build(&root, &vm::arch::ARM64)
+                    .and_then(|()| vm::vm_test(&root, &vm::arch::ARM64, Some("6.1"), Some("auto"), None, Some(&arm64_agent)));
+                x86.and(arm64)
             };
             host.context("host tests failed")?;
             fuzzed.context("fuzzing failed")?;

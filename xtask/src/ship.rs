@@ -10,10 +10,48 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, ensure_apt_tools, ensure_toolchain, output, run};
+use crate::{cargo, ensure_apt_tools, ensure_cross_gcc, ensure_toolchain, output, run};
 
-/// The static target of the image's binary.
-const MUSL: &str = "x86_64-unknown-linux-musl";
+/// An architecture the image is built for.
+pub struct ImageArch {
+    /// As `--arch` takes it.
+    pub name: &'static str,
+    /// The static target of the image's binary.
+    musl: &'static str,
+    /// The OCI platform of the image.
+    platform: &'static str,
+    /// Appended to the image's tags (`localhost/cgwatch:<version><suffix>`).
+    pub suffix: &'static str,
+    /// The cross gcc that compiles ring's C and assembly and links (Debian package: `gcc-` and
+    /// this); `None`: musl-gcc of musl-tools.
+    cross_gcc: Option<&'static str>,
+    /// Debian's name of the architecture (its cross libc headers: `libc6-dev-<debian>-cross`).
+    debian: &'static str,
+}
+
+pub const IMAGE_ARCHES: [ImageArch; 2] = [
+    ImageArch { name: "x86_64", musl: "x86_64-unknown-linux-musl", platform: "linux/amd64", suffix: "", cross_gcc: None, debian: "amd64" },
+    ImageArch {
+        name: "arm64",
+        musl: "aarch64-unknown-linux-musl",
+        platform: "linux/arm64",
+        suffix: "-arm64",
+        cross_gcc: Some("aarch64-linux-gnu"),
+        debian: "arm64",
+    },
+];
+
+/// The image architecture named `name` (as `--arch` takes it).
+pub fn image_arch(name: &str) -> Result<&'static ImageArch> {
+    IMAGE_ARCHES.iter().find(|a| a.name == name).with_context(|| format!("--arch {name}: x86_64 or arm64"))
+}
+
+/// Builds `arch`'s image; returns the static agent in it (as copied into the build context).
+pub fn image_agent(root: &Path, arch: &ImageArch) -> Result<PathBuf> {
+    image(root, arch, &[])?;
+    Ok(root.join("target/image").join(arch.name).join("cgwatch"))
+}
+
 /// The image's name; `deploy/kubernetes/base/daemonset.yaml` names the same.
 pub const IMAGE: &str = "localhost/cgwatch";
 /// Largest image accepted.
@@ -23,32 +61,53 @@ pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
-/// Builds the static agent and the image `localhost/cgwatch:<version>` (also `:latest`); prints
-/// and checks its size.
-pub fn image(root: &Path, extra_tags: &[String]) -> Result<String> {
+/// Builds the static agent for `arch` and the image `localhost/cgwatch:<version><suffix>` (also
+/// `:latest<suffix>`); prints and checks its size. Nothing runs in the build (`FROM scratch`, a
+/// `COPY`), so an arm64 image builds on an x86_64 host without emulation.
+pub fn image(root: &Path, arch: &ImageArch, extra_tags: &[String]) -> Result<String> {
     ensure_toolchain()?;
-    // ring (rustls's crypto) compiles C and assembly: for the musl target, with musl-gcc.
-    ensure_apt_tools(&[("podman", "podman"), ("strip", "binutils"), ("musl-gcc", "musl-tools")])?;
+    // ring (rustls's crypto) compiles C and assembly: for x86_64 musl with musl-gcc; for arm64
+    // with Debian's cross gcc (ring's C needs no libc beyond its headers; Rust's musl target
+    // brings its own libc and start files, linked statically).
+    let strip = match arch.cross_gcc {
+        None => {
+            ensure_apt_tools(&[("podman", "podman"), ("strip", "binutils"), ("musl-gcc", "musl-tools")])?;
+            "strip".to_string()
+        }
+        Some(prefix) => {
+            ensure_apt_tools(&[("podman", "podman")])?;
+            ensure_cross_gcc(prefix, arch.debian)?;
+            format!("{prefix}-strip")
+        }
+    };
     let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if !installed.lines().any(|l| l.trim() == MUSL) {
-        eprintln!("xtask: installing the {MUSL} target (static binary for the image)");
-        run(Command::new("rustup").args(["target", "add", MUSL]))?;
+    if !installed.lines().any(|l| l.trim() == arch.musl) {
+        eprintln!("xtask: installing the {} target (static binary for the image)", arch.musl);
+        run(Command::new("rustup").args(["target", "add", arch.musl]))?;
     }
-    run(cargo(root).args(["build", "--release", "--target", MUSL, "-p", "cgwatch", "--bin", "cgwatch"]))?;
+    let mut cargo = cargo(root);
+    if let Some(prefix) = arch.cross_gcc {
+        let t = arch.musl.replace('-', "_");
+        cargo
+            .env(format!("CARGO_TARGET_{}_LINKER", t.to_uppercase()), format!("{prefix}-gcc"))
+            .env(format!("CC_{t}"), format!("{prefix}-gcc"))
+            .env(format!("AR_{t}"), format!("{prefix}-ar"));
+    }
+    run(cargo.args(["build", "--release", "--target", arch.musl, "-p", "cgwatch", "--bin", "cgwatch"]))?;
 
-    let context = root.join("target/image");
+    let context = root.join("target/image").join(arch.name);
     fs::create_dir_all(&context).with_context(|| format!("creating {}", context.display()))?;
     let bin = context.join("cgwatch");
-    fs::copy(root.join("target").join(MUSL).join("release/cgwatch"), &bin).context("copying the static binary")?;
-    run(Command::new("strip").arg(&bin))?;
+    fs::copy(root.join("target").join(arch.musl).join("release/cgwatch"), &bin).context("copying the static binary")?;
+    run(Command::new(&strip).arg(&bin))?;
 
-    let tag = format!("{IMAGE}:{}", version());
+    let tag = format!("{IMAGE}:{}{}", version(), arch.suffix);
     let mut build = Command::new("podman");
     build
-        .args(["build", "--quiet", "--format", "oci", "-f"])
+        .args(["build", "--quiet", "--format", "oci", "--platform", arch.platform, "-f"])
         .arg(root.join("deploy/image/Containerfile"))
         .args(["--build-arg", &format!("VERSION={}", version())])
-        .args(["-t", &tag, "-t", &format!("{IMAGE}:latest")]);
+        .args(["-t", &tag, "-t", &format!("{IMAGE}:latest{}", arch.suffix)]);
     for t in extra_tags {
         build.args(["-t", t]);
     }
@@ -57,7 +116,7 @@ pub fn image(root: &Path, extra_tags: &[String]) -> Result<String> {
         .trim()
         .parse()
         .context("podman image inspect: size")?;
-    eprintln!("xtask: image {tag}: {:.1} MiB (limit {} MiB)", size as f64 / (1 << 20) as f64, MAX_IMAGE_BYTES >> 20);
+    eprintln!("xtask: image {tag} ({}): {:.1} MiB (limit {} MiB)", arch.platform, size as f64 / (1 << 20) as f64, MAX_IMAGE_BYTES >> 20);
     if size >= MAX_IMAGE_BYTES {
         bail!("image {tag} is {size} bytes, over the {MAX_IMAGE_BYTES}-byte limit");
     }

@@ -352,8 +352,9 @@ echo "VMTEST done"
 poweroff -f
 "#;
 
-/// Builds an initramfs (uncompressed newc cpio) with the binaries under test.
-fn build_initramfs(work: &Path, root_dir: &Path, tests: &BTreeMap<String, PathBuf>, arch: &Arch) -> Result<PathBuf> {
+/// Builds an initramfs (uncompressed newc cpio) with the binaries under test; `agent`: a static
+/// agent (the image's) instead of the build's.
+fn build_initramfs(work: &Path, root_dir: &Path, tests: &BTreeMap<String, PathBuf>, arch: &Arch, agent: Option<&Path>) -> Result<PathBuf> {
     let root = work.join("initramfs");
     let _ = fs::remove_dir_all(&root);
     for d in ["bin", "proc", "sys", "dev", "tmp", "tests", "lib64", "lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu"] {
@@ -367,7 +368,10 @@ fn build_initramfs(work: &Path, root_dir: &Path, tests: &BTreeMap<String, PathBu
         None => install_with_libs(&root, bin, dest),
         Some(libs) => install_cross(&root, bin, dest, Path::new(libs), arch),
     };
-    install(&bins.join("cgwatch"), "/bin/cgwatch")?;
+    match agent {
+        Some(agent) => drop(fs::copy(agent, root.join("bin/cgwatch")).with_context(|| format!("copy {}", agent.display()))?),
+        None => install(&bins.join("cgwatch"), "/bin/cgwatch")?,
+    }
     install(&bins.join("cgwatch-workload"), "/bin/cgwatch-workload")?;
     for (name, exe) in tests {
         install(exe, &format!("/tests/{name}"))?;
@@ -580,11 +584,24 @@ impl Only {
     }
 }
 
-pub fn vm_test(root: &Path, arch: &Arch, only_suite: Option<&str>, only_mode: Option<&str>, only: Option<&Only>) -> Result<()> {
+/// Boots `arch`'s kernels (`only_suite`, else all) in its modes (`only_mode`, else all) and runs
+/// the VM tests (`only`, else all) against the agent build, or against `agent` (a static binary:
+/// the image's).
+pub fn vm_test(
+    root: &Path,
+    arch: &Arch,
+    only_suite: Option<&str>,
+    only_mode: Option<&str>,
+    only: Option<&Only>,
+    agent: Option<&Path>,
+) -> Result<()> {
     let tests = test_binaries(root, arch)?;
     let work = root.join(if arch.is_host() { "target/vm".to_string() } else { format!("target/vm-{}", arch.name) });
     fs::create_dir_all(&work)?;
-    let initrd = build_initramfs(&work, root, &tests, arch)?;
+    if let Some(agent) = agent {
+        eprintln!("xtask: the agent under test is {}", agent.display());
+    }
+    let initrd = build_initramfs(&work, root, &tests, arch, agent)?;
     let qemu = qemu(arch)?;
     eprintln!("xtask: {} (version {:?})", qemu.bin.display(), qemu_version(&qemu.bin));
     let mut rows: Vec<Row> = Vec::new();
