@@ -96,6 +96,8 @@ pub struct MapShape {
 pub struct Pins {
     root: PathBuf,
     dir: PathBuf,
+    /// Pins of other layouts removed by `open`.
+    removed: usize,
 }
 
 /// A pinned map set aside (open, unpinned) to have its counts copied into its resized successor.
@@ -173,19 +175,26 @@ impl Pins {
         for sub in [dir.join("maps"), dir.join("links"), dir.join("programs")] {
             fs::create_dir_all(&sub).map_err(io_err(&sub))?;
         }
+        let mut removed = 0;
         for entry in fs::read_dir(root).map_err(io_err(root))?.flatten() {
             let p = entry.path();
             if p != dir {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let n = remove_tree(&p).or_else(|_| fs::remove_file(&p).map(|()| 1)).map_err(io_err(&p))?;
+                removed += n;
                 warn!("pins: removed {name} ({n} pins) below {}: this agent's map layout is {LAYOUT}, counts start at zero", root.display());
             }
         }
-        Ok(Pins { root: root.to_path_buf(), dir })
+        Ok(Pins { root: root.to_path_buf(), dir, removed })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// How many pins of other layouts `open` removed (links among them detach a moment later).
+    pub fn removed_at_open(&self) -> usize {
+        self.removed
     }
 
     pub fn map_path(&self, name: &str) -> PathBuf {

@@ -216,26 +216,37 @@ fn verdicts_are_counted_while_threads_wait_inside_a_filter() {
     assert_counts(violations(&m, &held), vec![("getppid".into(), label.into(), f64::from(WAITING))], &m, "held: violations");
 }
 
+/// The tracefs where the agent makes its kretprobes; `None` (said) where there is none or the
+/// kernel has no kprobes.
+fn kretprobe_tracefs() -> Option<std::path::PathBuf> {
+    let Some(tracefs) = cgwatch::probes::kretprobe::tracefs() else {
+        eprintln!("skipped: no tracefs with kprobe_events here");
+        return None;
+    };
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        eprintln!("skipped: no kprobes here");
+        return None;
+    }
+    Some(tracefs)
+}
+
+/// The kretprobe events the agent `pid` made (named with it), as `kprobe_events` lists them.
+fn kretprobe_events(tracefs: &std::path::Path, pid: u32) -> Vec<String> {
+    let tag = format!("_{pid}_");
+    let text = std::fs::read_to_string(tracefs.join("kprobe_events")).unwrap();
+    text.lines().filter(|l| l.contains(":cgwatch/") && l.contains(&tag)).map(str::to_string).collect()
+}
+
 /// The kprobe pair's kretprobe is made in tracefs with room for every waiting thread, and
 /// leaves nothing there: its event goes with the agent, or, where its link is pinned (perf links,
 /// 5.15+), stays for the next agent until `cgwatch --unpin`.
 #[test]
 fn the_kretprobe_has_4096_instances_and_leaves_no_event_behind() {
-    let Some(tracefs) = cgwatch::probes::kretprobe::tracefs() else {
-        eprintln!("skipped: no tracefs with kprobe_events here");
-        return;
-    };
-    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-        eprintln!("skipped: no kprobes here");
-        return;
-    }
+    let Some(tracefs) = kretprobe_tracefs() else { return };
     let pins = PinDir::new("kretprobe");
     let agent = Agent::start(&["--seccomp-mode", "kprobe", "--pin-path", &pins.arg()]);
-    let tag = format!("_{}_", agent.pid());
-    let events = || -> Vec<String> {
-        let text = std::fs::read_to_string(tracefs.join("kprobe_events")).unwrap();
-        text.lines().filter(|l| l.contains(":cgwatch/") && l.contains(&tag)).map(str::to_string).collect()
-    };
+    let pid = agent.pid();
+    let events = || kretprobe_events(&tracefs, pid);
     let made = events();
     assert_eq!(made.len(), 1, "{made:?}\n{}", agent.log());
     assert!(made[0].starts_with("r4096:cgwatch/__seccomp_filter_") && made[0].ends_with(" __seccomp_filter"), "{made:?}");
@@ -248,6 +259,52 @@ fn the_kretprobe_has_4096_instances_and_leaves_no_event_behind() {
     assert_eq!(events().len(), usize::from(pinned), "after the agent stopped (links pinned: {pinned})");
     drop(pins); // cgwatch --unpin
     assert_eq!(events(), Vec::<String>::new(), "after cgwatch --unpin");
+}
+
+/// An agent that takes the seccomp probe over with fexit detaches the kprobe pair an earlier
+/// agent pinned, its return side too: a kretprobe left running would count every denial a second
+/// time (into the same pinned counters), and would keep its tracefs event.
+#[test]
+fn fexit_taking_over_from_a_pinned_kprobe_pair_leaves_no_kretprobe_counting() {
+    let Some(tracefs) = kretprobe_tracefs() else { return };
+    if !cgwatch_tests::fexit_on_kernel_functions() {
+        eprintln!("skipped: no fexit on kernel functions here");
+        return;
+    }
+    let pins = PinDir::new("pair-to-fexit");
+    let pair = Agent::start(&["--seccomp-mode", "kprobe", "--pin-path", &pins.arg()]);
+    let pid = pair.pid();
+    let events = || kretprobe_events(&tracefs, pid);
+    let ret_pins = || -> Vec<String> {
+        let mut found = Vec::new();
+        for layout in std::fs::read_dir(&pins.path).unwrap().flatten() {
+            for link in std::fs::read_dir(layout.path().join("links")).into_iter().flatten().flatten() {
+                let name = link.file_name().to_string_lossy().into_owned();
+                if name.starts_with("seccomp_filter_ret-") {
+                    found.push(name);
+                }
+            }
+        }
+        found
+    };
+    let cg = TestCgroup::new("pair-to-fexit");
+    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "5"]).success());
+    let m = pair.scrape();
+    assert_counts(violations(&m, &cg), vec![("getppid".into(), "errno".into(), 5.0)], &m, "kprobe pair");
+    pair.stop(libc::SIGTERM);
+    let pinned = cgwatch::probes::kernel_version() >= (5, 15);
+    assert_eq!(ret_pins().len(), usize::from(pinned), "the pair's return link pinned (perf links: {pinned})");
+
+    let fexit = Agent::start(&["--seccomp-mode", "fexit", "--pin-path", &pins.arg()]);
+    let m = fexit.scrape();
+    assert_eq!(m.get("cgwatch_probe_attached", &[("probe", "seccomp_filter"), ("mode", "fexit")]), Some(1.0), "{}", fexit.log());
+    assert_eq!(ret_pins(), Vec::<String>::new(), "the pair's return link is still pinned\n{}", fexit.log());
+    assert_eq!(events(), Vec::<String>::new(), "the pair's kretprobe event is still in tracefs\n{}", fexit.log());
+    let before = violations(&m, &cg).iter().map(|(_, _, n)| n).sum::<f64>();
+    assert!(cg.run(&["seccomp", "--action", "errno", "--count", "7"]).success());
+    let m = fexit.scrape();
+    let after = violations(&m, &cg).iter().map(|(_, _, n)| n).sum::<f64>();
+    assert_eq!(after - before, 7.0, "7 denials under fexit counted {} times ({before} before)", after - before);
 }
 
 #[test]

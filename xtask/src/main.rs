@@ -369,7 +369,12 @@ fn main() -> Result<()> {
             ship::image(&root, &ship::IMAGE_ARCHES[0], &[])?;
             // And the arm64 image (cross-built; its binary runs under qemu-user in the deploy
             // test, and in the arm64 VM below).
-            let arm64_agent = ship::image_agent(&root, ship::image_arch("arm64")?)?;
+            // A failure here is reported at the end, after everything else ran (the deploy test
+            // then says the image is missing).
+            let arm64_agent = ship::image_agent(&root, ship::image_arch("arm64")?);
+            if let Err(e) = &arm64_agent {
+                eprintln!("xtask: the arm64 image failed to build: {e:#}");
+            }
             let validate = ship::kubernetes_validate()?;
             let systemd_rootfs = ship::systemd_rootfs()?;
             // --no-fail-fast: one run shows every failing test binary, not only the first.
@@ -390,13 +395,20 @@ fn main() -> Result<()> {
                 // One arm64 run, the image's agent on bookworm's 6.1 in `auto` (the kprobe pair:
                 // the fast path of arm64 kernels before 6.4); the whole arm64 matrix
                 // (`cargo xtask vm-test --arch arm64`, about 25 minutes) does not fit CI's time.
-                let arm64 = cross_build(&root, &vm::arch::ARM64)
-                    .and_then(|()| vm::vm_test(&root, &vm::arch::ARM64, Some("6.1"), Some("auto"), None, Some(&arm64_agent)));
-                x86.and(arm64)
+                let arm64 = match &arm64_agent {
+                    Ok(agent) => cross_build(&root, &vm::arch::ARM64)
+                        .and_then(|()| vm::vm_test(&root, &vm::arch::ARM64, Some("6.1"), Some("auto"), None, Some(agent))),
+                    Err(_) => Ok(()),
+                };
+                match (x86, arm64) {
+                    (Err(x), Err(a)) => Err(x.context(format!("and the arm64 run: {a:#}"))),
+                    (x, a) => x.and(a),
+                }
             };
             host.context("host tests failed")?;
             fuzzed.context("fuzzing failed")?;
             vms.context("VM matrix failed")?;
+            arm64_agent.context("the arm64 image")?;
         }
     }
     Ok(())

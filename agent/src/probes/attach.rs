@@ -236,7 +236,8 @@ pub fn load(
         reused: 0,
         skipped: SkippedRuns::default(),
         kretprobes: Vec::new(),
-        retired: 0,
+        // Pins of another layout (kretprobe links among them, perhaps) went when opened.
+        retired: pins.map_or(0, Pins::removed_at_open),
     };
     let mut status: Vec<ProbeStatus> = Vec::with_capacity(PROBES.len());
     for rows in &PROBES {
@@ -246,7 +247,10 @@ pub fn load(
         {
             // Not wanted (or failing) now: a link an earlier agent pinned for it goes.
             for name in link_names(rows[0].probe) {
-                attacher.retired += p.detach_others(&name, None);
+                let n = p.detach_others(&name, None);
+                if is_return(&name) {
+                    attacher.retired += n;
+                }
             }
         }
         status.push(st);
@@ -255,9 +259,10 @@ pub fn load(
     verdict_hooks_unavailable(&mut status, ctx.seccomp_mode);
     let Attacher { pinned_links, reused, skipped, kretprobes, retired, .. } = attacher;
     // Kretprobe events of earlier agents whose links are gone, and of those retired just now
-    // (released by the kernel a moment later: waited for only then; a link kept running keeps
-    // its event).
-    let wait = if retired > 0 { std::time::Duration::from_millis(200) } else { std::time::Duration::ZERO };
+    // (released by the kernel a moment later, after an RCU grace period: usually milliseconds,
+    // but one took over 200 ms in a loaded VM; waited for only then, up to 2 s; a link kept
+    // running keeps its event).
+    let wait = if retired > 0 { std::time::Duration::from_secs(2) } else { std::time::Duration::ZERO };
     let swept = super::kretprobe::sweep_waiting(wait);
     if swept > 0 {
         debug!("removed {swept} kretprobe event(s) of earlier agents from tracefs");
@@ -334,4 +339,9 @@ fn report_off(status: &mut [ProbeStatus], probe: &str, why: &str) {
 /// The link pin names of a probe: the probe's own, and its kretprobe's for a kprobe pair.
 pub(super) fn link_names(probe: &str) -> [String; 2] {
     [probe.to_string(), format!("{probe}_ret")]
+}
+
+/// Whether a link name is a kprobe pair's return side (the second of `link_names`).
+pub(super) fn is_return(link_name: &str) -> bool {
+    link_name.ends_with("_ret")
 }

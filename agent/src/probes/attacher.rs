@@ -14,7 +14,7 @@ use log::{debug, info, warn};
 
 use super::{
     Mode, ProbeContext, ProbeSpec,
-    attach::{ProbeStatus, link_names},
+    attach::{ProbeStatus, is_return, link_names},
     kretprobe::{self, Kretprobe},
     skipped::SkippedRuns,
     sys,
@@ -34,7 +34,8 @@ pub(super) struct Attacher<'a> {
     pub(super) skipped: SkippedRuns,
     /// Kretprobes made in tracefs (`kretprobe`), by link name.
     pub(super) kretprobes: Vec<(String, Kretprobe)>,
-    /// Pinned links of earlier agents this start detached.
+    /// Pinned kretprobe links of earlier agents this start detached: their tracefs events are
+    /// released a moment later (other links hold none).
     pub(super) retired: usize,
 }
 
@@ -111,7 +112,7 @@ impl Attacher<'_> {
         }
         self.attach(ebpf, row.program, &hook, row.probe, fp)?;
         self.keep_program(ebpf, row, row.program);
-        self.retire_others(&[(row.probe.to_string(), fp)]);
+        self.retire_others(row.probe, &[(row.probe.to_string(), fp)]);
         Ok(())
     }
 
@@ -148,7 +149,7 @@ impl Attacher<'_> {
         }
         self.keep_program(ebpf, row, row.program);
         self.keep_program(ebpf, row, &ret);
-        self.retire_others(&[(entry_name, fp), (ret_name, fp)]);
+        self.retire_others(row.probe, &[(entry_name, fp), (ret_name, fp)]);
         Ok(())
     }
 
@@ -262,7 +263,7 @@ impl Attacher<'_> {
         };
         if let (Some(pins), Some(link)) = (self.pins, link) {
             let path = pins.link_path(link_name, fp);
-            let _ = std::fs::remove_file(&path);
+            self.retired += usize::from(std::fs::remove_file(&path).is_ok() && is_return(link_name));
             match link.pin(&path) {
                 Ok(pinned) => {
                     self.pinned_links.push(pinned);
@@ -314,7 +315,7 @@ impl Attacher<'_> {
         let Some(pins) = self.pins else { return Ok(()) };
         let Some(link) = self.kretprobes.last().and_then(|(_, k)| k.link()) else { return Ok(()) };
         let path = pins.link_path(link_name, fp);
-        let _ = std::fs::remove_file(&path);
+        self.retired += usize::from(std::fs::remove_file(&path).is_ok());
         match sys::pin(link, &path).map_err(|e| e.to_string()).and_then(|()| PinnedLink::from_pin(&path).map_err(|e| e.to_string())) {
             Ok(pinned) => {
                 self.pinned_links.push(pinned);
@@ -340,12 +341,17 @@ impl Attacher<'_> {
         result
     }
 
-    /// Detaches the links earlier agents pinned for these probes with other programs.
-    fn retire_others(&mut self, keep: &[(String, u64)]) {
+    /// Detaches every link earlier agents pinned for `probe` (under each of its link names)
+    /// other than `keep`'s: a kretprobe the kprobe pair left must go when a single program
+    /// (fexit) takes the probe over, or it would go on counting beside it.
+    fn retire_others(&mut self, probe: &str, keep: &[(String, u64)]) {
         let Some(pins) = self.pins else { return };
-        for (name, fp) in keep {
-            let n = pins.detach_others(name, Some(&pins.link_path(name, *fp)));
-            self.retired += n;
+        for name in link_names(probe) {
+            let kept = keep.iter().find(|(n, _)| *n == name).map(|(n, fp)| pins.link_path(n, *fp));
+            let n = pins.detach_others(&name, kept.as_deref());
+            if is_return(&name) {
+                self.retired += n;
+            }
             if n > 0 {
                 info!("probe {name}: replaced {n} pinned link(s) of an earlier agent");
             }
