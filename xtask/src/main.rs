@@ -262,12 +262,19 @@ fn cross_prefix(triple: &str) -> String {
 fn cross_build(root: &Path, arch: &vm::Arch) -> Result<()> {
     ensure_toolchain()?;
     let Some(triple) = arch.triple else { return build(root) };
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
-    if !installed.lines().any(|l| l.trim() == triple) {
-        run(Command::new("rustup").args(["target", "add", triple]))?;
-    }
+    ensure_rust_target(triple)?;
     ensure_cross_gcc(&cross_prefix(triple), arch.debian)?;
     run(&mut cargo_for(root, Some(triple)).args(["build", "--release", "--bins"]))
+}
+
+/// The rustup target `triple` (its standard library), added when missing.
+pub fn ensure_rust_target(triple: &str) -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == triple) {
+        eprintln!("xtask: installing the {triple} target");
+        run(Command::new("rustup").args(["target", "add", triple]))?;
+    }
+    Ok(())
 }
 
 /// Debian's cross gcc `<prefix>-gcc` and the cross libc's headers for `debian_arch`, installed

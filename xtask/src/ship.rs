@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, ensure_apt_tools, ensure_cross_gcc, ensure_toolchain, output, run};
+use crate::{cargo, ensure_apt_tools, ensure_cross_gcc, ensure_rust_target, ensure_toolchain, output, run};
 
 /// An architecture the image is built for.
 pub struct ImageArch {
@@ -49,7 +49,12 @@ pub fn image_arch(name: &str) -> Result<&'static ImageArch> {
 /// Builds `arch`'s image; returns the static agent in it (as copied into the build context).
 pub fn image_agent(root: &Path, arch: &ImageArch) -> Result<PathBuf> {
     image(root, arch, &[])?;
-    Ok(root.join("target/image").join(arch.name).join("cgwatch"))
+    Ok(context_dir(root, arch).join("cgwatch"))
+}
+
+/// The podman build context of `arch`'s image: the stripped static agent.
+fn context_dir(root: &Path, arch: &ImageArch) -> PathBuf {
+    root.join("target/image").join(arch.name)
 }
 
 /// The image's name; `deploy/kubernetes/base/daemonset.yaml` names the same.
@@ -80,11 +85,7 @@ pub fn image(root: &Path, arch: &ImageArch, extra_tags: &[String]) -> Result<Str
             format!("{prefix}-strip")
         }
     };
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if !installed.lines().any(|l| l.trim() == arch.musl) {
-        eprintln!("xtask: installing the {} target (static binary for the image)", arch.musl);
-        run(Command::new("rustup").args(["target", "add", arch.musl]))?;
-    }
+    ensure_rust_target(arch.musl)?;
     let mut cargo = cargo(root);
     if let Some(prefix) = arch.cross_gcc {
         let t = arch.musl.replace('-', "_");
@@ -95,7 +96,7 @@ pub fn image(root: &Path, arch: &ImageArch, extra_tags: &[String]) -> Result<Str
     }
     run(cargo.args(["build", "--release", "--target", arch.musl, "-p", "cgwatch", "--bin", "cgwatch"]))?;
 
-    let context = root.join("target/image").join(arch.name);
+    let context = context_dir(root, arch);
     fs::create_dir_all(&context).with_context(|| format!("creating {}", context.display()))?;
     let bin = context.join("cgwatch");
     fs::copy(root.join("target").join(arch.musl).join("release/cgwatch"), &bin).context("copying the static binary")?;
